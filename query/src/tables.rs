@@ -1,0 +1,459 @@
+//! Feature group tables: one Delta table per feature group, written in single atomic
+//! commits and read at any version.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{Expr, lit};
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use serde_json::Value;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::schema::{Column, ColumnType, FeatureSchema};
+
+/// How a batch of rows lands in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Add rows.
+    Append,
+    /// Insert rows, or replace rows with the same entity keys and event time.
+    Upsert,
+    /// Replace the whole table content.
+    Overwrite,
+}
+
+impl WriteMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "append" => Some(WriteMode::Append),
+            "upsert" => Some(WriteMode::Upsert),
+            "overwrite" => Some(WriteMode::Overwrite),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteMode::Append => "append",
+            WriteMode::Upsert => "upsert",
+            WriteMode::Overwrite => "overwrite",
+        }
+    }
+}
+
+/// Where the tables live and how to reach that storage.
+#[derive(Clone, Debug)]
+pub struct TableStore {
+    root: Url,
+    storage_options: HashMap<String, String>,
+}
+
+/// Registers the object-store schemes compiled into this build. Idempotent.
+pub fn register_storage_handlers() {
+    #[cfg(feature = "s3")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| deltalake::aws::register_handlers(None));
+    }
+}
+
+impl TableStore {
+    /// `root` is `file:///…` or `s3://bucket/prefix`; options are passed to the object
+    /// store (endpoint, region, credentials, conditional-put settings).
+    pub fn new(root: Url, storage_options: HashMap<String, String>) -> Result<Self> {
+        register_storage_handlers();
+        let mut root = root;
+        if !root.path().ends_with('/') {
+            let p = format!("{}/", root.path());
+            root.set_path(&p);
+        }
+        match root.scheme() {
+            "file" => {
+                let path = root.to_file_path().map_err(|_| Error::Storage(format!("not a local path: {root}")))?;
+                std::fs::create_dir_all(&path)?;
+            }
+            "s3" | "s3a" if cfg!(feature = "s3") => {}
+            other => {
+                return Err(Error::Storage(format!(
+                    "storage scheme `{other}` is not supported by this build (use file:// or s3://)"
+                )))
+            }
+        }
+        Ok(TableStore { root, storage_options })
+    }
+
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The location of a table below the root, e.g. `tenants/acme/feature-groups/clicks`.
+    pub fn location(&self, relative: &str) -> Result<Url> {
+        let rel = format!("{}/", relative.trim_matches('/'));
+        self.root.join(&rel).map_err(|e| Error::Storage(format!("bad table location {relative}: {e}")))
+    }
+
+    fn builder(&self, url: &Url) -> Result<DeltaTableBuilder> {
+        Ok(DeltaTableBuilder::from_url(url.clone())?.with_storage_options(self.storage_options.clone()))
+    }
+
+    /// Creates the Delta table for a feature group (version 0, no data).
+    pub async fn create(&self, url: &Url, name: &str, schema: &FeatureSchema, meta: CommitMeta) -> Result<i64> {
+        if url.scheme() == "file"
+            && let Ok(p) = url.to_file_path()
+        {
+            std::fs::create_dir_all(&p)?;
+        }
+        let table = self.builder(url)?.build()?;
+        let table = table
+            .create()
+            .with_table_name(name)
+            .with_columns(schema.delta_fields())
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .with_commit_properties(meta.properties())
+            .await
+            .map_err(classify)?;
+        Ok(table.version().unwrap_or(0) as i64)
+    }
+
+    /// Opens the latest version, or the given one.
+    pub async fn open(&self, url: &Url, version: Option<i64>) -> Result<DeltaTable> {
+        let Some(v) = version else {
+            return self.builder(url)?.load().await.map_err(classify);
+        };
+        let attempt = if v >= 0 { Some(self.builder(url)?.with_version(v as u64).load().await) } else { None };
+        match attempt {
+            Some(Ok(t)) => Ok(t),
+            failed => {
+                // Only a version past the end is "not found"; other failures keep their cause.
+                let latest = self.builder(url)?.load().await.map_err(classify)?.version().map(|v| v as i64).unwrap_or(-1);
+                match failed {
+                    Some(Err(e)) if v <= latest => Err(classify(e)),
+                    _ => Err(Error::VersionNotFound { version: v, latest }),
+                }
+            }
+        }
+    }
+
+    /// Whether a Delta table exists at `url`.
+    pub async fn exists(&self, url: &Url) -> Result<bool> {
+        match self.builder(url)?.load().await {
+            Ok(_) => Ok(true),
+            Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => Ok(false),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Starts a write. Rows are encoded to Parquet files as they arrive; nothing is
+    /// visible until [`StagedWrite::commit`] succeeds.
+    pub fn begin_write(&self, table: &DeltaTable, schema: &FeatureSchema, mode: WriteMode) -> Result<StagedWrite> {
+        let writer = match mode {
+            WriteMode::Upsert => None,
+            _ => Some(RecordBatchWriter::for_table(table)?),
+        };
+        Ok(StagedWrite { writer, mode, schema: schema.clone(), rows: 0, held: Vec::new() })
+    }
+
+    /// Adds nullable feature columns, producing a new version.
+    pub async fn add_columns(&self, table: DeltaTable, columns: &[Column], meta: CommitMeta) -> Result<i64> {
+        let fields = FeatureSchema { entity_keys: vec![], event_time: String::new(), features: columns.to_vec() }
+            .delta_fields()
+            .into_iter()
+            .skip(1) // the placeholder event-time column
+            .collect::<Vec<_>>();
+        let table = table
+            .add_columns()
+            .with_fields(fields)
+            .with_commit_properties(meta.properties())
+            .await
+            .map_err(classify)?;
+        Ok(table.version().unwrap_or(0) as i64)
+    }
+
+    /// Reads the commit info a version's log entry carries, straight from `_delta_log`.
+    pub async fn commit_info(&self, table: &DeltaTable, version: i64) -> Result<Option<CommitRecord>> {
+        let store = table.log_store().object_store(None);
+        let path = Path::from(format!("_delta_log/{version:020}.json"));
+        let bytes = match store.get(&path).await {
+            Ok(r) => r.bytes().await.map_err(|e| Error::Storage(e.to_string()))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::Storage(e.to_string())),
+        };
+        for line in bytes.split(|&b| b == b'\n') {
+            let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+            if let Some(ci) = v.get("commitInfo") {
+                return Ok(Some(CommitRecord {
+                    version,
+                    timestamp_ms: ci.get("timestamp").and_then(Value::as_i64),
+                    operation: ci.get("operation").and_then(Value::as_str).unwrap_or("UNKNOWN").to_string(),
+                    info: ci.as_object().cloned().unwrap_or_default(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A commit as read back from the Delta log.
+#[derive(Clone, Debug)]
+pub struct CommitRecord {
+    pub version: i64,
+    pub timestamp_ms: Option<i64>,
+    pub operation: String,
+    pub info: serde_json::Map<String, Value>,
+}
+
+/// Metadata written into the commit info of each commit (request id, actor, audit event).
+#[derive(Clone, Debug, Default)]
+pub struct CommitMeta(pub serde_json::Map<String, Value>);
+
+impl CommitMeta {
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(key.to_string(), value.into());
+        self
+    }
+
+    fn properties(self) -> CommitProperties {
+        CommitProperties::default().with_metadata(self.0)
+    }
+}
+
+/// The result of a successful commit.
+#[derive(Clone, Copy, Debug)]
+pub struct CommitOutcome {
+    pub version: i64,
+    pub rows: u64,
+}
+
+/// A write in progress: rows staged, nothing committed.
+pub struct StagedWrite {
+    writer: Option<RecordBatchWriter>,
+    mode: WriteMode,
+    schema: FeatureSchema,
+    rows: u64,
+    /// Upserts hold their rows: the merge joins them against the table in one pass.
+    held: Vec<RecordBatch>,
+}
+
+impl StagedWrite {
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        match self.writer.as_mut() {
+            Some(w) => w.write(batch).await.map_err(classify),
+            None => {
+                self.held.push(batch);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes any files staged so far; used when a write is abandoned.
+    pub async fn abort(mut self, table: &DeltaTable) {
+        if let Some(w) = self.writer.as_mut()
+            && let Ok(adds) = w.flush().await
+        {
+            delete_files(table, &adds).await;
+        }
+    }
+
+    /// Commits everything staged as one new version of `table` (which must be loaded at
+    /// its latest version). On failure no version is created and staged files are removed.
+    pub async fn commit(mut self, table: DeltaTable, meta: CommitMeta) -> Result<CommitOutcome> {
+        let rows = self.rows;
+        match self.mode {
+            WriteMode::Upsert => {
+                let version = upsert(table, &self.schema, std::mem::take(&mut self.held), meta).await?;
+                Ok(CommitOutcome { version, rows })
+            }
+            WriteMode::Append | WriteMode::Overwrite => {
+                let writer = self.writer.as_mut().expect("append and overwrite write through a writer");
+                let adds = writer.flush().await.map_err(classify)?;
+                let mut actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
+                let save_mode = if self.mode == WriteMode::Overwrite {
+                    let log_store = table.log_store();
+                    let removes: Vec<Action> = table
+                        .snapshot()?
+                        .snapshot()
+                        .file_views(log_store.as_ref(), None)
+                        .map_ok(|f| Action::Remove(f.remove_action(true)))
+                        .try_collect()
+                        .await
+                        .map_err(classify)?;
+                    actions.extend(removes);
+                    SaveMode::Overwrite
+                } else {
+                    SaveMode::Append
+                };
+                let operation = DeltaOperation::Write { mode: save_mode, partition_by: None, predicate: None };
+                let result = CommitBuilder::from(meta.properties())
+                    .with_actions(actions)
+                    .build(Some(table.snapshot()?), table.log_store(), operation)
+                    .await;
+                match result {
+                    Ok(done) => Ok(CommitOutcome { version: done.version() as i64, rows }),
+                    Err(e) => {
+                        delete_files(&table, &adds).await;
+                        Err(classify(e))
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn delete_files(table: &DeltaTable, adds: &[Add]) {
+    let store = table.object_store();
+    for add in adds {
+        let path = Path::from(add.path.as_str());
+        if let Err(e) = store.delete(&path).await {
+            tracing::warn!(path = %add.path, error = %e, "could not remove an uncommitted data file");
+        }
+    }
+}
+
+/// MERGE on entity keys + event time: matching rows are replaced, others inserted.
+async fn upsert(table: DeltaTable, schema: &FeatureSchema, batches: Vec<RecordBatch>, meta: CommitMeta) -> Result<i64> {
+    if let Some((first, second)) = crate::ingest::find_duplicate_keys(&batches, schema)? {
+        return Err(Error::DuplicateKey { first, second });
+    }
+    let ctx = SessionContext::new();
+    let source = ctx.read_batches(batches)?;
+    let mut key_cols: Vec<String> = schema.entity_keys.iter().map(|k| k.name.clone()).collect();
+    key_cols.push(schema.event_time.clone());
+    let predicate = key_cols
+        .iter()
+        .map(|k| format!("target.\"{k}\" = source.\"{k}\""))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let all: Vec<String> = schema.all_columns().into_iter().map(|c| c.name).collect();
+    let features: Vec<String> = schema.features.iter().map(|c| c.name.clone()).collect();
+    let (table, _metrics) = table
+        .merge(source, predicate)
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_commit_properties(meta.properties())
+        .when_matched_update(|mut u| {
+            for f in &features {
+                u = u.update(format!("\"{f}\""), format!("source.\"{f}\""));
+            }
+            u
+        })
+        .map_err(classify)?
+        .when_not_matched_insert(|mut i| {
+            for c in &all {
+                i = i.set(format!("\"{c}\""), format!("source.\"{c}\""));
+            }
+            i
+        })
+        .map_err(classify)?
+        .await
+        .map_err(classify)?;
+    Ok(table.version().unwrap_or(0) as i64)
+}
+
+/// A filter on one entity key column: rows whose key is any of `values`.
+#[derive(Clone, Debug)]
+pub struct KeyFilter {
+    pub column: String,
+    pub values: Vec<String>,
+}
+
+/// Streams a table snapshot, optionally filtered by entity keys and limited in rows.
+pub async fn scan(
+    table: &DeltaTable,
+    schema: &FeatureSchema,
+    filters: &[KeyFilter],
+    limit: Option<usize>,
+) -> Result<SendableRecordBatchStream> {
+    let ctx = SessionContext::new();
+    let provider = table.table_provider().await.map_err(Error::DataFusion)?;
+    let mut df = ctx.read_table(provider)?;
+    for f in filters {
+        let key = schema
+            .entity_keys
+            .iter()
+            .find(|k| k.name == f.column)
+            .ok_or_else(|| Error::InvalidSchema(format!("`{}` is not an entity key of this feature group", f.column)))?;
+        let values: Vec<Expr> = f
+            .values
+            .iter()
+            .map(|v| key_literal(key.dtype, v).map(lit).ok_or_else(|| Error::InvalidValue {
+                column: f.column.clone(),
+                expected: key.dtype.to_string(),
+                row: 0,
+                detail: format!("filter value {v:?} does not parse"),
+            }))
+            .collect::<Result<_>>()?;
+        let column = Expr::Column(datafusion::common::Column::from_name(f.column.clone()));
+        df = df.filter(column.in_list(values, false))?;
+    }
+    if let Some(n) = limit {
+        df = df.limit(0, Some(n))?;
+    }
+    Ok(df.execute_stream().await?)
+}
+
+fn key_literal(dtype: ColumnType, text: &str) -> Option<ScalarValue> {
+    match dtype {
+        ColumnType::Int32 => text.parse::<i32>().ok().map(|v| ScalarValue::Int32(Some(v))),
+        ColumnType::Int64 => text.parse::<i64>().ok().map(|v| ScalarValue::Int64(Some(v))),
+        ColumnType::String => Some(ScalarValue::Utf8(Some(text.to_string()))),
+        _ => None,
+    }
+}
+
+/// Counts live rows of the loaded snapshot from file statistics (no data is read).
+pub async fn row_count(table: &DeltaTable) -> Result<Option<u64>> {
+    let log_store = table.log_store();
+    let views: Vec<_> =
+        table.snapshot()?.snapshot().file_views(log_store.as_ref(), None).try_collect().await.map_err(classify)?;
+    let mut total = 0u64;
+    for v in views {
+        match v.num_records() {
+            Some(n) => total += n as u64,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(total))
+}
+
+/// Maps delta-rs errors so concurrent-writer conflicts are distinguishable.
+pub fn classify(e: DeltaTableError) -> Error {
+    match e {
+        DeltaTableError::Transaction { source } => match source {
+            TransactionError::VersionAlreadyExists(_)
+            | TransactionError::CommitConflict(_)
+            | TransactionError::MaxCommitAttempts(_) => Error::Conflict(source.to_string()),
+            other => Error::Delta(DeltaTableError::Transaction { source: other }),
+        },
+        DeltaTableError::VersionAlreadyExists(v) => Error::Conflict(format!("version {v} was written by another writer")),
+        other => Error::Delta(other),
+    }
+}
+
+pub type SharedStore = Arc<TableStore>;
+
+impl TableStore {
+    /// Checks that the storage root answers (used by readiness).
+    pub async fn check(&self) -> Result<()> {
+        let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
+        store.list_with_delimiter(None).await.map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! Feature group routes. Handlers parse and delegate to `crate::feature_groups`.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use lakeledger_query::formats::OutputFormat;
+use lakeledger_query::ingest::IngestFormat;
+use lakeledger_query::tables::WriteMode;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::ApiJson;
+use crate::auth::Caller;
+use crate::catalog::Role;
+use crate::error::{Error, ErrorBody, Result};
+use crate::feature_groups::{
+    self as fg, CreateFeatureGroup, EvolveSchema, FeatureGroupView, IngestResult, ReadSpec, UpdateFeatureGroup, VersionView,
+};
+use crate::recording::RequestId;
+use crate::state::AppState;
+
+const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
+const WRITE: &[Role] = &[Role::Admin, Role::Writer];
+
+/// Creates a feature group and its Delta table (version 0).
+#[utoipa::path(post, path = "/v1/feature-groups", request_body = CreateFeatureGroup,
+    responses((status = 201, body = FeatureGroupView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    RequestId(rid): RequestId,
+    ApiJson(req): ApiJson<CreateFeatureGroup>,
+) -> Result<(StatusCode, axum::Json<FeatureGroupView>)> {
+    p.require(WRITE, "create feature groups")?;
+    Ok((StatusCode::CREATED, axum::Json(fg::create(&state, &p, req, &rid).await?)))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ListParams {
+    /// Include archived groups.
+    #[serde(default)]
+    pub include_archived: bool,
+}
+
+/// Lists the tenant's feature groups.
+#[utoipa::path(get, path = "/v1/feature-groups", params(ListParams), responses((status = 200, body = Vec<FeatureGroupView>)))]
+pub async fn list(State(state): State<AppState>, Caller(p): Caller, Query(q): Query<ListParams>) -> Result<axum::Json<Vec<FeatureGroupView>>> {
+    p.require(READ, "read feature groups")?;
+    Ok(axum::Json(fg::list(&state, &p, q.include_archived).await?))
+}
+
+/// One feature group: schema, current version, row count.
+#[utoipa::path(get, path = "/v1/feature-groups/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = FeatureGroupView), (status = 404, body = ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<FeatureGroupView>> {
+    p.require(READ, "read feature groups")?;
+    Ok(axum::Json(fg::get(&state, &p, &name).await?))
+}
+
+/// Updates description, owner or tags.
+#[utoipa::path(patch, path = "/v1/feature-groups/{name}", params(("name" = String, Path)), request_body = UpdateFeatureGroup,
+    responses((status = 200, body = FeatureGroupView), (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<UpdateFeatureGroup>,
+) -> Result<axum::Json<FeatureGroupView>> {
+    p.require(WRITE, "change feature groups")?;
+    Ok(axum::Json(fg::update(&state, &p, &name, req).await?))
+}
+
+/// Evolves the schema: new nullable feature columns become a new version; type changes,
+/// key changes and dropped columns are refused with 409 naming the column.
+#[utoipa::path(put, path = "/v1/feature-groups/{name}/schema", params(("name" = String, Path)), request_body = EvolveSchema,
+    responses((status = 200, body = FeatureGroupView), (status = 409, body = ErrorBody)))]
+pub async fn evolve(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    RequestId(rid): RequestId,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<EvolveSchema>,
+) -> Result<axum::Json<FeatureGroupView>> {
+    p.require(WRITE, "change feature groups")?;
+    Ok(axum::Json(fg::evolve(&state, &p, &name, req, &rid).await?))
+}
+
+/// Archives a group: it stays readable at every version but takes no more writes.
+#[utoipa::path(post, path = "/v1/feature-groups/{name}/archive", params(("name" = String, Path)),
+    responses((status = 200, body = FeatureGroupView), (status = 404, body = ErrorBody)))]
+pub async fn archive(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<FeatureGroupView>> {
+    p.require(WRITE, "archive feature groups")?;
+    Ok(axum::Json(fg::archive(&state, &p, &name).await?))
+}
+
+/// The version history: version, commit time, operation, rows added, actor.
+#[utoipa::path(get, path = "/v1/feature-groups/{name}/versions", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<VersionView>), (status = 404, body = ErrorBody)))]
+pub async fn versions(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<Vec<VersionView>>> {
+    p.require(READ, "read feature groups")?;
+    Ok(axum::Json(fg::history(&state, &p, &name).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct IngestParams {
+    /// `append` (default), `upsert` (by entity keys + event time) or `overwrite`.
+    pub mode: Option<String>,
+}
+
+/// Ingests rows (JSON, NDJSON, CSV, Parquet or Arrow IPC by `Content-Type`) as one new version.
+#[utoipa::path(post, path = "/v1/feature-groups/{name}/data", params(("name" = String, Path), IngestParams),
+    request_body(content = String, description = "rows", content_type = "application/json"),
+    responses((status = 201, body = IngestResult), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn ingest(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    RequestId(rid): RequestId,
+    Path(name): Path<String>,
+    Query(q): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<IngestResult>)> {
+    p.require(WRITE, "ingest data")?;
+    let mode = match q.mode.as_deref() {
+        None => WriteMode::Append,
+        Some(m) => WriteMode::parse(m)
+            .ok_or_else(|| Error::BadRequest(format!("mode `{m}` is not one of append, upsert, overwrite")))?,
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let format = IngestFormat::from_content_type(content_type)
+        .ok_or_else(|| Error::UnsupportedMediaType(content_type.to_string()))?;
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > state.config.max_body_bytes
+    {
+        return Err(Error::PayloadTooLarge { limit: state.config.max_body_bytes });
+    }
+    let result = fg::ingest(&state, &p, &name, mode, format, body, &rid).await?;
+    Ok((StatusCode::CREATED, axum::Json(result)))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ReadParams {
+    /// Read exactly this version.
+    pub version: Option<i64>,
+    /// Read the version current at this RFC 3339 time (resolved through recorded commit times).
+    pub as_of: Option<String>,
+    /// Return at most this many rows.
+    pub limit: Option<usize>,
+    /// `json`, `ndjson`, `csv`, `arrow` or `parquet`; overrides `Accept`.
+    pub format: Option<String>,
+}
+
+/// Streams the rows of a version. Filter by entity keys with `key.<column>=v1,v2`.
+#[utoipa::path(get, path = "/v1/feature-groups/{name}/data", params(("name" = String, Path), ReadParams),
+    responses((status = 200, description = "rows in the negotiated format"), (status = 404, body = ErrorBody), (status = 406, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn read(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<ReadParams>,
+    Query(all): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    p.require(READ, "read data")?;
+    let format = match q.format.as_deref() {
+        Some(f) => OutputFormat::from_name(f).ok_or_else(|| Error::BadRequest(format!("format `{f}` is not one of json, ndjson, csv, arrow, parquet")))?,
+        None => OutputFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())).ok_or(Error::NotAcceptable)?,
+    };
+    let group = fg::find(&state, &p, &name).await?;
+    let spec = ReadSpec {
+        version: q.version,
+        as_of: q.as_of,
+        filters: fg::parse_key_filters(&group.schema, &all)?,
+        limit: q.limit,
+    };
+    let (version, body): (_, Body) = fg::read(&state, &p, &name, spec, format).await?;
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    h.insert("x-lakeledger-version", HeaderValue::from(version.version));
+    Ok(response)
+}

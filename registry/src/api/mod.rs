@@ -1,0 +1,92 @@
+//! The HTTP API: routes, the JSON extractor with our error body, and the OpenAPI document.
+
+mod admin;
+mod feature_groups;
+mod ops;
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::routing::{get, post, put};
+use utoipa::OpenApi;
+
+use crate::error::{Error, ErrorBody, ErrorDetail};
+use crate::state::AppState;
+
+/// JSON bodies whose rejections use the common error body.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(Error::UnsupportedMediaType("(missing); this endpoint takes application/json".into()))
+            }
+            Err(JsonRejection::JsonDataError(e)) => Err(Error::Unprocessable(e.body_text())),
+            Err(e) => Err(Error::BadRequest(e.body_text())),
+        }
+    }
+}
+
+/// The route table. Every route passes through the recording layer (see `server::app`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi_json))
+        .route("/docs", get(ops::docs))
+        .route("/v1/whoami", get(admin::whoami))
+        .route("/v1/tenants", post(admin::create_tenant).get(admin::list_tenants))
+        .route("/v1/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/v1/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/v1/feature-groups", post(feature_groups::create).get(feature_groups::list))
+        .route("/v1/feature-groups/{name}", get(feature_groups::get).patch(feature_groups::update))
+        .route("/v1/feature-groups/{name}/schema", put(feature_groups::evolve))
+        .route("/v1/feature-groups/{name}/archive", post(feature_groups::archive))
+        .route("/v1/feature-groups/{name}/versions", get(feature_groups::versions))
+        .route("/v1/feature-groups/{name}/data", post(feature_groups::ingest).get(feature_groups::read))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "lakeledger", description = "Audit-grade lakehouse feature store and model registry"),
+    paths(
+        ops::healthz, ops::readyz, ops::metrics,
+        admin::whoami, admin::create_tenant, admin::list_tenants, admin::create_key, admin::list_keys, admin::revoke_key,
+        feature_groups::create, feature_groups::list, feature_groups::get, feature_groups::update,
+        feature_groups::evolve, feature_groups::archive, feature_groups::versions,
+        feature_groups::ingest, feature_groups::read,
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth),
+    security(("api_key" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("llk_…").build()),
+        );
+    }
+}
+
+/// The OpenAPI document as pretty JSON with a trailing newline (the committed form).
+pub fn openapi_document() -> String {
+    let mut s = ApiDoc::openapi().to_pretty_json().expect("OpenAPI document serializes");
+    s.push('\n');
+    s
+}

@@ -1,0 +1,195 @@
+//! Server configuration: defaults, then an optional TOML file, then `LAKELEDGER_…`
+//! environment variables and command-line flags (clap merges the last two).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Everything the server needs, passed down as a value.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`.
+    pub catalog_url: Secret,
+    /// `file:///…` or `s3://bucket/prefix`.
+    pub data_root: url::Url,
+    /// Options for the object store (endpoint, region, credentials…).
+    pub storage_options: HashMap<String, String>,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: u64,
+    /// Rows a single data read returns at most when the client names no limit.
+    pub default_read_limit: Option<usize>,
+    /// Emit logs as JSON lines instead of text.
+    pub json_logs: bool,
+}
+
+/// A value that must never be printed whole (URLs with passwords, keys).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The value with any password in a URL replaced, safe for logs and banners.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("****"));
+                u.to_string()
+            }
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.redacted())
+    }
+}
+
+/// The optional config file. Every key is optional; flags and environment win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub catalog: Option<String>,
+    pub data_root: Option<String>,
+    #[serde(default)]
+    pub storage_options: HashMap<String, String>,
+    pub max_body_bytes: Option<u64>,
+    pub default_read_limit: Option<usize>,
+    pub json_logs: Option<bool>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::BadRequest(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::BadRequest(format!("config file {}: {e}", path.display())))
+    }
+}
+
+/// Values given on the command line or in the environment (None when not given).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub catalog: Option<String>,
+    pub data_root: Option<String>,
+    pub storage_options: Vec<(String, String)>,
+    pub max_body_bytes: Option<u64>,
+    pub json_logs: Option<bool>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "lakeledger-data";
+pub const DEFAULT_MAX_BODY: u64 = 2 * 1024 * 1024 * 1024;
+
+impl Config {
+    /// Builds a config for embedded defaults under `data_dir` (used by tests and `serve`).
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Result<Self> {
+        Self::resolve(FileConfig::default(), Overrides { data_dir: Some(data_dir.into()), ..Default::default() })
+    }
+
+    pub fn resolve(file: FileConfig, cli: Overrides) -> Result<Self> {
+        let listen = cli.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let data_dir = cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| Error::BadRequest(format!("cannot create data dir {}: {e}", data_dir.display())))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .map_err(|e| Error::BadRequest(format!("data dir {}: {e}", data_dir.display())))?;
+        let catalog = cli.catalog.or(file.catalog).unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", data_dir.join("catalog.sqlite").display())
+        });
+        if !(catalog.starts_with("sqlite:") || catalog.starts_with("postgres://") || catalog.starts_with("postgresql://")) {
+            return Err(Error::BadRequest(format!(
+                "catalog URL must start with sqlite:, postgres:// or postgresql://, got `{}`",
+                Secret::new(catalog).redacted()
+            )));
+        }
+        let data_root = match cli.data_root.or(file.data_root) {
+            Some(s) => parse_data_root(&s)?,
+            None => url::Url::from_directory_path(data_dir.join("tables")).map_err(|_| {
+                Error::BadRequest(format!("data dir {} is not an absolute path", data_dir.display()))
+            })?,
+        };
+        let mut storage_options = file.storage_options;
+        storage_options.extend(cli.storage_options);
+        Ok(Config {
+            listen,
+            data_dir,
+            catalog_url: Secret::new(catalog),
+            data_root,
+            storage_options,
+            max_body_bytes: cli.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY),
+            default_read_limit: file.default_read_limit,
+            json_logs: cli.json_logs.or(file.json_logs).unwrap_or(false),
+        })
+    }
+}
+
+/// Accepts `s3://…`, `file:///…` or a plain local path.
+fn parse_data_root(s: &str) -> Result<url::Url> {
+    if s.contains("://") {
+        let url = url::Url::parse(s).map_err(|e| Error::BadRequest(format!("data root `{s}`: {e}")))?;
+        match url.scheme() {
+            "file" | "s3" | "s3a" => Ok(url),
+            other => Err(Error::BadRequest(format!("data root scheme `{other}` is not supported; use file:// or s3://"))),
+        }
+    } else {
+        let p = PathBuf::from(s);
+        std::fs::create_dir_all(&p).map_err(|e| Error::BadRequest(format!("cannot create data root {s}: {e}")))?;
+        let p = p.canonicalize().map_err(|e| Error::BadRequest(format!("data root {s}: {e}")))?;
+        url::Url::from_directory_path(&p).map_err(|_| Error::BadRequest(format!("data root {s} is not a directory path")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file: FileConfig = toml::from_str(&format!(
+            "listen = \"127.0.0.1:9000\"\ndata_dir = {:?}\nmax_body_bytes = 10\n[storage_options]\nregion = \"eu\"\n",
+            dir.path()
+        ))
+        .unwrap();
+        let cli = Overrides { listen: Some("127.0.0.1:0".parse().unwrap()), ..Default::default() };
+        let c = Config::resolve(file, cli).unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.max_body_bytes, 10);
+        assert_eq!(c.storage_options["region"], "eu");
+        assert!(c.catalog_url.expose().starts_with("sqlite://"));
+        assert_eq!(c.data_root.scheme(), "file");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let s = Secret::new("postgres://u:hunter2@db/x");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = Overrides { data_dir: Some(dir.path().into()), catalog: Some("mysql://x".into()), ..Default::default() };
+        assert!(Config::resolve(FileConfig::default(), cli).is_err());
+        let cli = Overrides { data_dir: Some(dir.path().into()), data_root: Some("gs://b".into()), ..Default::default() };
+        assert!(Config::resolve(FileConfig::default(), cli).is_err());
+    }
+}

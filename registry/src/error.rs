@@ -1,0 +1,131 @@
+//! The one error type of the server and its single mapping to HTTP.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Everything a request can fail with. Each variant maps to one status and one stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing or malformed credentials: send `Authorization: Bearer <api key>`")]
+    Unauthenticated,
+    #[error("the API key is unknown or revoked")]
+    InvalidKey,
+    #[error("role `{role}` may not {action}")]
+    Forbidden { role: String, action: String },
+    #[error("{kind} `{name}` not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{0}")]
+    VersionNotFound(String),
+    #[error("{kind} `{name}` already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("unsupported content type `{0}`; send application/json, application/x-ndjson, text/csv, application/vnd.apache.arrow.stream or application/vnd.apache.parquet")]
+    UnsupportedMediaType(String),
+    #[error("none of the accepted media types can be produced; ask for application/json, application/x-ndjson, text/csv, application/vnd.apache.arrow.stream or application/vnd.apache.parquet")]
+    NotAcceptable,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("catalog: {0}")]
+    Catalog(#[from] sqlx::Error),
+    #[error("catalog migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Engine(#[from] lakeledger_query::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error body every endpoint returns.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `feature_group_not_found`.
+    pub code: String,
+    /// What went wrong; for 5xx errors only a generic sentence.
+    pub message: String,
+    /// Quote this id when asking an operator; the log holds the detail under it.
+    pub error_id: String,
+}
+
+impl Error {
+    pub fn status_and_code(&self) -> (StatusCode, String) {
+        use lakeledger_query::Error as Q;
+        let (status, code): (StatusCode, &str) = match self {
+            Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Error::InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
+            Error::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::NotFound { kind, .. } => return (StatusCode::NOT_FOUND, format!("{}_not_found", kind.replace(' ', "_"))),
+            Error::VersionNotFound(_) => (StatusCode::NOT_FOUND, "version_not_found"),
+            Error::AlreadyExists { kind, .. } => {
+                return (StatusCode::CONFLICT, format!("{}_already_exists", kind.replace(' ', "_")))
+            }
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Error::NotAcceptable => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Catalog(e) if is_unique_violation(e) => (StatusCode::CONFLICT, "conflict"),
+            Error::Engine(e) => match e {
+                Q::InvalidValue { .. } | Q::UnknownColumn { .. } | Q::MissingColumn { .. } | Q::DuplicateKey { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rows")
+                }
+                Q::Malformed { .. } => (StatusCode::BAD_REQUEST, "malformed_body"),
+                Q::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_schema"),
+                Q::IncompatibleSchemaChange { .. } => (StatusCode::CONFLICT, "incompatible_schema_change"),
+                Q::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
+                Q::Conflict(_) => (StatusCode::CONFLICT, "concurrent_modification"),
+                Q::LimitExceeded(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            Error::Catalog(_) | Error::Migration(_) | Error::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        (status, code.to_string())
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| d.is_unique_violation())
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let error_id = uuid::Uuid::now_v7().to_string();
+        let message = if status.is_server_error() {
+            // The detail may name paths, hosts or SQL; it goes to the log only.
+            tracing::error!(%error_id, %code, error = %self, "request failed");
+            "internal error; quote the error_id to an operator".to_string()
+        } else {
+            tracing::debug!(%error_id, %code, error = %self, "request refused");
+            self.to_string()
+        };
+        let mut response =
+            (status, Json(ErrorBody { error: ErrorDetail { code: code.clone(), message, error_id } })).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
+        response
+    }
+}
+
+/// Attached to error responses so the recording layer can log the code.
+#[derive(Clone, Debug)]
+pub struct ErrorCode(pub String);

@@ -1,0 +1,127 @@
+//! Starting the server: catalog, storage, first-start bootstrap, reconciliation, and the
+//! router with its layers.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::response::IntoResponse;
+use lakeledger_query::tables::TableStore;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::auth::{DEFAULT_TENANT, MintedKey, create_tenant, mint_key};
+use crate::catalog::{self, Role};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::recording::{LogSink, SharedSink};
+use crate::state::AppState;
+
+/// The Prometheus recorder is process-wide; tests start several servers in one process.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("valid buckets");
+            match builder.install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed (an embedding program): keep our own handle.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// A started but not yet listening server.
+pub struct Prepared {
+    pub state: AppState,
+    /// The admin key minted on first start, if this was one.
+    pub first_admin_key: Option<MintedKey>,
+}
+
+/// Opens the catalog and storage, creates the default tenant and its first admin key on
+/// first start, and reconciles the catalog with the Delta logs.
+pub async fn prepare(config: Config, recorder: Option<SharedSink>) -> Result<Prepared> {
+    let catalog = catalog::connect(config.catalog_url.expose()).await?;
+    let tables = TableStore::new(config.data_root.clone(), config.storage_options.clone())?;
+    let recorder = recorder.unwrap_or_else(|| std::sync::Arc::new(LogSink));
+    let state = AppState::new(config, catalog, tables, metrics_handle(), recorder);
+    let first_admin_key = bootstrap(&state).await?;
+    let report = crate::feature_groups::reconcile(&state).await?;
+    if report.recovered_versions + report.completed_creations + report.removed_creations > 0 {
+        tracing::warn!(?report, "reconciled the catalog with the Delta logs");
+    }
+    Ok(Prepared { state, first_admin_key })
+}
+
+async fn bootstrap(state: &AppState) -> Result<Option<MintedKey>> {
+    if state.catalog.tenant_by_name(DEFAULT_TENANT).await?.is_some() {
+        return Ok(None);
+    }
+    let tenant = match create_tenant(&state.catalog, DEFAULT_TENANT).await {
+        Ok(t) => t,
+        // Another replica bootstrapped at the same moment.
+        Err(Error::AlreadyExists { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(mint_key(&state.catalog, &tenant, "initial admin", Role::Admin, "bootstrap").await?))
+}
+
+/// The full application: routes, recording layer, panic catcher, fallbacks.
+pub fn app(state: AppState) -> Router {
+    crate::api::routes()
+        .fallback(|| async { Error::NotFound { kind: "route", name: "no such endpoint".into() } })
+        .method_not_allowed_fallback(|| async {
+            let mut r = Error::BadRequest("this method is not allowed on this endpoint".into()).into_response();
+            *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+            r
+        })
+        // Inside the recording layer so that a panic is recorded as the 500 it becomes.
+        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
+            Error::Internal("handler panicked".into()).into_response()
+        }))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::recording::record))
+        .with_state(state)
+}
+
+/// Binds, prints where the server listens, and serves until SIGTERM/Ctrl-C; in-flight
+/// requests finish before it returns.
+pub async fn serve(prepared: Prepared, on_bound: impl FnOnce(SocketAddr)) -> Result<()> {
+    let state = prepared.state;
+    let listener = tokio::net::TcpListener::bind(state.config.listen)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", state.config.listen)))?;
+    let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+    on_bound(addr);
+    let shutdown_state = state.clone();
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            shutdown_state.accepting.store(false, Ordering::SeqCst);
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("server error: {e}")))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

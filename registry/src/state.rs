@@ -1,0 +1,54 @@
+//! Shared server state, passed to handlers by axum.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use lakeledger_query::tables::TableStore;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::catalog::SharedCatalog;
+use crate::config::Config;
+use crate::recording::SharedSink;
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub catalog: SharedCatalog,
+    pub tables: TableStore,
+    pub metrics: PrometheusHandle,
+    pub recorder: SharedSink,
+    /// False while shutting down, so load balancers stop sending traffic.
+    pub accepting: AtomicBool,
+    /// One lock per feature group, held around commit + catalog update, so versions and
+    /// their commit times are recorded in order. Different groups never share a lock.
+    group_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl AppState {
+    pub fn new(config: Config, catalog: SharedCatalog, tables: TableStore, metrics: PrometheusHandle, recorder: SharedSink) -> Self {
+        AppState(Arc::new(Inner {
+            config,
+            catalog,
+            tables,
+            metrics,
+            recorder,
+            accepting: AtomicBool::new(true),
+            group_locks: Default::default(),
+        }))
+    }
+
+    pub fn group_lock(&self, group_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.group_locks.lock().expect("group lock table");
+        locks.entry(group_id.to_string()).or_default().clone()
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
