@@ -149,6 +149,10 @@ impl TableStore {
 
     /// Whether a Delta table exists at `url`.
     pub async fn exists(&self, url: &Url) -> Result<bool> {
+        if url.scheme() == "file" {
+            let path = url.to_file_path().map_err(|_| Error::Storage(format!("not a local path: {url}")))?;
+            return Ok(path.join("_delta_log").is_dir());
+        }
         match self.builder(url)?.load().await {
             Ok(_) => Ok(true),
             Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => Ok(false),

@@ -1,1 +1,8 @@
-fn main() {}
+//! End-to-end tests: each starts the real server on 127.0.0.1:0 over a temp dir and
+//! speaks HTTP to it.
+
+mod catalog_conformance;
+mod feature_groups;
+mod interop;
+mod openapi;
+mod support;

@@ -1,0 +1,466 @@
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use serde_json::{Value, json};
+
+use crate::support::{Server, error_code};
+
+#[tokio::test]
+async fn create_ingest_and_read_every_version() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+
+    let r = s
+        .ingest_json(&k, "clicks", "append", json!([
+            {"user_id": 1, "ts": "2026-01-01T00:00:00Z", "clicks": 3, "ctr": 0.5, "country": "NL", "emb": [0.1, 0.2]},
+            {"user_id": 2, "ts": "2026-01-01T00:00:00Z", "clicks": 7}
+        ]))
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"version": 1, "rows": 2, "mode": "append"}));
+
+    // Upsert replaces the row with the same key and event time, and adds a new one.
+    let csv = "user_id,ts,clicks\n1,2026-01-01T00:00:00Z,30\n3,2026-01-02T00:00:00Z,1\n";
+    let r = s
+        .post(&k, "/v1/feature-groups/clicks/data?mode=upsert")
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 2);
+
+    let latest = s.read_json(&k, "/v1/feature-groups/clicks/data").await;
+    assert_eq!(latest.len(), 3);
+    let user1 = latest.iter().find(|r| r["user_id"] == 1).unwrap();
+    assert_eq!(user1["clicks"], 30);
+
+    let v1 = s.read_json(&k, "/v1/feature-groups/clicks/data?version=1").await;
+    assert_eq!(v1.len(), 2);
+    assert_eq!(v1.iter().find(|r| r["user_id"] == 1).unwrap()["clicks"], 3);
+    assert_eq!(v1.iter().find(|r| r["user_id"] == 1).unwrap()["emb"], json!([0.1, 0.2]));
+
+    let v0 = s.read_json(&k, "/v1/feature-groups/clicks/data?version=0").await;
+    assert!(v0.is_empty());
+
+    // Versions list, with commit times that resolve `as_of` exactly.
+    let versions: Vec<Value> = s.get(&k, "/v1/feature-groups/clicks/versions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(versions.len(), 3);
+    assert_eq!(versions[1]["rows_added"], 2);
+    assert_eq!(versions[2]["operation"], "MERGE (upsert)");
+    let t1 = versions[1]["committed_at"].as_str().unwrap();
+    let at_v1 = s.read_json(&k, &format!("/v1/feature-groups/clicks/data?as_of={}", urlencode(t1))).await;
+    assert_eq!(at_v1.len(), 2, "as_of the commit time of v1 reads v1");
+
+    // Filters and limits.
+    let one = s.read_json(&k, "/v1/feature-groups/clicks/data?key.user_id=2,3&limit=10").await;
+    assert_eq!(one.len(), 2);
+    let limited = s.read_json(&k, "/v1/feature-groups/clicks/data?limit=1").await;
+    assert_eq!(limited.len(), 1);
+
+    // The group reports its current version and row count.
+    let g: Value = s.get(&k, "/v1/feature-groups/clicks").send().await.unwrap().json().await.unwrap();
+    assert_eq!((g["current_version"].clone(), g["row_count"].clone()), (json!(2), json!(3)));
+
+    // Overwrite replaces everything in one version.
+    let r = s.ingest_json(&k, "clicks", "overwrite", json!([{"user_id": 9, "ts": "2026-02-01T00:00:00Z"}])).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data").await.len(), 1);
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data?version=2").await.len(), 3);
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(':', "%3A").replace('+', "%2B")
+}
+
+#[tokio::test]
+async fn missing_versions_and_times_are_errors_never_latest_data() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    s.ingest_json(&k, "clicks", "append", json!([{"user_id": 1, "ts": "2026-01-01T00:00:00Z"}])).await;
+
+    let r = s.get(&k, "/v1/feature-groups/clicks/data?version=7").send().await.unwrap();
+    let (code, msg) = error_code(r, 404).await;
+    assert_eq!(code, "version_not_found");
+    assert!(msg.contains("0 to 1"), "{msg}");
+    let r = s.get(&k, "/v1/feature-groups/clicks/data?as_of=2001-01-01T00:00:00Z").send().await.unwrap();
+    let (_, msg) = error_code(r, 422).await;
+    assert!(msg.contains("before the first commit"), "{msg}");
+    let r = s.get(&k, "/v1/feature-groups/clicks/data?as_of=yesterday").send().await.unwrap();
+    error_code(r, 400).await;
+    let r = s.get(&k, "/v1/feature-groups/clicks/data?version=1&as_of=2026-01-01T00:00:00Z").send().await.unwrap();
+    error_code(r, 400).await;
+    let r = s.get(&k, "/v1/feature-groups/clicks/data?key.clicks=1").send().await.unwrap();
+    error_code(r, 400).await;
+}
+
+#[tokio::test]
+async fn bad_rows_are_refused_with_column_type_and_row_and_nothing_is_written() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    let rows = json!([
+        {"user_id": 1, "ts": "2026-01-01T00:00:00Z", "clicks": 1},
+        {"user_id": 2, "ts": "2026-01-01T00:00:00Z", "clicks": 2},
+        {"user_id": 3, "ts": "2026-01-01T00:00:00Z", "clicks": "three"}
+    ]);
+    let (code, msg) = error_code(s.ingest_json(&k, "clicks", "append", rows).await, 422).await;
+    assert_eq!(code, "invalid_rows");
+    assert!(msg.contains("`clicks`") && msg.contains("int32") && msg.contains("row 3"), "{msg}");
+
+    let (_, msg) = error_code(s.ingest_json(&k, "clicks", "append", json!([{"ts": "2026-01-01T00:00:00Z"}])).await, 422).await;
+    assert!(msg.contains("user_id"), "{msg}");
+    let (_, msg) =
+        error_code(s.ingest_json(&k, "clicks", "append", json!([{"user_id": 1, "ts": "2026-01-01T00:00:00Z", "nope": 1}])).await, 422).await;
+    assert!(msg.contains("nope"), "{msg}");
+    let dup = json!([{"user_id": 1, "ts": "2026-01-01T00:00:00Z"}, {"user_id": 1, "ts": "2026-01-01T00:00:00Z"}]);
+    error_code(s.ingest_json(&k, "clicks", "upsert", dup).await, 422).await;
+    let r = s.post(&k, "/v1/feature-groups/clicks/data").header("content-type", "application/json").body("[{\"user_id\": 1,").send().await.unwrap();
+    error_code(r, 400).await;
+    let r = s.post(&k, "/v1/feature-groups/clicks/data").header("content-type", "application/xml").body("<x/>").send().await.unwrap();
+    error_code(r, 415).await;
+    let r = s.post(&k, "/v1/feature-groups/clicks/data?mode=merge").header("content-type", "application/json").body("[]").send().await.unwrap();
+    error_code(r, 400).await;
+
+    // Nothing of the refused uploads became a version, and no stray data files remain.
+    let versions: Vec<Value> = s.get(&k, "/v1/feature-groups/clicks/versions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(versions.len(), 1);
+    let table_dir = s.data_dir.join("tables/tenants/default/feature-groups/clicks");
+    let parquet_files = std::fs::read_dir(&table_dir).unwrap().filter(|e| {
+        e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")
+    });
+    assert_eq!(parquet_files.count(), 0);
+}
+
+#[tokio::test]
+async fn arrow_ipc_and_parquet_round_trip() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new("ctr", DataType::Float64, true),
+        Field::new("country", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from((0..1000).collect::<Vec<i64>>())),
+            Arc::new(TimestampMicrosecondArray::from(vec![1_767_225_600_000_000i64; 1000]).with_timezone("UTC")),
+            Arc::new(Float64Array::from((0..1000).map(|i| i as f64 / 1000.0).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(vec!["DE"; 1000])),
+        ],
+    )
+    .unwrap();
+    let mut ipc = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+    }
+    let r = s
+        .post(&k, "/v1/feature-groups/clicks/data")
+        .header("content-type", "application/vnd.apache.arrow.stream")
+        .body(ipc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    let mut pq = Vec::new();
+    {
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut pq, schema.clone(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+    let r = s
+        .post(&k, "/v1/feature-groups/clicks/data")
+        .header("content-type", "application/vnd.apache.parquet")
+        .body(pq)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    // Read back as Arrow IPC and as Parquet.
+    let r = s.get(&k, "/v1/feature-groups/clicks/data?version=1").header("accept", "application/vnd.apache.arrow.stream").send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    let bytes = r.bytes().await.unwrap();
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 1000);
+
+    let r = s.get(&k, "/v1/feature-groups/clicks/data?format=parquet").send().await.unwrap();
+    let bytes = r.bytes().await.unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 4096).unwrap();
+    assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 2000);
+
+    let csv = s.get(&k, "/v1/feature-groups/clicks/data?version=1&limit=5").header("accept", "text/csv").send().await.unwrap().text().await.unwrap();
+    assert_eq!(csv.lines().count(), 6, "{csv}");
+    let r = s.get(&k, "/v1/feature-groups/clicks/data").header("accept", "image/png").send().await.unwrap();
+    error_code(r, 406).await;
+}
+
+#[tokio::test]
+async fn keys_roles_and_tenants_are_enforced() {
+    let s = Server::start().await;
+    let admin = s.admin_key.clone();
+    s.create_clicks(&admin).await;
+    let reader = s.create_key("reader", None).await;
+    let writer = s.create_key("writer", None).await;
+
+    // No key, a malformed key, an unknown key.
+    let r = s.client.get(s.url("/v1/feature-groups")).send().await.unwrap();
+    assert_eq!(error_code(r, 401).await.0, "unauthenticated");
+    let r = s.get("llk_nope", "/v1/feature-groups").send().await.unwrap();
+    assert_eq!(error_code(r, 401).await.0, "invalid_api_key");
+
+    // Readers read but do not write; writers do not manage keys.
+    assert_eq!(s.get(&reader, "/v1/feature-groups/clicks").send().await.unwrap().status(), 200);
+    let r = s.ingest_json(&reader, "clicks", "append", json!([{"user_id": 1, "ts": "2026-01-01T00:00:00Z"}])).await;
+    assert_eq!(error_code(r, 403).await.0, "forbidden");
+    let r = s.ingest_json(&writer, "clicks", "append", json!([{"user_id": 1, "ts": "2026-01-01T00:00:00Z"}])).await;
+    assert_eq!(r.status(), 201);
+    let r = s.post(&writer, "/v1/keys").json(&json!({"name": "x", "role": "admin"})).send().await.unwrap();
+    error_code(r, 403).await;
+
+    // Another tenant cannot see this tenant's group.
+    let r = s.post(&admin, "/v1/tenants").json(&json!({"name": "acme"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let acme = s.create_key("admin", Some("acme")).await;
+    let r = s.get(&acme, "/v1/feature-groups/clicks").send().await.unwrap();
+    assert_eq!(error_code(r, 404).await.0, "feature_group_not_found");
+    let r = s.get(&acme, "/v1/feature-groups/clicks/data").send().await.unwrap();
+    error_code(r, 404).await;
+    let listed: Vec<Value> = s.get(&acme, "/v1/feature-groups").send().await.unwrap().json().await.unwrap();
+    assert!(listed.is_empty());
+    // Tenant admins manage their own keys, not other tenants or tenants at all.
+    let r = s.post(&acme, "/v1/tenants").json(&json!({"name": "evil"})).send().await.unwrap();
+    error_code(r, 403).await;
+    let r = s.post(&acme, "/v1/keys").json(&json!({"name": "x", "role": "admin", "tenant": "default"})).send().await.unwrap();
+    error_code(r, 403).await;
+    // The same group name is free in another tenant.
+    s.create_clicks(&acme).await;
+
+    // Revoked keys stop working at once; listings never show secrets.
+    let keys: Vec<Value> = s.get(&admin, "/v1/keys").send().await.unwrap().json().await.unwrap();
+    assert!(keys.iter().all(|k| k.get("secret").is_none() && k.get("secret_hash").is_none()));
+    let reader_id = keys.iter().find(|k| k["role"] == "reader").unwrap()["id"].as_str().unwrap().to_string();
+    let r = s.client.delete(s.url(&format!("/v1/keys/{reader_id}"))).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s.get(&reader, "/v1/feature-groups").send().await.unwrap();
+    error_code(r, 401).await;
+
+    // Unknown routes and bad JSON use the same error body.
+    let r = s.get(&admin, "/v1/nothing-here").send().await.unwrap();
+    error_code(r, 404).await;
+    let r = s.post(&admin, "/v1/feature-groups").header("content-type", "application/json").body("{").send().await.unwrap();
+    error_code(r, 400).await;
+    let r = s.post(&admin, "/v1/feature-groups").json(&json!({"name": "x"})).send().await.unwrap();
+    error_code(r, 422).await;
+}
+
+#[tokio::test]
+async fn schema_evolution_adds_columns_and_refuses_breaking_changes() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    s.ingest_json(&k, "clicks", "append", json!([{"user_id": 1, "ts": "2026-01-01T00:00:00Z", "clicks": 1}])).await;
+    let g: Value = s.get(&k, "/v1/feature-groups/clicks").send().await.unwrap().json().await.unwrap();
+    let mut features = g["features"].as_array().unwrap().clone();
+
+    // A changed type is refused, naming the column.
+    let mut changed = features.clone();
+    changed[0]["type"] = json!("int64");
+    let r = s.client.put(s.url("/v1/feature-groups/clicks/schema")).bearer_auth(&k).json(&json!({"features": changed})).send().await.unwrap();
+    let (code, msg) = error_code(r, 409).await;
+    assert_eq!(code, "incompatible_schema_change");
+    assert!(msg.contains("`clicks`"), "{msg}");
+    // A dropped column and a key change are refused too.
+    let r = s.client.put(s.url("/v1/feature-groups/clicks/schema")).bearer_auth(&k).json(&json!({"features": features[1..]})).send().await.unwrap();
+    assert!(error_code(r, 409).await.1.contains("`clicks`"));
+    let r = s
+        .client
+        .put(s.url("/v1/feature-groups/clicks/schema"))
+        .bearer_auth(&k)
+        .json(&json!({"features": features, "entity_keys": [{"name": "user_id", "type": "string"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(error_code(r, 409).await.1.contains("user_id"));
+
+    // Adding a nullable column is a new version; old rows read it as null.
+    features.push(json!({"name": "score", "type": "float32"}));
+    let r = s.client.put(s.url("/v1/feature-groups/clicks/schema")).bearer_auth(&k).json(&json!({"features": features})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let g: Value = r.json().await.unwrap();
+    assert_eq!(g["current_version"], 2);
+    let r = s.ingest_json(&k, "clicks", "append", json!([{"user_id": 2, "ts": "2026-01-01T00:00:00Z", "score": 0.5}])).await;
+    assert_eq!(r.status(), 201);
+    let rows = s.read_json(&k, "/v1/feature-groups/clicks/data").await;
+    assert_eq!(rows.iter().find(|r| r["user_id"] == 1).unwrap()["score"], Value::Null);
+    assert_eq!(rows.iter().find(|r| r["user_id"] == 2).unwrap()["score"], 0.5);
+    // Version 1 still reads with its own schema.
+    let v1 = s.read_json(&k, "/v1/feature-groups/clicks/data?version=1").await;
+    assert!(v1[0].get("score").is_none());
+
+    // Metadata updates and archiving.
+    let r = s.client.patch(s.url("/v1/feature-groups/clicks")).bearer_auth(&k).json(&json!({"owner": "ml"})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["owner"], "ml");
+    let r = s.post(&k, "/v1/feature-groups/clicks/archive").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "archived");
+    let r = s.ingest_json(&k, "clicks", "append", json!([{"user_id": 3, "ts": "2026-01-01T00:00:00Z"}])).await;
+    error_code(r, 409).await;
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data?version=1").await.len(), 1);
+    let listed: Vec<Value> = s.get(&k, "/v1/feature-groups").send().await.unwrap().json().await.unwrap();
+    assert!(listed.is_empty());
+    let listed: Vec<Value> = s.get(&k, "/v1/feature-groups?include_archived=true").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_ingests_each_get_their_own_version() {
+    let s = Arc::new(Server::start().await);
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            let rows: Vec<Value> = (0..50).map(|j| json!({"user_id": i * 1000 + j, "ts": "2026-01-01T00:00:00Z"})).collect();
+            s.ingest_json(&k, "clicks", "append", Value::Array(rows)).await.status().as_u16()
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201);
+    }
+    let history: Vec<Value> = s.get(&k, "/v1/feature-groups/clicks/versions").send().await.unwrap().json().await.unwrap();
+    for h in &history {
+        versions.push(h["version"].as_i64().unwrap());
+    }
+    assert_eq!(versions, (0..=8).collect::<Vec<_>>());
+    let times: Vec<&str> = history.iter().map(|h| h["committed_at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "commit times increase with versions");
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data").await.len(), 400);
+}
+
+#[tokio::test]
+async fn body_limit_answers_413_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    config.max_body_bytes = 1024;
+    let s = Server::start_with(config, None).await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    let rows: Vec<Value> = (0..200).map(|j| json!({"user_id": j, "ts": "2026-01-01T00:00:00Z"})).collect();
+    // Chunked upload without Content-Length: the limit is enforced while streaming.
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(
+        Value::Array(rows).to_string().into_bytes().chunks(100).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>(),
+    ));
+    let r = s.post(&k, "/v1/feature-groups/clicks/data").header("content-type", "application/json").body(body).send().await.unwrap();
+    assert_eq!(error_code(r, 413).await.0, "payload_too_large");
+    let versions: Vec<Value> = s.get(&k, "/v1/feature-groups/clicks/versions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(versions.len(), 1);
+}
+
+#[tokio::test]
+async fn restart_reconciles_catalog_with_the_delta_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    let s = Server::start_with(config.clone(), None).await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    s.ingest_json(&k, "clicks", "append", json!([{"user_id": 1, "ts": "2026-01-01T00:00:00Z"}])).await;
+    drop(s);
+
+    // A commit that reached the Delta log but not the catalog, as after kill -9 between the two.
+    let store = lakeledger_query_store(&config);
+    let url = store.location("tenants/default/feature-groups/clicks").unwrap();
+    let table = store.open(&url, None).await.unwrap();
+    let schema: lakeledger_query::FeatureSchema = serde_json::from_value(json!({
+        "entity_keys": [{"name": "user_id", "type": "int64"}], "event_time": "ts",
+        "features": [{"name": "clicks", "type": "int32"}, {"name": "ctr", "type": "float64"},
+                     {"name": "country", "type": "string"}, {"name": "emb", "type": "list<float32>"}]
+    }))
+    .unwrap();
+    let mut staged = store.begin_write(&table, &schema, lakeledger_query::tables::WriteMode::Append).unwrap();
+    let mut conformer = lakeledger_query::ingest::Conformer::new(schema.clone());
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        ])),
+        vec![Arc::new(Int64Array::from(vec![2])), Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone("UTC"))],
+    )
+    .unwrap();
+    staged.write(conformer.conform(&batch).unwrap()).await.unwrap();
+    let meta = lakeledger_query::tables::CommitMeta::default().with("lakeledger.actor", "default/crashed-writer");
+    assert_eq!(staged.commit(table, meta).await.unwrap().version, 2);
+
+    // And a group whose creation never got past the catalog row.
+    let catalog = lakeledger::catalog::connect(config.catalog_url.expose()).await.unwrap();
+    let tenant = catalog.tenant_by_name("default").await.unwrap().unwrap();
+    catalog
+        .insert_feature_group(&lakeledger::catalog::FeatureGroupRecord {
+            id: "fg_half".into(),
+            tenant_id: tenant.id,
+            name: "half".into(),
+            schema: schema.clone(),
+            description: String::new(),
+            owner: String::new(),
+            tags: Default::default(),
+            online: false,
+            location: "tenants/default/feature-groups/half".into(),
+            state: lakeledger::catalog::GroupState::Creating,
+            created_at: 0,
+            updated_at: 0,
+            created_by: "x".into(),
+        })
+        .await
+        .unwrap();
+    drop(catalog);
+
+    let s = Server::start_with(config.clone(), Some(k.clone())).await;
+    let history: Vec<Value> = s.get(&k, "/v1/feature-groups/clicks/versions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[2]["recovered"], true);
+    assert_eq!(history[2]["actor"], "default/crashed-writer");
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data?version=2").await.len(), 2);
+    let r = s.get(&k, "/v1/feature-groups/half").send().await.unwrap();
+    error_code(r, 404).await;
+    // The name is free again.
+    let r = s
+        .post(&k, "/v1/feature-groups")
+        .json(&json!({"name": "half", "entity_keys": [{"name": "id", "type": "string"}], "event_time": "ts"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+fn lakeledger_query_store(config: &lakeledger::config::Config) -> lakeledger_query::tables::TableStore {
+    lakeledger_query::tables::TableStore::new(config.data_root.clone(), config.storage_options.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn probes_metrics_and_request_ids() {
+    let s = Server::start().await;
+    let r = s.client.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = s.client.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["ready"], true);
+    let r = s.get(&s.admin_key, "/v1/whoami").header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let metrics = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("lakeledger_http_requests_total"), "{metrics}");
+    assert!(metrics.contains("lakeledger_http_request_duration_seconds_bucket"), "{metrics}");
+    let docs = s.client.get(s.url("/docs")).send().await.unwrap().text().await.unwrap();
+    assert!(docs.contains("/openapi.json"));
+}

@@ -1,0 +1,143 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use lakeledger::config::Config;
+use reqwest::{Client, RequestBuilder, Response};
+use serde_json::{Value, json};
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_key: String,
+    pub data_dir: PathBuf,
+    pub client: Client,
+    _dir: Option<tempfile::TempDir>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+impl Server {
+    /// A server on embedded defaults in a fresh temp dir.
+    pub async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Server::start_with(Config::embedded(dir.path()).unwrap(), None).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts on `config` (listen forced to port 0). `admin_key` is needed when the
+    /// catalog was bootstrapped earlier.
+    pub async fn start_with(mut config: Config, admin_key: Option<String>) -> Server {
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let data_dir = config.data_dir.clone();
+        let prepared = lakeledger::server::prepare(config, None).await.expect("server prepares");
+        let admin_key = prepared.first_admin_key.as_ref().map(|k| k.secret.clone()).or(admin_key).expect("an admin key");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(async move {
+            lakeledger::server::serve(prepared, |addr| tx.send(addr).unwrap()).await.unwrap();
+        });
+        let addr = rx.await.unwrap();
+        Server { addr, admin_key, data_dir, client: Client::new(), _dir: None, handle }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn get(&self, key: &str, path: &str) -> RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(key)
+    }
+
+    pub fn post(&self, key: &str, path: &str) -> RequestBuilder {
+        self.client.post(self.url(path)).bearer_auth(key)
+    }
+
+    pub async fn create_key(&self, role: &str, tenant: Option<&str>) -> String {
+        let mut body = json!({"name": format!("{role} key"), "role": role});
+        if let Some(t) = tenant {
+            body["tenant"] = json!(t);
+        }
+        let r = self.post(&self.admin_key, "/v1/keys").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["secret"].as_str().unwrap().to_string()
+    }
+
+    /// Creates `clicks`: user_id int64 key, ts event time, a few typed features.
+    pub async fn create_clicks(&self, key: &str) {
+        let r = self
+            .post(key, "/v1/feature-groups")
+            .json(&json!({
+                "name": "clicks",
+                "entity_keys": [{"name": "user_id", "type": "int64"}],
+                "event_time": "ts",
+                "features": [
+                    {"name": "clicks", "type": "int32"},
+                    {"name": "ctr", "type": "float64"},
+                    {"name": "country", "type": "string"},
+                    {"name": "emb", "type": "list<float32>"}
+                ],
+                "description": "clicks per user", "owner": "growth", "tags": {"team": "growth"}
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+
+    pub async fn ingest_json(&self, key: &str, group: &str, mode: &str, rows: Value) -> Response {
+        self.post(key, &format!("/v1/feature-groups/{group}/data?mode={mode}"))
+            .header("content-type", "application/json")
+            .body(rows.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn read_json(&self, key: &str, path: &str) -> Vec<Value> {
+        let r = self.get(key, path).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+        r.json::<Vec<Value>>().await.unwrap()
+    }
+}
+
+/// Asserts the common error body and returns its code.
+pub async fn error_code(r: Response, status: u16) -> (String, String) {
+    assert_eq!(r.status().as_u16(), status);
+    let v: Value = r.json().await.unwrap();
+    let e = &v["error"];
+    assert!(e["error_id"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    (e["code"].as_str().unwrap().to_string(), e["message"].as_str().unwrap().to_string())
+}
+
+/// The Postgres URL for tests, or None (with a printed notice) when none is reachable.
+/// With LAKELEDGER_REQUIRE_POSTGRES=1 (as in CI) an unreachable Postgres fails the test.
+pub async fn postgres_url() -> Option<String> {
+    let url = std::env::var("LAKELEDGER_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    match sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .connect(&url)
+        .await
+    {
+        Ok(_) => Some(url),
+        Err(e) => {
+            if std::env::var("LAKELEDGER_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                panic!("Postgres at {url} is required but unreachable: {e}");
+            }
+            eprintln!("NOTICE: skipping Postgres tests: {url} unreachable ({e})");
+            None
+        }
+    }
+}
+
+/// A fresh, empty Postgres schema for one test, as a connection URL using it.
+pub async fn fresh_postgres_schema(base: &str) -> String {
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::postgres::PgPoolOptions::new().connect(base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&pool).await.unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
