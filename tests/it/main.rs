@@ -5,4 +5,5 @@ mod catalog_conformance;
 mod feature_groups;
 mod interop;
 mod openapi;
+mod s3;
 mod support;
