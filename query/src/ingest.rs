@@ -388,7 +388,6 @@ impl ObjectSplitter {
 }
 
 struct JsonRowsDecoder {
-    schema: FeatureSchema,
     columns: Vec<(String, ColumnType)>,
     target: SchemaRef,
     splitter: ObjectSplitter,
@@ -400,7 +399,7 @@ impl JsonRowsDecoder {
     fn new(schema: FeatureSchema) -> Self {
         let columns = schema.all_columns().into_iter().map(|c| (c.name, c.dtype)).collect();
         let target = schema.arrow_schema();
-        JsonRowsDecoder { schema, columns, target, splitter: ObjectSplitter::default(), rows: Vec::new(), rows_emitted: 0 }
+        JsonRowsDecoder { columns, target, splitter: ObjectSplitter::default(), rows: Vec::new(), rows_emitted: 0 }
     }
 
     fn build(&mut self) -> Result<Option<RecordBatch>> {
@@ -409,9 +408,8 @@ impl JsonRowsDecoder {
         }
         let rows = std::mem::take(&mut self.rows);
         let first_row = self.rows_emitted + 1;
-        for (i, row) in rows.iter().enumerate() {
+        for row in &rows {
             if let Some(k) = row.keys().find(|k| !self.columns.iter().any(|(c, _)| c == *k)) {
-                let _ = i;
                 return Err(Error::UnknownColumn { column: k.clone() });
             }
         }
@@ -421,7 +419,6 @@ impl JsonRowsDecoder {
             arrays.push(json_column(&values, *dtype, name, first_row)?);
         }
         self.rows_emitted += rows.len() as u64;
-        let _ = &self.schema;
         Ok(Some(RecordBatch::try_new(relaxed(&self.target), arrays)?))
     }
 }

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use axum::body::Body;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
+use lakeledger_query::datafusion::execution::SendableRecordBatchStream;
 use lakeledger_query::formats::{Encoder, OutputFormat};
 use lakeledger_query::ingest::{Conformer, IngestFormat, decoder_for};
 use lakeledger_query::tables::{CommitMeta, KeyFilter, WriteMode, scan};
-use lakeledger_query::{Column, ColumnType, FeatureSchema};
+use lakeledger_query::{Column, FeatureSchema};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
@@ -488,7 +489,7 @@ pub async fn read(state: &AppState, p: &Principal, name: &str, spec: ReadSpec, f
         other => other.into(),
     })?;
     let mut encoder = Encoder::new(format, &stream.schema())?;
-    let body = async_stream(stream, move |batch| match batch {
+    let body = encoded_body(stream, move |batch| match batch {
         Some(b) => encoder.encode(&b),
         None => encoder.finish(),
     });
@@ -498,7 +499,7 @@ pub async fn read(state: &AppState, p: &Principal, name: &str, spec: ReadSpec, f
 /// Turns a record-batch stream into a response body, encoding batch by batch. An error
 /// mid-stream aborts the response (the client sees a truncated transfer, never a
 /// silently short but well-formed result).
-fn async_stream<E>(stream: datafusion_stream::Sendable, encode: E) -> Body
+fn encoded_body<E>(stream: SendableRecordBatchStream, encode: E) -> Body
 where
     E: FnMut(Option<arrow::array::RecordBatch>) -> lakeledger_query::Result<Bytes> + Send + 'static,
 {
@@ -524,10 +525,6 @@ where
     Body::from_stream(s)
 }
 
-mod datafusion_stream {
-    pub type Sendable = lakeledger_query::datafusion::execution::SendableRecordBatchStream;
-}
-
 /// Parses `?key.<column>=v1,v2` style filters: values for one key column are OR-ed,
 /// different columns AND-ed.
 pub fn parse_key_filters(schema: &FeatureSchema, params: &[(String, String)]) -> Result<Vec<KeyFilter>> {
@@ -547,11 +544,6 @@ pub fn parse_key_filters(schema: &FeatureSchema, params: &[(String, String)]) ->
         }
     }
     Ok(filters)
-}
-
-/// Maps a Delta column type back to a declared column type (used by reconciliation).
-fn column_type_of(dt: &str) -> Option<ColumnType> {
-    ColumnType::ALL.into_iter().find(|t| t.name() == dt)
 }
 
 /// Brings the catalog in line with the Delta tables after a crash: unfinished creations
@@ -600,7 +592,6 @@ pub async fn reconcile(state: &AppState) -> Result<ReconcileReport> {
             report.recovered_versions += 1;
             tracing::warn!(group = %g.name, version = v, "recorded a committed version missing from the catalog");
         }
-        let _ = column_type_of;
     }
     Ok(report)
 }
