@@ -89,7 +89,7 @@ impl Sink {
 enum Inner {
     Json(arrow::json::Writer<Sink, arrow::json::writer::JsonArray>),
     NdJson(arrow::json::LineDelimitedWriter<Sink>),
-    Csv(arrow::csv::Writer<Sink>),
+    Csv(Box<arrow::csv::Writer<Sink>>),
     Ipc(arrow::ipc::writer::StreamWriter<Sink>),
     Parquet(Box<parquet::arrow::ArrowWriter<Sink>>),
 }
@@ -112,7 +112,7 @@ impl Encoder {
             OutputFormat::NdJson => Inner::NdJson(
                 arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow::json::writer::LineDelimited>(sink.clone()),
             ),
-            OutputFormat::Csv => Inner::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(sink.clone())),
+            OutputFormat::Csv => Inner::Csv(Box::new(arrow::csv::WriterBuilder::new().with_header(true).build(sink.clone()))),
             OutputFormat::ArrowIpc => Inner::Ipc(arrow::ipc::writer::StreamWriter::try_new(sink.clone(), schema)?),
             OutputFormat::Parquet => {
                 let props = parquet::file::properties::WriterProperties::builder()

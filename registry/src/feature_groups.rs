@@ -165,19 +165,25 @@ fn commit_meta(p: &Principal, request_id: &str) -> CommitMeta {
         .with("lakeledger.tenant", p.tenant.clone())
 }
 
-/// The version record for a commit: commit times strictly increase with the version so
-/// that resolving a timestamp to a version is unambiguous.
-async fn next_record(state: &AppState, group_id: &str, version: i64, operation: &str, rows: Option<i64>, actor: String, request_id: Option<String>, recovered: bool, at: i64) -> Result<VersionRecord> {
+/// Records a committed version. Commit times strictly increase with the version so that
+/// resolving a timestamp to a version is unambiguous: a clock step backwards is absorbed
+/// by placing the commit one microsecond after its predecessor.
+async fn record_commit(state: &AppState, group_id: &str, mut rec: VersionRecord) -> Result<()> {
     let prev = state.catalog.latest_version(group_id).await?.map(|v| v.committed_at).unwrap_or(i64::MIN);
-    Ok(VersionRecord {
+    rec.committed_at = rec.committed_at.max(prev.saturating_add(1));
+    state.catalog.record_version(group_id, &rec).await
+}
+
+fn commit_record(version: i64, operation: &str, rows: Option<i64>, p: &Principal, request_id: &str) -> VersionRecord {
+    VersionRecord {
         version,
-        committed_at: at.max(prev.saturating_add(1)),
+        committed_at: now_micros(),
         operation: operation.to_string(),
         rows_added: rows,
-        actor,
-        request_id,
-        recovered,
-    })
+        actor: p.actor(),
+        request_id: Some(request_id.to_string()),
+        recovered: false,
+    }
 }
 
 /// Looks a group up in the caller's tenant. Other tenants' groups are simply not found.
@@ -227,8 +233,7 @@ pub async fn create(state: &AppState, p: &Principal, req: CreateFeatureGroup, re
             return Err(e.into());
         }
     };
-    let v = next_record(state, &record.id, version, "CREATE TABLE", Some(0), p.actor(), Some(request_id.into()), false, now_micros()).await?;
-    state.catalog.record_version(&record.id, &v).await?;
+    record_commit(state, &record.id, commit_record(version, "CREATE TABLE", Some(0), p, request_id)).await?;
     state.catalog.set_feature_group_state(&record.id, GroupState::Active, now_micros()).await?;
     let mut record = record;
     record.state = GroupState::Active;
@@ -293,8 +298,7 @@ pub async fn evolve(state: &AppState, p: &Principal, name: &str, req: EvolveSche
         let table = state.tables.open(&url, None).await?;
         let meta = commit_meta(p, request_id).with(SCHEMA_META_KEY, serde_json::to_value(&next).expect("schema serializes"));
         let v = state.tables.add_columns(table, &added, meta).await?;
-        let rec = next_record(state, &g.id, v, "ADD COLUMNS", Some(0), p.actor(), Some(request_id.into()), false, now_micros()).await?;
-        state.catalog.record_version(&g.id, &rec).await?;
+        record_commit(state, &g.id, commit_record(v, "ADD COLUMNS", Some(0), p, request_id)).await?;
         state.catalog.update_feature_group_schema(&g.id, &next, now_micros()).await?;
         version = Some(v);
     }
@@ -351,15 +355,20 @@ pub async fn ingest(
     let lock = state.group_lock(&g.id);
     let _guard = lock.lock().await;
     // Commit against the latest snapshot, taken under the lock.
-    let latest = state.tables.open(&url, None).await?;
+    let latest = match state.tables.open(&url, None).await {
+        Ok(t) => t,
+        Err(e) => {
+            staged.abort(&table).await;
+            return Err(e.into());
+        }
+    };
     let outcome = staged.commit(latest, commit_meta(p, request_id).with("lakeledger.mode", mode.name())).await?;
     let operation = match mode {
         WriteMode::Append => "WRITE (append)",
         WriteMode::Overwrite => "WRITE (overwrite)",
         WriteMode::Upsert => "MERGE (upsert)",
     };
-    let rec = next_record(state, &g.id, outcome.version, operation, Some(rows as i64), p.actor(), Some(request_id.into()), false, now_micros()).await?;
-    state.catalog.record_version(&g.id, &rec).await?;
+    record_commit(state, &g.id, commit_record(outcome.version, operation, Some(rows as i64), p, request_id)).await?;
     metrics::counter!("lakeledger_rows_ingested_total", "mode" => mode.name()).increment(rows);
     Ok(IngestResult { version: outcome.version, rows, mode: mode.name().into() })
 }
@@ -584,8 +593,8 @@ pub async fn reconcile(state: &AppState) -> Result<ReconcileReport> {
                 ),
                 None => (now_micros(), "UNKNOWN".to_string(), "unknown".to_string(), None, None),
             };
-            let rec = next_record(state, &g.id, v, &op, None, actor, request_id, true, at).await?;
-            state.catalog.record_version(&g.id, &rec).await?;
+            let rec = VersionRecord { version: v, committed_at: at, operation: op, rows_added: None, actor, request_id, recovered: true };
+            record_commit(state, &g.id, rec).await?;
             if let Some(s) = schema.and_then(|s| serde_json::from_value::<FeatureSchema>(s).ok()) {
                 state.catalog.update_feature_group_schema(&g.id, &s, now_micros()).await?;
             }

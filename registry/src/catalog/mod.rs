@@ -99,7 +99,7 @@ impl GroupState {
             GroupState::Archived => "archived",
         }
     }
-    fn parse(s: &str) -> GroupState {
+    pub(crate) fn parse(s: &str) -> GroupState {
         match s {
             "creating" => GroupState::Creating,
             "archived" => GroupState::Archived,

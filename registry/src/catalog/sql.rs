@@ -10,40 +10,13 @@ use sqlx::Row;
 use super::*;
 use crate::error::{Error, Result};
 
-fn group_from_parts(
-    id: String,
-    tenant_id: String,
-    name: String,
-    schema_json: String,
-    description: String,
-    owner: String,
-    tags_json: String,
-    online: bool,
-    location: String,
-    state: String,
-    created_at: i64,
-    updated_at: i64,
-    created_by: String,
-) -> Result<FeatureGroupRecord> {
-    let schema = serde_json::from_str(&schema_json)
+/// Decodes the JSON-typed columns of a feature group row.
+fn group_json(id: &str, schema_json: &str, tags_json: &str) -> Result<(lakeledger_query::FeatureSchema, std::collections::BTreeMap<String, String>)> {
+    let schema = serde_json::from_str(schema_json)
         .map_err(|e| Error::Internal(format!("catalog holds an unreadable schema for group {id}: {e}")))?;
-    let tags = serde_json::from_str(&tags_json)
+    let tags = serde_json::from_str(tags_json)
         .map_err(|e| Error::Internal(format!("catalog holds unreadable tags for group {id}: {e}")))?;
-    Ok(FeatureGroupRecord {
-        id,
-        tenant_id,
-        name,
-        schema,
-        description,
-        owner,
-        tags,
-        online,
-        location,
-        state: GroupState::parse(&state),
-        created_at,
-        updated_at,
-        created_by,
-    })
+    Ok((schema, tags))
 }
 
 fn role_of(s: &str) -> Result<Role> {
@@ -66,21 +39,23 @@ macro_rules! sql_catalog {
             }
 
             fn group_row(row: &<$db as sqlx::Database>::Row) -> Result<FeatureGroupRecord> {
-                group_from_parts(
-                    row.try_get("id")?,
-                    row.try_get("tenant_id")?,
-                    row.try_get("name")?,
-                    row.try_get("schema_json")?,
-                    row.try_get("description")?,
-                    row.try_get("owner")?,
-                    row.try_get("tags_json")?,
-                    row.try_get("online")?,
-                    row.try_get("location")?,
-                    row.try_get("state")?,
-                    row.try_get("created_at")?,
-                    row.try_get("updated_at")?,
-                    row.try_get("created_by")?,
-                )
+                let id: String = row.try_get("id")?;
+                let (schema, tags) = group_json(&id, row.try_get("schema_json")?, row.try_get("tags_json")?)?;
+                Ok(FeatureGroupRecord {
+                    id,
+                    tenant_id: row.try_get("tenant_id")?,
+                    name: row.try_get("name")?,
+                    schema,
+                    description: row.try_get("description")?,
+                    owner: row.try_get("owner")?,
+                    tags,
+                    online: row.try_get("online")?,
+                    location: row.try_get("location")?,
+                    state: GroupState::parse(row.try_get("state")?),
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    created_by: row.try_get("created_by")?,
+                })
             }
 
             fn version_row(row: &<$db as sqlx::Database>::Row) -> Result<VersionRecord> {
