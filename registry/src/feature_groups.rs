@@ -480,9 +480,9 @@ pub async fn resolve_version(state: &AppState, g: &FeatureGroupRecord, spec: &Re
 }
 
 /// Streams the rows of one version in the requested format.
-pub async fn read(state: &AppState, p: &Principal, name: &str, spec: ReadSpec, format: OutputFormat) -> Result<(VersionRecord, Body)> {
-    let g = find(state, p, name).await?;
-    let version = resolve_version(state, &g, &spec).await?;
+/// `g` comes from [`find`], so tenant scoping has already been applied.
+pub async fn read(state: &AppState, g: &FeatureGroupRecord, spec: ReadSpec, format: OutputFormat) -> Result<(VersionRecord, Body)> {
+    let version = resolve_version(state, g, &spec).await?;
     let url = state.tables.location(&g.location)?;
     let table = state.tables.open(&url, Some(version.version)).await?;
     // A version clause is honoured or the read fails: never serve another snapshot.

@@ -174,7 +174,7 @@ pub async fn read(
         filters: fg::parse_key_filters(&group.schema, &all)?,
         limit: q.limit,
     };
-    let (version, body): (_, Body) = fg::read(&state, &p, &name, spec, format).await?;
+    let (version, body): (_, Body) = fg::read(&state, &group, spec, format).await?;
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
