@@ -1,1 +1,44 @@
-//! placeholder
+//! The lakeledger audit ledger: an append-only log of every read and change that an
+//! auditor can take away and verify offline, that loses no acknowledged record in a crash,
+//! and that shows any edit, deletion, reordering or truncation.
+//!
+//! # Structure
+//!
+//! Every record is a *leaf* ([`leaf`]) whose bytes carry the previous leaf's hash (a hash
+//! chain). The same leaf hashes are the leaves of an RFC 6962 Merkle tree ([`merkle`]), so
+//! any record can be proven to be in the log, and any later log proven to extend an
+//! earlier one. The tree's head is a *checkpoint* — origin, size and root — signed with
+//! Ed25519 as a C2SP signed note ([`note`]), every second while the log grows and when it
+//! closes.
+//!
+//! Leaves are stored in segment files of CRC32C-checked frames ([`segment`]). One writer
+//! thread assigns sequence numbers and commits in groups: it takes every waiting record,
+//! writes them with one `fdatasync`, then hands out receipts `(seq, leaf hash)`
+//! ([`ledger`]). Opening the ledger checks everything and cuts a torn tail; any other
+//! damage refuses to open.
+//!
+//! Event payloads ([`event`]) are canonical JSON built by our own writer: fixed field
+//! order, integers only. Export packages ([`package`]) hold the exact leaf bytes,
+//! checkpoints and proofs; [`verify`] checks one offline, as does the independent
+//! `tools/verify_audit_package.py`.
+//!
+//! All integers in the binary formats are big-endian.
+
+pub mod error;
+pub mod event;
+pub mod leaf;
+pub mod ledger;
+pub mod merkle;
+pub mod note;
+pub mod package;
+pub mod segment;
+pub mod verify;
+
+pub use error::{Error, ProofError, Result};
+pub use event::{Event, Phase};
+pub use leaf::{RecordType, StoredLeaf};
+pub use ledger::{Ledger, LedgerConfig, OpenReport, PendingReceipt, Receipt, StoredCheckpoint};
+pub use merkle::Hash;
+pub use note::{Checkpoint, SignerKey, VerifierKey};
+pub use package::{Package, RecordFilter};
+pub use verify::{Summary, verify_package};
