@@ -96,7 +96,8 @@ pub struct Ledger {
     shared: Arc<Shared>,
     tx: SyncSender<Job>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    _lock: File,
+    /// The directory lock, released by `close` so the log can be reopened at once.
+    lock: Mutex<Option<File>>,
 }
 
 struct Shared {
@@ -637,7 +638,7 @@ impl Ledger {
             shared,
             tx,
             thread: Mutex::new(Some(thread)),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         };
 
         let wait = Duration::from_secs(30);
@@ -864,12 +865,14 @@ impl Ledger {
         PauseGuard(gate)
     }
 
-    /// Appends a `shutdown` record, signs a final checkpoint and stops the writer.
+    /// Appends a `shutdown` record, signs a final checkpoint, stops the writer and
+    /// releases the directory lock. Later appends fail.
     pub fn close(&self) {
         let _ = self.tx.send(Job::Shutdown);
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 

@@ -27,6 +27,13 @@ pub struct Config {
     pub default_read_limit: Option<usize>,
     /// Emit logs as JSON lines instead of text.
     pub json_logs: bool,
+    /// Audit ledger segments and checkpoints. Default `<data_dir>/audit`.
+    pub audit_dir: PathBuf,
+    /// The ledger's Ed25519 signing key (mode 0600). Default `<data_dir>/keys/audit-signing.key`.
+    pub audit_key_path: PathBuf,
+    /// How long a request waits for its audit record to be durable before it is refused
+    /// with 503.
+    pub audit_timeout: std::time::Duration,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -71,6 +78,9 @@ pub struct FileConfig {
     pub max_body_bytes: Option<u64>,
     pub default_read_limit: Option<usize>,
     pub json_logs: Option<bool>,
+    pub audit_dir: Option<PathBuf>,
+    pub audit_key_path: Option<PathBuf>,
+    pub audit_timeout_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -91,6 +101,8 @@ pub struct Overrides {
     pub storage_options: Vec<(String, String)>,
     pub max_body_bytes: Option<u64>,
     pub json_logs: Option<bool>,
+    pub audit_dir: Option<PathBuf>,
+    pub audit_key_path: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -130,13 +142,16 @@ impl Config {
         storage_options.extend(cli.storage_options);
         Ok(Config {
             listen,
-            data_dir,
             catalog_url: Secret::new(catalog),
             data_root,
             storage_options,
             max_body_bytes: cli.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY),
             default_read_limit: file.default_read_limit,
             json_logs: cli.json_logs.or(file.json_logs).unwrap_or(false),
+            audit_dir: cli.audit_dir.or(file.audit_dir).unwrap_or_else(|| data_dir.join("audit")),
+            audit_key_path: cli.audit_key_path.or(file.audit_key_path).unwrap_or_else(|| data_dir.join("keys/audit-signing.key")),
+            audit_timeout: std::time::Duration::from_millis(file.audit_timeout_ms.unwrap_or(5_000)),
+            data_dir,
         })
     }
 }

@@ -41,6 +41,8 @@ pub enum Error {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Engine(#[from] lakeledger_query::Error),
+    #[error(transparent)]
+    Audit(#[from] lakeledger_audit::Error),
     #[error("{0}")]
     Internal(String),
 }
@@ -95,6 +97,13 @@ impl Error {
                 Q::LimitExceeded(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
+            Error::Audit(e) => match e {
+                lakeledger_audit::Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+                lakeledger_audit::Error::Proof(_) | lakeledger_audit::Error::Malformed(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_audit_request")
+                }
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
             Error::Catalog(_) | Error::Migration(_) | Error::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -111,7 +120,8 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let error_id = uuid::Uuid::now_v7().to_string();
-        let message = if status.is_server_error() {
+        // 503s say why (the ledger or a dependency is down); other 5xx details stay in the log.
+        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             // The detail may name paths, hosts or SQL; it goes to the log only.
             tracing::error!(%error_id, %code, error = %self, "request failed");
             "internal error; quote the error_id to an operator".to_string()

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 
+use crate::audit::AuditContext;
 use crate::auth::Principal;
 use crate::catalog::{FeatureGroupRecord, GroupMetadata, GroupState, VersionRecord, now_micros};
 use crate::error::{Error, Result};
@@ -158,9 +159,13 @@ fn view(g: &FeatureGroupRecord, tenant: &str, current_version: Option<i64>, row_
     }
 }
 
-fn commit_meta(p: &Principal, request_id: &str) -> CommitMeta {
+/// Every commit names its request and the audit record that announced it, so a Delta
+/// version leads back to the ledger and the ledger to the version.
+fn commit_meta(p: &Principal, ctx: &AuditContext) -> CommitMeta {
     CommitMeta::default()
-        .with("lakeledger.requestId", request_id)
+        .with("lakeledger.requestId", ctx.request_id.clone())
+        .with("lakeledger.auditEventId", ctx.event_id.clone())
+        .with("lakeledger.auditSeq", ctx.intent_seq)
         .with("lakeledger.actor", p.actor())
         .with("lakeledger.tenant", p.tenant.clone())
 }
@@ -174,14 +179,14 @@ async fn record_commit(state: &AppState, group_id: &str, mut rec: VersionRecord)
     state.catalog.record_version(group_id, &rec).await
 }
 
-fn commit_record(version: i64, operation: &str, rows: Option<i64>, p: &Principal, request_id: &str) -> VersionRecord {
+fn commit_record(version: i64, operation: &str, rows: Option<i64>, p: &Principal, ctx: &AuditContext) -> VersionRecord {
     VersionRecord {
         version,
         committed_at: now_micros(),
         operation: operation.to_string(),
         rows_added: rows,
         actor: p.actor(),
-        request_id: Some(request_id.to_string()),
+        request_id: Some(ctx.request_id.clone()),
         recovered: false,
     }
 }
@@ -201,7 +206,7 @@ fn require_active(g: &FeatureGroupRecord) -> Result<()> {
     Ok(())
 }
 
-pub async fn create(state: &AppState, p: &Principal, req: CreateFeatureGroup, request_id: &str) -> Result<FeatureGroupView> {
+pub async fn create(state: &AppState, p: &Principal, req: CreateFeatureGroup, ctx: &AuditContext) -> Result<FeatureGroupView> {
     validate_group_name(&req.name)?;
     let schema = FeatureSchema { entity_keys: req.entity_keys, event_time: req.event_time, features: req.features };
     schema.validate()?;
@@ -225,7 +230,7 @@ pub async fn create(state: &AppState, p: &Principal, req: CreateFeatureGroup, re
     // before the Delta table exists is visible and cleaned up at startup.
     state.catalog.insert_feature_group(&record).await?;
     let url = state.tables.location(&record.location)?;
-    let created = state.tables.create(&url, &record.name, &schema, commit_meta(p, request_id)).await;
+    let created = state.tables.create(&url, &record.name, &schema, commit_meta(p, ctx)).await;
     let version = match created {
         Ok(v) => v,
         Err(e) => {
@@ -233,7 +238,7 @@ pub async fn create(state: &AppState, p: &Principal, req: CreateFeatureGroup, re
             return Err(e.into());
         }
     };
-    record_commit(state, &record.id, commit_record(version, "CREATE TABLE", Some(0), p, request_id)).await?;
+    record_commit(state, &record.id, commit_record(version, "CREATE TABLE", Some(0), p, ctx)).await?;
     state.catalog.set_feature_group_state(&record.id, GroupState::Active, now_micros()).await?;
     let mut record = record;
     record.state = GroupState::Active;
@@ -279,7 +284,7 @@ pub async fn update(state: &AppState, p: &Principal, name: &str, req: UpdateFeat
 /// reconciliation can restore the catalog's copy if the process died after the commit.
 const SCHEMA_META_KEY: &str = "lakeledger.schema";
 
-pub async fn evolve(state: &AppState, p: &Principal, name: &str, req: EvolveSchema, request_id: &str) -> Result<FeatureGroupView> {
+pub async fn evolve(state: &AppState, p: &Principal, name: &str, req: EvolveSchema, ctx: &AuditContext) -> Result<FeatureGroupView> {
     let g = find(state, p, name).await?;
     require_active(&g)?;
     let next = FeatureSchema {
@@ -296,9 +301,9 @@ pub async fn evolve(state: &AppState, p: &Principal, name: &str, req: EvolveSche
     let mut version = state.catalog.latest_version(&g.id).await?.map(|v| v.version);
     if !added.is_empty() {
         let table = state.tables.open(&url, None).await?;
-        let meta = commit_meta(p, request_id).with(SCHEMA_META_KEY, serde_json::to_value(&next).expect("schema serializes"));
+        let meta = commit_meta(p, ctx).with(SCHEMA_META_KEY, serde_json::to_value(&next).expect("schema serializes"));
         let v = state.tables.add_columns(table, &added, meta).await?;
-        record_commit(state, &g.id, commit_record(v, "ADD COLUMNS", Some(0), p, request_id)).await?;
+        record_commit(state, &g.id, commit_record(v, "ADD COLUMNS", Some(0), p, ctx)).await?;
         state.catalog.update_feature_group_schema(&g.id, &next, now_micros()).await?;
         version = Some(v);
     }
@@ -333,7 +338,7 @@ pub async fn ingest(
     mode: WriteMode,
     format: IngestFormat,
     body: Body,
-    request_id: &str,
+    ctx: &AuditContext,
 ) -> Result<IngestResult> {
     let g = find(state, p, name).await?;
     require_active(&g)?;
@@ -362,13 +367,13 @@ pub async fn ingest(
             return Err(e.into());
         }
     };
-    let outcome = staged.commit(latest, commit_meta(p, request_id).with("lakeledger.mode", mode.name())).await?;
+    let outcome = staged.commit(latest, commit_meta(p, ctx).with("lakeledger.mode", mode.name())).await?;
     let operation = match mode {
         WriteMode::Append => "WRITE (append)",
         WriteMode::Overwrite => "WRITE (overwrite)",
         WriteMode::Upsert => "MERGE (upsert)",
     };
-    record_commit(state, &g.id, commit_record(outcome.version, operation, Some(rows as i64), p, request_id)).await?;
+    record_commit(state, &g.id, commit_record(outcome.version, operation, Some(rows as i64), p, ctx)).await?;
     metrics::counter!("lakeledger_rows_ingested_total", "mode" => mode.name()).increment(rows);
     Ok(IngestResult { version: outcome.version, rows, mode: mode.name().into() })
 }

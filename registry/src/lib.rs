@@ -1,5 +1,5 @@
-//! The lakeledger server and CLI: HTTP API, catalog, authentication and the request
-//! recording layer, over the `lakeledger-query` engine.
+//! The lakeledger server and CLI: HTTP API, catalog, authentication and the audit
+//! layer that records every request in the ledger, over the `lakeledger-query` engine.
 //!
 //! Tests and embedders build a [`config::Config`], call [`server::prepare`] and then
 //! either [`server::serve`] or drive [`server::app`] directly.
@@ -7,12 +7,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod feature_groups;
-pub mod recording;
 pub mod server;
 pub mod state;
 

@@ -15,7 +15,7 @@ use crate::auth::{DEFAULT_TENANT, MintedKey, create_tenant, mint_key};
 use crate::catalog::{self, Role};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::recording::{LogSink, SharedSink};
+use crate::audit::AuditLog;
 use crate::state::AppState;
 
 /// The Prometheus recorder is process-wide; tests start several servers in one process.
@@ -41,21 +41,28 @@ pub struct Prepared {
     pub state: AppState,
     /// The admin key minted on first start, if this was one.
     pub first_admin_key: Option<MintedKey>,
+    /// What opening the audit ledger found (created, repaired) and its public key.
+    pub audit_report: lakeledger_audit::OpenReport,
 }
 
 /// Opens the catalog and storage, creates the default tenant and its first admin key on
 /// first start, and reconciles the catalog with the Delta logs.
-pub async fn prepare(config: Config, recorder: Option<SharedSink>) -> Result<Prepared> {
+pub async fn prepare(config: Config) -> Result<Prepared> {
+    // The ledger first: recovery must finish, and refuse a damaged log, before anything
+    // else can happen.
+    let ledger_config = config.clone();
+    let (audit, audit_report) = tokio::task::spawn_blocking(move || AuditLog::open(&ledger_config))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the audit ledger: {e}")))??;
     let catalog = catalog::connect(config.catalog_url.expose()).await?;
     let tables = TableStore::new(config.data_root.clone(), config.storage_options.clone())?;
-    let recorder = recorder.unwrap_or_else(|| std::sync::Arc::new(LogSink));
-    let state = AppState::new(config, catalog, tables, metrics_handle(), recorder);
+    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit));
     let first_admin_key = bootstrap(&state).await?;
     let report = crate::feature_groups::reconcile(&state).await?;
     if report.recovered_versions + report.completed_creations + report.removed_creations > 0 {
         tracing::warn!(?report, "reconciled the catalog with the Delta logs");
     }
-    Ok(Prepared { state, first_admin_key })
+    Ok(Prepared { state, first_admin_key, audit_report })
 }
 
 async fn bootstrap(state: &AppState) -> Result<Option<MintedKey>> {
@@ -84,13 +91,22 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
             Error::Internal("handler panicked".into()).into_response()
         }))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::recording::record))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::record))
         .with_state(state)
 }
 
 /// Binds, prints where the server listens, and serves until SIGTERM/Ctrl-C; in-flight
 /// requests finish before it returns.
 pub async fn serve(prepared: Prepared, on_bound: impl FnOnce(SocketAddr)) -> Result<()> {
+    serve_until(prepared, on_bound, shutdown_signal()).await
+}
+
+/// As [`serve`], stopping when `shutdown` completes instead of on a signal.
+pub async fn serve_until(
+    prepared: Prepared,
+    on_bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let state = prepared.state;
     let listener = tokio::net::TcpListener::bind(state.config.listen)
         .await
@@ -98,14 +114,18 @@ pub async fn serve(prepared: Prepared, on_bound: impl FnOnce(SocketAddr)) -> Res
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     on_bound(addr);
     let shutdown_state = state.clone();
-    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+    let served = axum::serve(listener, app(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            shutdown.await;
             shutdown_state.accepting.store(false, Ordering::SeqCst);
             tracing::info!("shutting down: finishing in-flight requests");
         })
         .await
-        .map_err(|e| Error::Internal(format!("server error: {e}")))
+        .map_err(|e| Error::Internal(format!("server error: {e}")));
+    // Records the shutdown and signs a final checkpoint.
+    let ledger = state.audit.ledger.clone();
+    let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
+    served
 }
 
 async fn shutdown_signal() {

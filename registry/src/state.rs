@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::catalog::SharedCatalog;
 use crate::config::Config;
-use crate::recording::SharedSink;
+use crate::audit::AuditLog;
 
 #[derive(Clone)]
 pub struct AppState(pub Arc<Inner>);
@@ -19,7 +19,7 @@ pub struct Inner {
     pub catalog: SharedCatalog,
     pub tables: TableStore,
     pub metrics: PrometheusHandle,
-    pub recorder: SharedSink,
+    pub audit: Arc<AuditLog>,
     /// False while shutting down, so load balancers stop sending traffic.
     pub accepting: AtomicBool,
     /// One lock per feature group, held around commit + catalog update, so versions and
@@ -28,13 +28,13 @@ pub struct Inner {
 }
 
 impl AppState {
-    pub fn new(config: Config, catalog: SharedCatalog, tables: TableStore, metrics: PrometheusHandle, recorder: SharedSink) -> Self {
+    pub fn new(config: Config, catalog: SharedCatalog, tables: TableStore, metrics: PrometheusHandle, audit: Arc<AuditLog>) -> Self {
         AppState(Arc::new(Inner {
             config,
             catalog,
             tables,
             metrics,
-            recorder,
+            audit,
             accepting: AtomicBool::new(true),
             group_locks: Default::default(),
         }))

@@ -377,7 +377,7 @@ async fn restart_reconciles_catalog_with_the_delta_log() {
     let k = s.admin_key.clone();
     s.create_clicks(&k).await;
     s.ingest_json(&k, "clicks", "append", json!([{"user_id": 1, "ts": "2026-01-01T00:00:00Z"}])).await;
-    drop(s);
+    s.stop().await;
 
     // A commit that reached the Delta log but not the catalog, as after kill -9 between the two.
     let store = lakeledger_query_store(&config);

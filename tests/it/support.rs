@@ -12,6 +12,7 @@ pub struct Server {
     pub client: Client,
     _dir: Option<tempfile::TempDir>,
     handle: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Server {
@@ -34,14 +35,30 @@ impl Server {
     pub async fn start_with(mut config: Config, admin_key: Option<String>) -> Server {
         config.listen = "127.0.0.1:0".parse().unwrap();
         let data_dir = config.data_dir.clone();
-        let prepared = lakeledger::server::prepare(config, None).await.expect("server prepares");
+        let prepared = lakeledger::server::prepare(config).await.expect("server prepares");
         let admin_key = prepared.first_admin_key.as_ref().map(|k| k.secret.clone()).or(admin_key).expect("an admin key");
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
-            lakeledger::server::serve(prepared, |addr| tx.send(addr).unwrap()).await.unwrap();
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            lakeledger::server::serve_until(prepared, |addr| tx.send(addr).unwrap(), shutdown).await.unwrap();
         });
         let addr = rx.await.unwrap();
-        Server { addr, admin_key, data_dir, client: Client::new(), _dir: None, handle }
+        Server { addr, admin_key, data_dir, client: Client::new(), _dir: None, handle, stop: Some(stop) }
+    }
+
+    /// Shuts down gracefully: the ledger records the shutdown and is released, so a new
+    /// server can open the same data dir.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        // Idle keep-alive connections would hold the graceful shutdown open.
+        self.client = Client::new();
+        let handle = std::mem::replace(&mut self.handle, tokio::spawn(async {}));
+        let _ = handle.await;
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,5 +1,6 @@
 //! Feature group routes. Handlers parse and delegate to `crate::feature_groups`.
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -17,7 +18,7 @@ use crate::error::{Error, ErrorBody, Result};
 use crate::feature_groups::{
     self as fg, CreateFeatureGroup, EvolveSchema, FeatureGroupView, IngestResult, ReadSpec, UpdateFeatureGroup, VersionView,
 };
-use crate::recording::RequestId;
+use crate::audit::{AuditContext, AuditFacts};
 use crate::state::AppState;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
@@ -29,11 +30,13 @@ const WRITE: &[Role] = &[Role::Admin, Role::Writer];
 pub async fn create(
     State(state): State<AppState>,
     Caller(p): Caller,
-    RequestId(rid): RequestId,
+    ctx: AuditContext,
     ApiJson(req): ApiJson<CreateFeatureGroup>,
-) -> Result<(StatusCode, axum::Json<FeatureGroupView>)> {
+) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<FeatureGroupView>)> {
     p.require(WRITE, "create feature groups")?;
-    Ok((StatusCode::CREATED, axum::Json(fg::create(&state, &p, req, &rid).await?)))
+    let view = fg::create(&state, &p, req, &ctx).await?;
+    let facts = AuditFacts { versions_written: view.current_version.into_iter().collect(), ..Default::default() };
+    Ok((StatusCode::CREATED, Extension(facts), axum::Json(view)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -78,12 +81,14 @@ pub async fn update(
 pub async fn evolve(
     State(state): State<AppState>,
     Caller(p): Caller,
-    RequestId(rid): RequestId,
+    ctx: AuditContext,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<EvolveSchema>,
-) -> Result<axum::Json<FeatureGroupView>> {
+) -> Result<(Extension<AuditFacts>, axum::Json<FeatureGroupView>)> {
     p.require(WRITE, "change feature groups")?;
-    Ok(axum::Json(fg::evolve(&state, &p, &name, req, &rid).await?))
+    let view = fg::evolve(&state, &p, &name, req, &ctx).await?;
+    let facts = AuditFacts { versions_written: view.current_version.into_iter().collect(), ..Default::default() };
+    Ok((Extension(facts), axum::Json(view)))
 }
 
 /// Archives a group: it stays readable at every version but takes no more writes.
@@ -115,12 +120,12 @@ pub struct IngestParams {
 pub async fn ingest(
     State(state): State<AppState>,
     Caller(p): Caller,
-    RequestId(rid): RequestId,
+    ctx: AuditContext,
     Path(name): Path<String>,
     Query(q): Query<IngestParams>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, axum::Json<IngestResult>)> {
+) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<IngestResult>)> {
     p.require(WRITE, "ingest data")?;
     let mode = match q.mode.as_deref() {
         None => WriteMode::Append,
@@ -135,8 +140,9 @@ pub async fn ingest(
     {
         return Err(Error::PayloadTooLarge { limit: state.config.max_body_bytes });
     }
-    let result = fg::ingest(&state, &p, &name, mode, format, body, &rid).await?;
-    Ok((StatusCode::CREATED, axum::Json(result)))
+    let result = fg::ingest(&state, &p, &name, mode, format, body, &ctx).await?;
+    let facts = AuditFacts { versions_written: vec![result.version], rows: Some(result.rows), ..Default::default() };
+    Ok((StatusCode::CREATED, Extension(facts), axum::Json(result)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -179,5 +185,6 @@ pub async fn read(
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     h.insert("x-lakeledger-version", HeaderValue::from(version.version));
+    response.extensions_mut().insert(AuditFacts { versions_read: vec![version.version], ..Default::default() });
     Ok(response)
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the JSON extractor with our error body, and the OpenAPI document.
 
 mod admin;
+mod audit;
 mod feature_groups;
 mod ops;
 
@@ -53,6 +54,13 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/feature-groups/{name}/archive", post(feature_groups::archive))
         .route("/v1/feature-groups/{name}/versions", get(feature_groups::versions))
         .route("/v1/feature-groups/{name}/data", post(feature_groups::ingest).get(feature_groups::read))
+        .route("/v1/audit/records", get(audit::records))
+        .route("/v1/audit/checkpoints", get(audit::checkpoints))
+        .route("/v1/audit/checkpoints/latest", get(audit::latest_checkpoint))
+        .route("/v1/audit/proofs/inclusion", get(audit::inclusion))
+        .route("/v1/audit/proofs/consistency", get(audit::consistency))
+        .route("/v1/audit/public-key", get(audit::public_key))
+        .route("/v1/audit/export", post(audit::export))
 }
 
 #[derive(OpenApi)]
@@ -64,6 +72,8 @@ pub fn routes() -> Router<AppState> {
         feature_groups::create, feature_groups::list, feature_groups::get, feature_groups::update,
         feature_groups::evolve, feature_groups::archive, feature_groups::versions,
         feature_groups::ingest, feature_groups::read,
+        audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,
+        audit::public_key, audit::export,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),

@@ -15,13 +15,18 @@ pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-/// The catalog and the table storage answer; false while shutting down.
+/// The catalog and the table storage answer and the audit ledger takes records; false
+/// while shutting down.
 #[utoipa::path(get, path = "/readyz", security(()), responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let catalog = state.catalog.ping().await.map_err(|e| e.to_string());
     let storage = state.tables.check().await.map_err(|e| e.to_string());
     let accepting = state.accepting.load(Ordering::SeqCst);
-    let ok = catalog.is_ok() && storage.is_ok() && accepting;
+    let audit = state.audit.health();
+    let ok = catalog.is_ok() && storage.is_ok() && accepting && audit.is_ok();
+    if let Err(e) = &audit {
+        tracing::warn!(error = %e, "readiness: audit ledger cannot take records");
+    }
     if let Err(e) = &catalog {
         tracing::warn!(error = %e, "readiness: catalog unavailable");
     }
@@ -33,6 +38,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "catalog": catalog.is_ok(),
         "storage": storage.is_ok(),
         "accepting": accepting,
+        "audit": audit.is_ok(),
+        "audit_problem": audit.err(),
     });
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
