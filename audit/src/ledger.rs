@@ -1052,15 +1052,14 @@ impl Writer {
                 continue;
             }
             // A full segment is finished (written and synced) before the next one starts.
-            if self.seg.len + buf.len() as u64 >= self.segment_max_bytes {
-                if let Err(why) = self
+            if self.seg.len + buf.len() as u64 >= self.segment_max_bytes
+                && let Err(why) = self
                     .flush(&mut buf)
                     .and_then(|_| self.rotate_segment().map_err(|e| e.to_string()))
-                {
-                    failure = Some(why);
-                    written.push((None, 0, slot));
-                    continue;
-                }
+            {
+                failure = Some(why);
+                written.push((None, 0, slot));
+                continue;
             }
             let ts = now_ns().max(self.last_ts);
             leaf_bytes.clear();

@@ -81,7 +81,7 @@ impl Tree {
         self.levels[0].push(leaf);
         let mut h = 0;
         // Each time a level gains an even count, its last two nodes form a parent.
-        while self.levels[h].len() % 2 == 0 {
+        while self.levels[h].len().is_multiple_of(2) {
             let n = self.levels[h].len();
             let parent = node_hash(&self.levels[h][n - 2], &self.levels[h][n - 1]);
             if self.levels.len() == h + 1 {
@@ -112,7 +112,7 @@ impl Tree {
     /// largest power of two not above `hi - lo` (always so for the ranges RFC 6962 visits).
     fn subtree(&self, lo: u64, hi: u64) -> Hash {
         let n = hi - lo;
-        if n.is_power_of_two() && lo % n == 0 {
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
             let h = n.trailing_zeros() as usize;
             return self.levels[h][(lo >> h) as usize];
         }

@@ -25,7 +25,7 @@ fn config(dir: &Path) -> LedgerConfig {
 
 fn event(i: usize) -> Event {
     let mut e = Event::new(
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             "data.read"
         } else {
             "feature_group.create"
@@ -34,7 +34,14 @@ fn event(i: usize) -> Event {
     );
     e.actor.principal = Some(format!("key-{}", i % 3));
     e.actor.principal_type = "api_key".into();
-    e.actor.tenant = Some(if i % 4 == 0 { "acme" } else { "default" }.into());
+    e.actor.tenant = Some(
+        if i.is_multiple_of(4) {
+            "acme"
+        } else {
+            "default"
+        }
+        .into(),
+    );
     e.actor.auth_method = "bearer".into();
     e.resource.kind = Some("feature_group".into());
     e.resource.name = Some(format!("group_{i}"));

@@ -92,6 +92,8 @@ impl AuditLog {
 /// What a handler read or wrote, attached to its response for the outcome record.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFacts {
+    /// The resource's name when the path does not carry it (a create).
+    pub resource_name: Option<String>,
     pub versions_read: Vec<i64>,
     pub versions_written: Vec<i64>,
     pub rows: Option<u64>,
@@ -261,6 +263,9 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
     outcome.intent_seq = receipt.map(|r| r.seq);
     outcome.details.push(("intent_event_id".into(), intent.event_id.clone()));
     if let Some(f) = response.extensions().get::<AuditFacts>() {
+        if f.resource_name.is_some() {
+            outcome.resource.name = f.resource_name.clone();
+        }
         outcome.resource.versions_read = f.versions_read.clone();
         outcome.resource.versions_written = f.versions_written.clone();
     }

@@ -36,6 +36,8 @@ enum Command {
     Openapi,
 }
 
+// Parsed once per process; boxing the flattened storage flags would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Write a verifiable package of audit records (the server must be stopped; while it

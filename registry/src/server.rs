@@ -80,7 +80,13 @@ async fn bootstrap(state: &AppState) -> Result<Option<MintedKey>> {
 
 /// The full application: routes, recording layer, panic catcher, fallbacks.
 pub fn app(state: AppState) -> Router {
-    crate::api::routes()
+    app_with_routes(state, crate::api::routes())
+}
+
+/// The application over a given route table, with the same layers and fallbacks (tests
+/// add routes, e.g. one that panics, to check the layers around them).
+pub fn app_with_routes(state: AppState, routes: Router<AppState>) -> Router {
+    routes
         .fallback(|| async { Error::NotFound { kind: "route", name: "no such endpoint".into() } })
         .method_not_allowed_fallback(|| async {
             let mut r = Error::BadRequest("this method is not allowed on this endpoint".into()).into_response();

@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real server on 127.0.0.1:0 over a temp dir and
 //! speaks HTTP to it.
 
+mod audit;
 mod catalog_conformance;
 mod feature_groups;
 mod interop;

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 pub struct Server {
     pub addr: SocketAddr,
+    pub state: lakeledger::state::AppState,
     pub admin_key: String,
     pub data_dir: PathBuf,
     pub client: Client,
@@ -37,6 +38,7 @@ impl Server {
         let data_dir = config.data_dir.clone();
         let prepared = lakeledger::server::prepare(config).await.expect("server prepares");
         let admin_key = prepared.first_admin_key.as_ref().map(|k| k.secret.clone()).or(admin_key).expect("an admin key");
+        let state = prepared.state.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
@@ -46,7 +48,7 @@ impl Server {
             lakeledger::server::serve_until(prepared, |addr| tx.send(addr).unwrap(), shutdown).await.unwrap();
         });
         let addr = rx.await.unwrap();
-        Server { addr, admin_key, data_dir, client: Client::new(), _dir: None, handle, stop: Some(stop) }
+        Server { addr, state, admin_key, data_dir, client: Client::new(), _dir: None, handle, stop: Some(stop) }
     }
 
     /// Shuts down gracefully: the ledger records the shutdown and is released, so a new

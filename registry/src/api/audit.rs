@@ -37,7 +37,6 @@ fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>> {
 
 /// Which records; shared by listing and export.
 #[derive(Clone, Debug, Default, Deserialize, IntoParams, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct FilterParams {
     /// First seq (inclusive).
     pub from_seq: Option<u64>,
@@ -288,7 +287,6 @@ pub async fn public_key(State(state): State<AppState>, Caller(p): Caller) -> Res
 }
 
 #[derive(Deserialize, ToSchema, Default)]
-#[serde(deny_unknown_fields)]
 pub struct ExportRequest {
     #[serde(flatten)]
     pub filter: FilterParams,

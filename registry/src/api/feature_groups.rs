@@ -35,7 +35,11 @@ pub async fn create(
 ) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<FeatureGroupView>)> {
     p.require(WRITE, "create feature groups")?;
     let view = fg::create(&state, &p, req, &ctx).await?;
-    let facts = AuditFacts { versions_written: view.current_version.into_iter().collect(), ..Default::default() };
+    let facts = AuditFacts {
+        resource_name: Some(view.name.clone()),
+        versions_written: view.current_version.into_iter().collect(),
+        ..Default::default()
+    };
     Ok((StatusCode::CREATED, Extension(facts), axum::Json(view)))
 }
 
