@@ -37,8 +37,28 @@ fn hex_hash(v: &Value) -> Option<Hash> {
     hex::decode(v.as_str()?).ok()?.try_into().ok()
 }
 
+fn hex_eq(text: &str, hash: &Hash) -> bool {
+    let mut buf = [0u8; 32];
+    hex::decode_to_slice(text, &mut buf).is_ok() && &buf == hash
+}
+
 fn hash_list(v: &Value) -> Option<Vec<Hash>> {
     v.as_array()?.iter().map(hex_hash).collect()
+}
+
+/// One line of leaves.jsonl. The payload is kept as written: when its text is exactly
+/// the payload bytes (as exported) no re-parse is needed; otherwise it must parse to the
+/// same JSON value.
+#[derive(serde::Deserialize)]
+struct Line<'a> {
+    seq: u64,
+    leaf: &'a str,
+    leaf_hash: &'a str,
+    record_type: &'a str,
+    ts_unix_ns: i64,
+    prev_leaf: &'a str,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
 }
 
 struct Record {
@@ -46,6 +66,58 @@ struct Record {
     hash: Hash,
     prev: Hash,
     rotation: Option<(String, String)>,
+}
+
+/// Checks one line of leaves.jsonl on its own: bytes, hash, seq and decoded view.
+fn check_line(i: usize, line: &str) -> Result<Record> {
+    let v: Line<'_> = serde_json::from_str(line)
+        .map_err(|e| fail(None, format!("leaves.jsonl line {}: {e}", i + 1)))?;
+    let claimed = v.seq;
+    let bytes = B64
+        .decode(v.leaf)
+        .map_err(|_| fail(claimed, "leaf bytes are not base64"))?;
+    let view =
+        leaf::decode(&bytes).map_err(|e| fail(claimed, format!("leaf bytes do not parse: {e}")))?;
+    if view.seq != claimed {
+        return Err(fail(
+            claimed,
+            format!("the leaf bytes say seq {}", view.seq),
+        ));
+    }
+    let hash = leaf_hash(&bytes);
+    if !hex_eq(v.leaf_hash, &hash) {
+        return Err(fail(claimed, "leaf_hash is not the hash of the leaf bytes"));
+    }
+    // Exported packages carry the payload text verbatim; anything else must at least
+    // be the same JSON value.
+    let payload_matches = v.payload.get().as_bytes() == view.payload || {
+        let shown: Value = serde_json::from_str(v.payload.get())
+            .map_err(|e| fail(claimed, format!("payload view: {e}")))?;
+        serde_json::from_slice::<Value>(view.payload).is_ok_and(|p| p == shown)
+    };
+    if v.record_type != view.record_type.name()
+        || v.ts_unix_ns != view.ts_unix_ns
+        || !hex_eq(v.prev_leaf, &view.prev_leaf)
+        || !payload_matches
+    {
+        return Err(fail(
+            claimed,
+            "the decoded view does not match the leaf bytes",
+        ));
+    }
+    let rotation = (view.record_type == RecordType::KeyRotation).then(|| {
+        let payload: Value = serde_json::from_slice(view.payload).unwrap_or_default();
+        (
+            payload["old_key"].as_str().unwrap_or_default().to_string(),
+            payload["new_key"].as_str().unwrap_or_default().to_string(),
+        )
+    });
+    Ok(Record {
+        seq: claimed,
+        hash,
+        prev: view.prev_leaf,
+        rotation,
+    })
 }
 
 /// Verifies `pkg` against the keys the auditor trusts and, optionally, a checkpoint note
@@ -74,17 +146,6 @@ pub fn verify_package(
             ),
         ));
     }
-    for name in FILES {
-        let want = manifest["files"][name]
-            .as_str()
-            .ok_or_else(|| fail(None, format!("manifest lists no hash for {name}")))?;
-        if hex::encode(Sha256::digest(file(name)?.as_bytes())) != want {
-            return Err(fail(
-                None,
-                format!("{name} does not match its hash in the manifest"),
-            ));
-        }
-    }
     let origin = manifest["origin"]
         .as_str()
         .ok_or_else(|| fail(None, "manifest has no origin"))?
@@ -108,54 +169,51 @@ pub fn verify_package(
         return Err(fail(None, "package holds no checkpoint"));
     }
 
-    // Records: bytes, hash, seq and decoded view.
-    let mut records = Vec::new();
-    for (i, line) in file("leaves.jsonl")?.lines().enumerate() {
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| fail(None, format!("leaves.jsonl line {}: {e}", i + 1)))?;
-        let claimed = v["seq"]
-            .as_u64()
-            .ok_or_else(|| fail(None, format!("leaves.jsonl line {}: no seq", i + 1)))?;
-        let bytes = v["leaf"]
-            .as_str()
-            .and_then(|b| B64.decode(b).ok())
-            .ok_or_else(|| fail(claimed, "leaf bytes are missing or not base64"))?;
-        let view = leaf::decode(&bytes)
-            .map_err(|e| fail(claimed, format!("leaf bytes do not parse: {e}")))?;
-        if view.seq != claimed {
-            return Err(fail(
-                claimed,
-                format!("the leaf bytes say seq {}", view.seq),
-            ));
-        }
-        let hash = leaf_hash(&bytes);
-        if hex_hash(&v["leaf_hash"]) != Some(hash) {
-            return Err(fail(claimed, "leaf_hash is not the hash of the leaf bytes"));
-        }
-        let payload: Value = serde_json::from_slice(view.payload)
-            .map_err(|e| fail(claimed, format!("payload is not JSON: {e}")))?;
-        if v["record_type"] != view.record_type.name()
-            || v["ts_unix_ns"].as_i64() != Some(view.ts_unix_ns)
-            || hex_hash(&v["prev_leaf"]) != Some(view.prev_leaf)
-            || v["payload"] != payload
-        {
-            return Err(fail(
-                claimed,
-                "the decoded view does not match the leaf bytes",
-            ));
-        }
-        let rotation = (view.record_type == RecordType::KeyRotation).then(|| {
-            (
-                payload["old_key"].as_str().unwrap_or_default().to_string(),
-                payload["new_key"].as_str().unwrap_or_default().to_string(),
-            )
+    // Records are checked on every core (each line stands alone), while another thread
+    // checks the manifest's file hashes. Failures are reported in file order.
+    let leaves_text = file("leaves.jsonl")?;
+    let lines: Vec<&str> = leaves_text.lines().collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16);
+    let chunk = lines.len().div_ceil(threads).max(1);
+    let (manifest_check, checked) = std::thread::scope(|s| {
+        let manifest_thread = s.spawn(|| -> Result<()> {
+            for name in FILES {
+                let want = manifest["files"][name]
+                    .as_str()
+                    .ok_or_else(|| fail(None, format!("manifest lists no hash for {name}")))?;
+                if hex::encode(Sha256::digest(file(name)?.as_bytes())) != want {
+                    return Err(fail(
+                        None,
+                        format!("{name} does not match its hash in the manifest"),
+                    ));
+                }
+            }
+            Ok(())
         });
-        records.push(Record {
-            seq: claimed,
-            hash,
-            prev: view.prev_leaf,
-            rotation,
-        });
+        let workers: Vec<_> = lines
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                s.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(j, l)| check_line(c * chunk + j, l))
+                        .collect::<Result<Vec<Record>>>()
+                })
+            })
+            .collect();
+        let checked: Vec<Result<Vec<Record>>> = workers
+            .into_iter()
+            .map(|w| w.join().expect("verifier thread"))
+            .collect();
+        (manifest_thread.join().expect("manifest thread"), checked)
+    });
+    manifest_check?;
+    let mut records = Vec::with_capacity(lines.len());
+    for part in checked {
+        records.extend(part?);
     }
 
     // Order and chain.
@@ -225,6 +283,7 @@ pub fn verify_package(
             tree.push(r.hash);
         }
     }
+    let mut rotations_seen = 0usize;
     let mut opened: Vec<Checkpoint> = Vec::new();
     for note in &notes {
         let cp = Checkpoint::open(note, &trusted).map_err(|e| {
@@ -258,7 +317,8 @@ pub fn verify_package(
                     ),
                 ));
             }
-            for r in records.iter().take(cp.size as usize) {
+            // Each record is looked at once, when the first checkpoint covering it is.
+            for r in records.iter().take(cp.size as usize).skip(rotations_seen) {
                 if let Some((old, new)) = &r.rotation
                     && trusted.iter().any(|k| &k.encode() == old)
                     && let Ok(k) = VerifierKey::parse(new)
@@ -267,6 +327,7 @@ pub fn verify_package(
                     trusted.push(k);
                 }
             }
+            rotations_seen = rotations_seen.max(cp.size as usize);
         }
         opened.push(cp);
     }
