@@ -171,14 +171,29 @@ def node_hash(a, b):
     return hashlib.sha256(b"\x01" + a + b).digest()
 
 
-def merkle_root(hashes):
-    n = len(hashes)
-    if n == 0:
-        return hashlib.sha256(b"").digest()
-    if n == 1:
-        return hashes[0]
-    k = 1 << ((n - 1).bit_length() - 1)
-    return node_hash(merkle_root(hashes[:k]), merkle_root(hashes[k:]))
+class CompactRange:
+    """The roots of the perfect subtrees covering the leaves so far, left to right; their
+    right-to-left fold is the RFC 6962 root. O(log n) memory, O(1) amortised per leaf."""
+
+    def __init__(self):
+        self.size = 0
+        self.stack = []  # (height, hash)
+
+    def push(self, h):
+        height = 0
+        while self.stack and self.stack[-1][0] == height:
+            h = node_hash(self.stack.pop()[1], h)
+            height += 1
+        self.stack.append((height, h))
+        self.size += 1
+
+    def root(self):
+        if not self.stack:
+            return hashlib.sha256(b"").digest()
+        r = self.stack[-1][1]
+        for _, h in reversed(self.stack[:-1]):
+            r = node_hash(h, r)
+        return r
 
 
 def root_from_inclusion(index, size, leaf, proof):
@@ -314,6 +329,13 @@ def verify(files, keys, kept_note=None):
     trusted = [parse_verifier_key(k) for k in keys]
     trusted_text = set(keys)
     hashes = [r[1] for r in records]
+    tree = CompactRange()
+    kept_size, kept_root = None, None
+    if kept_note is not None:
+        korigin, kept_size, kept_root = parse_checkpoint(kept_note, trusted)
+        if korigin != origin:
+            raise VerifyError("the kept checkpoint is for another log")
+    kept_checked = False
     cps = []
     for line in files["checkpoints.jsonl"].splitlines():
         note = json.loads(line)["note"]
@@ -323,10 +345,19 @@ def verify(files, keys, kept_note=None):
         if cps and size < cps[-1][0]:
             raise VerifyError("checkpoints are not in increasing size")
         if complete:
-            if merkle_root(hashes[:size]) != root:
-                first = cps[-1][0] if cps else 0
+            if size > len(hashes):
+                raise VerifyError("a checkpoint covers records the package lacks", len(hashes))
+            first = cps[-1][0] if cps else 0
+            while tree.size < size:
+                if tree.size == kept_size:
+                    kept_checked = True
+                    if tree.root() != kept_root:
+                        raise VerifyError("history was rewritten: records differ from the kept checkpoint")
+                tree.push(hashes[tree.size])
+            if tree.root() != root:
                 raise VerifyError(f"records up to {size} do not match the signed checkpoint", first)
-            for r in records[:size]:
+            # Trust passes to a rotated-in key once a checkpoint by a trusted key covers it.
+            for r in records[first:size]:
                 if r[3] and r[3][0] in trusted_text and r[3][1] not in trusted_text:
                     trusted.append(parse_verifier_key(r[3][1]))
                     trusted_text.add(r[3][1])
@@ -348,13 +379,11 @@ def verify(files, keys, kept_note=None):
             verify_consistency(a, b, ra, rb, consistency[(a, b)])
 
     if kept_note is not None:
-        korigin, ksize, kroot = parse_checkpoint(kept_note, [parse_verifier_key(k) for k in keys])
-        if korigin != origin:
-            raise VerifyError("the kept checkpoint is for another log")
+        ksize, kroot = kept_size, kept_root
         if ksize > end_size:
             raise VerifyError("the log is shorter than the kept checkpoint: records were removed", end_size)
         if complete:
-            if merkle_root(hashes[:ksize]) != kroot:
+            if not kept_checked and (ksize != end_size or kroot != end_root):
                 raise VerifyError("history was rewritten: records differ from the kept checkpoint")
         else:
             if (ksize, end_size) not in consistency:

@@ -703,6 +703,20 @@ mod tests {
         }
 
         proptest! {
+            /// Verification of arbitrary proofs never panics and never loops unboundedly.
+            #[test]
+            fn verifying_arbitrary_proofs_never_panics(
+                index in any::<u64>(), size in any::<u64>(), old in any::<u64>(),
+                proof in proptest::collection::vec(any::<[u8; 32]>(), 0..70),
+                a in any::<[u8; 32]>(), b in any::<[u8; 32]>(),
+            ) {
+                let _ = verify_inclusion(index, size, &a, &proof, &b);
+                let _ = verify_consistency(old, size, &a, &b, &proof);
+                let _ = verify_consistency(old % 1000, size % 1000, &a, &b, &proof);
+            }
+        }
+
+        proptest! {
             #![proptest_config(ProptestConfig::with_cases(48))]
             #[test]
             fn incremental_root_equals_naive_root(n in 0usize..300) {

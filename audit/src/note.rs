@@ -262,6 +262,19 @@ impl Checkpoint {
     /// Parses and verifies a checkpoint note against trusted keys.
     pub fn open(note: &str, keys: &[VerifierKey]) -> Result<Self> {
         let (text, _) = open_note(note, keys)?;
+        Self::parse_text(text, note)
+    }
+
+    /// Parses a checkpoint this log wrote itself without checking its signature (older
+    /// history at startup; only the newest is verified there, every one on export).
+    pub(crate) fn parse_unverified(note: &str) -> Result<Self> {
+        let split = note
+            .rfind("\n\n")
+            .ok_or_else(|| Error::Note("no blank line before the signatures".into()))?;
+        Self::parse_text(&note[..split + 1], note)
+    }
+
+    fn parse_text(text: &str, note: &str) -> Result<Self> {
         let mut lines = text.split('\n');
         let origin = lines
             .next()

@@ -595,3 +595,38 @@ fn key_rotation_is_recorded_and_followed_by_the_verifier() {
     );
     assert_eq!(ledger.public_keys(), vec![old, new_pub]);
 }
+
+#[test]
+fn a_forged_newest_checkpoint_refuses_to_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    append_events(&ledger, 3);
+    let origin = ledger.origin().to_string();
+    drop(ledger);
+    // Re-sign the newest checkpoint (same size and root) with another key.
+    let path = cfg.dir.join("checkpoints.log");
+    let mut lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let root: [u8; 32] = hex::decode(last["root"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let forger = SignerKey::generate(&origin).unwrap();
+    let forged =
+        lakeledger_audit::Checkpoint::sign(&forger, &origin, last["size"].as_u64().unwrap(), &root)
+            .unwrap();
+    last["note"] = Value::String(forged.note);
+    *lines.last_mut().unwrap() = last.to_string();
+    std::fs::write(
+        &path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let err = Ledger::open(cfg).err().expect("must refuse");
+    assert!(err.to_string().contains("does not verify"), "{err}");
+}

@@ -114,6 +114,12 @@ struct StorageArgs {
     /// Object-store option KEY=VALUE (repeatable), e.g. aws_endpoint=http://127.0.0.1:9000
     #[arg(long = "storage-option", value_parser = parse_kv)]
     storage_options: Vec<(String, String)>,
+    /// Audit ledger directory (default <data dir>/audit).
+    #[arg(long, env = "LAKELEDGER_AUDIT_DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Audit signing key file (default <data dir>/keys/audit-signing.key; created 0600).
+    #[arg(long, env = "LAKELEDGER_AUDIT_KEY")]
+    audit_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -174,6 +180,8 @@ fn resolve(storage: &StorageArgs, mut o: Overrides) -> lakeledger::Result<Config
     o.catalog = storage.catalog.clone();
     o.data_root = storage.data_root.clone();
     o.storage_options = storage.storage_options.clone();
+    o.audit_dir = storage.audit_dir.clone();
+    o.audit_key_path = storage.audit_key.clone();
     Config::resolve(file, o)
 }
 

@@ -453,3 +453,61 @@ async fn kill_9_under_load_loses_no_acknowledged_record_and_the_log_verifies() {
         assert!(ok, "{out}");
     }
 }
+
+/// The independent verifier agrees with the Rust one on good and tampered packages,
+/// including a key rotation, naming the same first bad record.
+#[test]
+fn the_python_verifier_agrees_with_the_rust_verifier() {
+    use lakeledger_audit::{Event, Ledger, LedgerConfig, Phase, RecordFilter, SignerKey};
+    let tmp = tempfile::tempdir().unwrap();
+    let (ledger, _) = Ledger::open(LedgerConfig::new(tmp.path().join("audit"), tmp.path().join("k"))).unwrap();
+    let old = ledger.public_key();
+    let append = |n: usize| {
+        for i in 0..n {
+            let mut e = Event::new("data.read", Phase::Intent);
+            e.resource.name = Some(format!("group_{i}"));
+            e.actor.tenant = Some(if i % 2 == 0 { "acme" } else { "default" }.into());
+            ledger.append_event(&e).unwrap().wait(Duration::from_secs(10)).unwrap();
+        }
+    };
+    append(10);
+    ledger.rotate_key(SignerKey::generate(ledger.origin()).unwrap()).unwrap();
+    append(10);
+    let keys = vec![old.clone()];
+    let full = Package::export(&ledger, &RecordFilter::default(), None).unwrap();
+    let filtered = Package::export(&ledger, &RecordFilter { tenant: Some("acme".into()), ..Default::default() }, None).unwrap();
+    let file = tmp.path().join("p.json");
+    let key = old.encode();
+
+    let mut cases: Vec<(String, Package)> = vec![("full".into(), full.clone()), ("filtered".into(), filtered)];
+    for (name, edit) in [("edit", 7usize), ("delete", 9), ("swap", 12)] {
+        let mut p = full.clone();
+        let mut lines: Vec<String> = p.files["leaves.jsonl"].lines().map(str::to_string).collect();
+        match name {
+            "edit" => {
+                let mut v: Value = serde_json::from_str(&lines[edit]).unwrap();
+                v["payload"]["resource"]["name"] = json!("other");
+                lines[edit] = v.to_string();
+            }
+            "delete" => {
+                lines.remove(edit);
+            }
+            _ => lines.swap(edit, edit + 1),
+        }
+        p.files.insert("leaves.jsonl".into(), lines.iter().map(|l| format!("{l}\n")).collect());
+        let mut m: Value = serde_json::from_str(&p.files["manifest.json"]).unwrap();
+        m["files"]["leaves.jsonl"] = json!(hex::encode(Sha256::digest(p.files["leaves.jsonl"].as_bytes())));
+        p.files.insert("manifest.json".into(), m.to_string());
+        cases.push((name.into(), p));
+    }
+    for (name, pkg) in cases {
+        let rust = verify_package(&pkg, &keys, None).map(|_| "PASS".to_string()).unwrap_or_else(|e| e.to_string());
+        std::fs::write(&file, pkg.to_json()).unwrap();
+        let Some((ok, out)) = python_verify(&file, &key, None) else { return };
+        assert_eq!(ok, rust == "PASS", "{name}: python says {out}, rust says {rust}");
+        if !ok {
+            let seq = |s: &str| s.split(':').next().unwrap().to_string();
+            assert_eq!(seq(&out), seq(&rust), "{name}: both name the same record ({out} / {rust})");
+        }
+    }
+}
