@@ -51,28 +51,36 @@ impl AuditLog {
 
     /// Appends an event and waits until it is durable.
     pub async fn record(&self, event: &Event) -> Result<Receipt> {
-        let pending = self.ledger.append_event(event).inspect_err(|_| self.degraded.store(true, Ordering::SeqCst))?;
+        let started = Instant::now();
+        let pending = self.ledger.append_event(event).inspect_err(|_| self.failed())?;
         match tokio::time::timeout(self.timeout, pending).await {
             Ok(Ok(r)) => {
                 self.degraded.store(false, Ordering::SeqCst);
+                metrics::histogram!("lakeledger_audit_ack_seconds").record(started.elapsed().as_secs_f64());
+                metrics::gauge!("lakeledger_audit_records").set(r.seq as f64 + 1.0);
                 Ok(r)
             }
             Ok(Err(e)) => {
-                self.degraded.store(true, Ordering::SeqCst);
+                self.failed();
                 Err(e.into())
             }
             Err(_) => {
-                self.degraded.store(true, Ordering::SeqCst);
+                self.failed();
                 Err(Error::Unavailable(format!("the audit ledger did not confirm the record within {:?}", self.timeout)))
             }
         }
+    }
+
+    fn failed(&self) {
+        self.degraded.store(true, Ordering::SeqCst);
+        metrics::counter!("lakeledger_audit_failures_total").increment(1);
     }
 
     /// Hands an event to the writer without waiting (outcomes: the response is already
     /// on its way).
     pub fn record_later(&self, event: &Event) {
         if let Err(e) = self.ledger.append_event(event) {
-            self.degraded.store(true, Ordering::SeqCst);
+            self.failed();
             tracing::error!(error = %e, kind = %event.kind, "audit outcome could not be recorded");
         }
     }
