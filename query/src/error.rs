@@ -39,6 +39,19 @@ pub enum Error {
     #[error("concurrent change conflicted with this write: {0}")]
     Conflict(String),
 
+    /// A statement that is not valid SQL, or refers to columns or functions that do not
+    /// exist.
+    #[error("{0}")]
+    InvalidSql(String),
+
+    /// A statement the sandbox does not run (writes, DDL, file access, other tables).
+    #[error("{0}")]
+    SqlRefused(String),
+
+    /// A time-travel form that is not supported; the message says what is.
+    #[error("{0}")]
+    SqlUnsupported(String),
+
     /// The result would not fit in the configured limits.
     #[error("{0}")]
     LimitExceeded(String),

@@ -11,6 +11,7 @@ pub mod error;
 pub mod formats;
 pub mod ingest;
 pub mod schema;
+pub mod sql;
 pub mod tables;
 
 pub use error::{Error, Result};

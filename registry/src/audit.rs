@@ -105,6 +105,10 @@ pub struct AuditFacts {
     pub versions_read: Vec<i64>,
     pub versions_written: Vec<i64>,
     pub rows: Option<u64>,
+    /// Rows counted while a body streams; read when it ends.
+    pub rows_counter: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Further facts for the outcome (for SQL: the statement, its hash, tables@versions).
+    pub details: Vec<(String, String)>,
 }
 
 /// The intent record of the current request, for handlers that stamp it on commits.
@@ -142,6 +146,7 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("GET", "/v1/audit/proofs/inclusion" | "/v1/audit/proofs/consistency") => "audit.proof",
         ("GET", "/v1/audit/public-key") => "audit.public_key",
         ("POST", "/v1/audit/export") => "audit.export",
+        ("POST", "/v1/sql") => "sql.query",
         (_, "<unmatched>") => "http.unmatched",
         _ => "http.other",
     }
@@ -276,6 +281,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         }
         outcome.resource.versions_read = f.versions_read.clone();
         outcome.resource.versions_written = f.versions_written.clone();
+        outcome.details.extend(f.details.iter().cloned());
     }
     let result = match status {
         200..=399 => "success",
@@ -289,8 +295,10 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         rows: response.extensions().get::<AuditFacts>().and_then(|f| f.rows),
         ..Default::default()
     });
+    let rows_counter = response.extensions().get::<AuditFacts>().and_then(|f| f.rows_counter.clone());
     let (parts, body) = response.into_parts();
     let body = AuditedBody {
+        rows_counter,
         inner: body,
         bytes: 0,
         hasher: Sha256::new(),
@@ -330,6 +338,7 @@ struct PendingOutcome {
 /// The response body, counted and hashed as it streams; the outcome is recorded when it
 /// ends, fails, or is dropped unfinished (the client went away).
 struct AuditedBody {
+    rows_counter: Option<Arc<std::sync::atomic::AtomicU64>>,
     inner: Body,
     bytes: u64,
     hasher: Sha256,
@@ -341,6 +350,9 @@ impl AuditedBody {
         let Some(mut p) = self.pending.take() else { return };
         if let Some(o) = p.event.outcome.as_mut() {
             o.bytes = Some(self.bytes);
+            if let Some(c) = &self.rows_counter {
+                o.rows = Some(c.load(Ordering::Relaxed));
+            }
             o.duration_us = p.started.elapsed().as_micros() as u64;
             match cut {
                 None => o.body_sha256 = Some(hex::encode(std::mem::take(&mut self.hasher).finalize())),

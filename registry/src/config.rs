@@ -34,6 +34,8 @@ pub struct Config {
     /// How long a request waits for its audit record to be durable before it is refused
     /// with 503.
     pub audit_timeout: std::time::Duration,
+    /// Limits for `POST /v1/sql`.
+    pub sql: crate::sql::SqlConfig,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -81,6 +83,13 @@ pub struct FileConfig {
     pub audit_dir: Option<PathBuf>,
     pub audit_key_path: Option<PathBuf>,
     pub audit_timeout_ms: Option<u64>,
+    /// Memory one SQL query may hold before spilling and then failing.
+    pub sql_memory_limit_bytes: Option<usize>,
+    pub sql_timeout_secs: Option<u64>,
+    /// Most rows one SQL result may have.
+    pub sql_row_limit: Option<u64>,
+    /// Threads of the query runtime.
+    pub sql_threads: Option<usize>,
 }
 
 impl FileConfig {
@@ -151,6 +160,17 @@ impl Config {
             audit_dir: cli.audit_dir.or(file.audit_dir).unwrap_or_else(|| data_dir.join("audit")),
             audit_key_path: cli.audit_key_path.or(file.audit_key_path).unwrap_or_else(|| data_dir.join("keys/audit-signing.key")),
             audit_timeout: std::time::Duration::from_millis(file.audit_timeout_ms.unwrap_or(5_000)),
+            sql: {
+                let d = crate::sql::SqlConfig::default();
+                crate::sql::SqlConfig {
+                    memory_bytes: file.sql_memory_limit_bytes.unwrap_or(d.memory_bytes),
+                    timeout: file.sql_timeout_secs.map(std::time::Duration::from_secs).unwrap_or(d.timeout),
+                    row_limit: file.sql_row_limit.unwrap_or(d.row_limit),
+                    threads: file
+                        .sql_threads
+                        .unwrap_or_else(|| std::thread::available_parallelism().map_or(d.threads, |n| n.get())),
+                }
+            },
             data_dir,
         })
     }

@@ -43,6 +43,8 @@ pub enum Error {
     Engine(#[from] lakeledger_query::Error),
     #[error(transparent)]
     Audit(#[from] lakeledger_audit::Error),
+    #[error("feature group `{0}` does not exist or is not visible to this key")]
+    SqlTableNotVisible(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -95,8 +97,12 @@ impl Error {
                 Q::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
                 Q::Conflict(_) => (StatusCode::CONFLICT, "concurrent_modification"),
                 Q::LimitExceeded(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"),
+                Q::InvalidSql(_) => (StatusCode::BAD_REQUEST, "invalid_sql"),
+                Q::SqlRefused(_) => (StatusCode::FORBIDDEN, "sql_not_allowed"),
+                Q::SqlUnsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_sql"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
+            Error::SqlTableNotVisible(_) => (StatusCode::FORBIDDEN, "table_not_visible"),
             Error::Audit(e) => match e {
                 lakeledger_audit::Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
                 lakeledger_audit::Error::Proof(_) | lakeledger_audit::Error::Malformed(_) => {

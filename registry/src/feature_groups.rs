@@ -513,7 +513,7 @@ pub async fn read(state: &AppState, g: &FeatureGroupRecord, spec: ReadSpec, form
 /// Turns a record-batch stream into a response body, encoding batch by batch. An error
 /// mid-stream aborts the response (the client sees a truncated transfer, never a
 /// silently short but well-formed result).
-fn encoded_body<E>(stream: SendableRecordBatchStream, encode: E) -> Body
+pub(crate) fn encoded_body<E>(stream: SendableRecordBatchStream, encode: E) -> Body
 where
     E: FnMut(Option<arrow::array::RecordBatch>) -> lakeledger_query::Result<Bytes> + Send + 'static,
 {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod feature_groups;
 pub mod server;
+pub mod sql;
 pub mod state;
 
 pub use error::{Error, Result};

@@ -56,7 +56,8 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         .map_err(|e| Error::Internal(format!("opening the audit ledger: {e}")))??;
     let catalog = catalog::connect(config.catalog_url.expose()).await?;
     let tables = TableStore::new(config.data_root.clone(), config.storage_options.clone())?;
-    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit));
+    let query_runtime = std::sync::Arc::new(crate::sql::QueryRuntime::new(config.sql.threads)?);
+    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit), query_runtime);
     let first_admin_key = bootstrap(&state).await?;
     let report = crate::feature_groups::reconcile(&state).await?;
     if report.recovered_versions + report.completed_creations + report.removed_creations > 0 {

@@ -20,6 +20,8 @@ pub struct Inner {
     pub tables: TableStore,
     pub metrics: PrometheusHandle,
     pub audit: Arc<AuditLog>,
+    /// Where SQL queries run, apart from request handling.
+    pub query_runtime: Arc<crate::sql::QueryRuntime>,
     /// False while shutting down, so load balancers stop sending traffic.
     pub accepting: AtomicBool,
     /// One lock per feature group, held around commit + catalog update, so versions and
@@ -28,13 +30,14 @@ pub struct Inner {
 }
 
 impl AppState {
-    pub fn new(config: Config, catalog: SharedCatalog, tables: TableStore, metrics: PrometheusHandle, audit: Arc<AuditLog>) -> Self {
+    pub fn new(config: Config, catalog: SharedCatalog, tables: TableStore, metrics: PrometheusHandle, audit: Arc<AuditLog>, query_runtime: Arc<crate::sql::QueryRuntime>) -> Self {
         AppState(Arc::new(Inner {
             config,
             catalog,
             tables,
             metrics,
             audit,
+            query_runtime,
             accepting: AtomicBool::new(true),
             group_locks: Default::default(),
         }))

@@ -32,13 +32,13 @@ fn records(s: &Server) -> Vec<Value> {
         .collect()
 }
 
-fn find<'a>(all: &'a [Value], request_id: &str, phase: &str) -> Option<&'a Value> {
+pub fn find<'a>(all: &'a [Value], request_id: &str, phase: &str) -> Option<&'a Value> {
     all.iter().find(|r| r["source"]["request_id"] == request_id && r["phase"] == phase)
 }
 
 /// Outcomes are recorded when the response body has been sent, which can be a moment
 /// after the client has read it; wait for them (bounded) rather than for a time.
-async fn wait_for_outcomes(s: &Server, request_ids: &[String]) -> Vec<Value> {
+pub async fn wait_for_outcomes(s: &Server, request_ids: &[String]) -> Vec<Value> {
     for _ in 0..200 {
         let all = records(s);
         if request_ids.iter().all(|id| find(&all, id, "outcome").is_some()) {

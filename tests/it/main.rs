@@ -7,4 +7,5 @@ mod feature_groups;
 mod interop;
 mod openapi;
 mod s3;
+mod sql;
 mod support;

@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod feature_groups;
 mod ops;
+mod sql;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -54,6 +55,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/feature-groups/{name}/archive", post(feature_groups::archive))
         .route("/v1/feature-groups/{name}/versions", get(feature_groups::versions))
         .route("/v1/feature-groups/{name}/data", post(feature_groups::ingest).get(feature_groups::read))
+        .route("/v1/sql", post(sql::query))
         .route("/v1/audit/records", get(audit::records))
         .route("/v1/audit/checkpoints", get(audit::checkpoints))
         .route("/v1/audit/checkpoints/latest", get(audit::latest_checkpoint))
@@ -72,6 +74,7 @@ pub fn routes() -> Router<AppState> {
         feature_groups::create, feature_groups::list, feature_groups::get, feature_groups::update,
         feature_groups::evolve, feature_groups::archive, feature_groups::versions,
         feature_groups::ingest, feature_groups::read,
+        sql::query,
         audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,
         audit::public_key, audit::export,
     ),

@@ -1,0 +1,220 @@
+//! Time-travel SQL for the API: resolves each feature-group reference of a checked
+//! statement to an exact version in the caller's tenant, records what will be read in the
+//! audit ledger, then runs the query on the query runtime and streams the result.
+//!
+//! Queries run on their own thread pool so a heavy query never stalls other requests;
+//! each has a memory limit (operators spill, then fail), a time limit and a row limit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use futures::StreamExt;
+use lakeledger_audit::{Event, Phase};
+use lakeledger_query::arrow::array::RecordBatch;
+use lakeledger_query::datafusion::error::DataFusionError;
+use lakeledger_query::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use lakeledger_query::formats::{Encoder, OutputFormat};
+use lakeledger_query::sql::{self, Parsed, ResolvedTable, SqlLimits, VersionSpec};
+use sha2::{Digest, Sha256};
+
+use crate::audit::AuditContext;
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::feature_groups::{self as fg, ReadSpec};
+use crate::state::AppState;
+
+/// Limits for SQL, from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct SqlConfig {
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+    pub row_limit: u64,
+    pub threads: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        Self { memory_bytes: 1 << 30, timeout: Duration::from_secs(300), row_limit: 10_000_000, threads: 2 }
+    }
+}
+
+/// The thread pool queries run on, apart from the one serving requests.
+pub struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    pub fn new(threads: usize) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("sql-query")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the query runtime: {e}")))?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("query runtime is running").handle()
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime from inside another one must not block.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// What a statement read, for the audit outcome and response headers.
+pub struct SqlFacts {
+    pub normalized: String,
+    pub sha256: String,
+    /// `name@version`, in statement order.
+    pub tables: Vec<(String, i64)>,
+}
+
+impl SqlFacts {
+    pub fn details(&self) -> Vec<(String, String)> {
+        let tables: Vec<String> = self.tables.iter().map(|(n, v)| format!("{n}@{v}")).collect();
+        vec![
+            ("sql".into(), self.normalized.chars().take(16_384).collect()),
+            ("sql_sha256".into(), self.sha256.clone()),
+            ("tables".into(), tables.join(",")),
+        ]
+    }
+}
+
+pub fn statement_hash(sql: &str) -> String {
+    hex::encode(Sha256::digest(sql.as_bytes()))
+}
+
+/// Checks and resolves a statement: every table a visible feature group at an exact
+/// version. Returns the parsed statement, its resolved tables and what will be read.
+pub async fn prepare(state: &AppState, p: &Principal, text: &str) -> Result<(Parsed, Vec<ResolvedTable>, SqlFacts)> {
+    let parsed = sql::parse(text)?;
+    let mut resolved = Vec::with_capacity(parsed.tables.len());
+    let mut tables = Vec::with_capacity(parsed.tables.len());
+    for t in &parsed.tables {
+        let g = match fg::find(state, p, &t.name).await {
+            Ok(g) => g,
+            Err(Error::NotFound { .. }) => return Err(Error::SqlTableNotVisible(t.name.clone())),
+            Err(e) => return Err(e),
+        };
+        let spec = match &t.version {
+            VersionSpec::Latest => ReadSpec { version: None, as_of: None, filters: vec![], limit: None },
+            VersionSpec::Version(v) => ReadSpec { version: Some(*v), as_of: None, filters: vec![], limit: None },
+            VersionSpec::Timestamp(ts) => ReadSpec { version: None, as_of: Some(ts.clone()), filters: vec![], limit: None },
+        };
+        let version = fg::resolve_version(state, &g, &spec).await?.version;
+        let url = state.tables.location(&g.location)?;
+        let table = state.tables.open(&url, Some(version)).await?;
+        // A version clause is honoured or the query fails: never another snapshot.
+        if table.version().map(|v| v as i64) != Some(version) {
+            return Err(Error::Internal(format!("asked for version {version} of `{}` but the table opened at {:?}", g.name, table.version())));
+        }
+        let provider = table.table_provider().await.map_err(|e| Error::Engine(lakeledger_query::Error::DataFusion(e)))?;
+        resolved.push(ResolvedTable { internal: t.internal.clone(), provider });
+        tables.push((g.name.clone(), version));
+    }
+    let facts = SqlFacts { normalized: parsed.normalized.clone(), sha256: statement_hash(text), tables };
+    Ok((parsed, resolved, facts))
+}
+
+/// Records, durably, the statement and the exact versions it is about to read.
+pub async fn record_query(state: &AppState, p: &Principal, ctx: &AuditContext, facts: &SqlFacts) -> Result<()> {
+    let mut e = Event::new("sql.query", Phase::Intent);
+    e.actor.principal = Some(p.key_id.clone());
+    e.actor.principal_type = "api_key".into();
+    e.actor.tenant = Some(p.tenant.clone());
+    e.actor.role = Some(p.role.as_str().to_string());
+    e.actor.auth_method = p.auth_method.to_string();
+    e.source.request_id = Some(ctx.request_id.clone());
+    e.resource.kind = Some("feature_group".into());
+    e.resource.tenant = Some(p.tenant.clone());
+    e.resource.versions_read = facts.tables.iter().map(|(_, v)| *v).collect();
+    e.details = facts.details();
+    e.details.push(("intent_event_id".into(), ctx.event_id.clone()));
+    state.audit.record(&e).await.map(|_| ())
+}
+
+/// Runs a prepared statement on the query runtime and returns the encoded, streaming
+/// body. Planning errors (and the time limit while planning) come back as errors; once
+/// rows flow, exceeding the row or time limit cuts the stream, so a client never mistakes
+/// a partial result for a whole one.
+pub async fn run(
+    state: &AppState,
+    parsed: Parsed,
+    tables: Vec<ResolvedTable>,
+    format: OutputFormat,
+    rows: Arc<AtomicU64>,
+) -> Result<Body> {
+    let cfg = state.config.sql;
+    let deadline = Instant::now() + cfg.timeout;
+    let limits = SqlLimits { memory_bytes: cfg.memory_bytes, target_partitions: cfg.threads };
+    let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel::<std::result::Result<RecordBatch, DataFusionError>>(2);
+    let task = state.query_runtime.handle().spawn(async move {
+        let mut stream = match parsed.execute(tables, limits).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = schema_tx.send(Err(e));
+                return;
+            }
+        };
+        if schema_tx.send(Ok(stream.schema())).is_err() {
+            return;
+        }
+        let mut sent = 0u64;
+        loop {
+            let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+            let item = match next {
+                Err(_) => Some(Err(DataFusionError::ResourcesExhausted(format!("the query ran past its time limit of {:?}", cfg.timeout)))),
+                Ok(None) => None,
+                Ok(Some(Ok(batch))) => {
+                    sent += batch.num_rows() as u64;
+                    if sent > cfg.row_limit {
+                        Some(Err(DataFusionError::ResourcesExhausted(format!(
+                            "the result has more than {} rows, the row limit; add a LIMIT or aggregate",
+                            cfg.row_limit
+                        ))))
+                    } else {
+                        rows.store(sent, Ordering::Relaxed);
+                        Some(Ok(batch))
+                    }
+                }
+                Ok(Some(Err(e))) => Some(Err(e)),
+            };
+            let Some(item) = item else { break };
+            let stop = item.is_err();
+            if let Err(e) = &item {
+                tracing::warn!(error = %e, "SQL result stream stopped");
+            }
+            // The client went away: dropping the stream cancels the query.
+            if batch_tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let schema = match tokio::time::timeout_at(deadline.into(), schema_rx).await {
+        Ok(Ok(Ok(schema))) => schema,
+        Ok(Ok(Err(e))) => return Err(e.into()),
+        Ok(Err(_)) => return Err(Error::Internal("the query task ended without an answer".into())),
+        Err(_) => {
+            task.abort();
+            return Err(Error::Engine(lakeledger_query::Error::LimitExceeded(format!(
+                "the query ran past its time limit of {:?} while planning",
+                cfg.timeout
+            ))));
+        }
+    };
+    let stream = futures::stream::unfold(batch_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), stream));
+    let mut encoder = Encoder::new(format, &schema)?;
+    Ok(fg::encoded_body(stream, move |batch| match batch {
+        Some(b) => encoder.encode(&b),
+        None => encoder.finish(),
+    }))
+}
