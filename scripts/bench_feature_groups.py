@@ -5,11 +5,13 @@
    vs `deltalake.write_deltalake` writing the same table to a local path.
 2. Time travel: a group with version 1 (N/2 rows) overwritten by version 2 (N/2 other
    rows); reading version 1 vs the latest (same size) as Arrow IPC over HTTP.
+3. SQL: a time-travel aggregate over the N-row version through `POST /v1/sql`, vs DuckDB
+   over the same Parquet files.
 
     cargo build --release -p lakeledger
     python3 scripts/bench_feature_groups.py [--rows 10000000] [--bin target/release/lakeledger]
 
-Needs pyarrow and deltalake (pip install pyarrow deltalake). Prints rows/s and the ratios.
+Needs pyarrow, deltalake and duckdb (pip install pyarrow deltalake duckdb). Prints rows/s and the ratios.
 """
 
 import argparse
@@ -148,6 +150,24 @@ def main():
             o, l = min(old), min(new)
             print(f"read    version 1 ({half} rows) : {o:.2f} s;  latest (version 2, {half} rows): {l:.2f} s")
             print(f"time-travel ratio (version N / latest): {o / l:.2f}   goal <= 1.2")
+
+            import duckdb
+
+            query = "SELECT country, count(*) AS n, avg(ctr) AS ctr, max(score) AS top FROM {t} GROUP BY country ORDER BY country"
+            ours, theirs = [], []
+            files = os.path.join(tmp, "server", "tables", "tenants", "default", "feature-groups", "ingest_0", "*.parquet")
+            con = duckdb.connect()
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                _, data = server.request("POST", "/v1/sql", json.dumps({"sql": query.format(t="ingest_0 VERSION AS OF 1"), "format": "json"}),
+                                         {"Content-Type": "application/json"})
+                ours.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                duck = con.execute(query.format(t=f"read_parquet('{files}')")).fetchall()
+                theirs.append(time.perf_counter() - t)
+            assert len(json.loads(data)) == len(duck) == 8
+            o, d = min(ours), min(theirs)
+            print(f"sql     aggregate over {n} rows: lakeledger {o:.3f} s, DuckDB {d:.3f} s; ratio {o / d:.2f}   goal <= 2")
         finally:
             server.stop()
 
