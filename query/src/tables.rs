@@ -15,6 +15,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
+use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde_json::Value;
@@ -458,6 +459,13 @@ impl TableStore {
     pub async fn check(&self) -> Result<()> {
         let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
         store.list_with_delimiter(None).await.map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Writes one object at `relative` under the root (whole, replacing any earlier one).
+    pub async fn put_object(&self, relative: &str, bytes: Bytes) -> Result<()> {
+        let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
+        store.put(&Path::from(relative), bytes.into()).await.map_err(|e| Error::Storage(e.to_string()))?;
         Ok(())
     }
 }

@@ -97,6 +97,37 @@ impl AuditLog {
     }
 }
 
+/// Copies each new signed checkpoint to `store` as `checkpoints/<size, 20 digits>.note`
+/// (never rewritten, so an object-locked bucket keeps every head) and
+/// `checkpoint.latest.note`. Runs until the ledger closes; a failed copy is logged and
+/// retried at the next tick, and never blocks requests.
+pub async fn mirror_checkpoints(ledger: Arc<Ledger>, store: lakeledger_query::tables::TableStore, every: Duration) {
+    let mut pushed = None;
+    loop {
+        if let Some(cp) = ledger.latest_checkpoint()
+            && pushed != Some(cp.checkpoint.size)
+        {
+            let note = axum::body::Bytes::from(cp.checkpoint.note.clone());
+            let name = format!("checkpoints/{:020}.note", cp.checkpoint.size);
+            let result = match store.put_object(&name, note.clone()).await {
+                Ok(()) => store.put_object("checkpoint.latest.note", note).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => pushed = Some(cp.checkpoint.size),
+                Err(e) => {
+                    metrics::counter!("lakeledger_audit_mirror_failures_total").increment(1);
+                    tracing::warn!(error = %e, size = cp.checkpoint.size, "could not copy the audit checkpoint to the mirror");
+                }
+            }
+        }
+        if ledger.failure().is_some() {
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// What a handler read or wrote, attached to its response for the outcome record.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFacts {

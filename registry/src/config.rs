@@ -36,6 +36,10 @@ pub struct Config {
     pub audit_timeout: std::time::Duration,
     /// Limits for `POST /v1/sql`.
     pub sql: crate::sql::SqlConfig,
+    /// Where signed checkpoints are copied as they are made (`s3://…` or `file:///…`),
+    /// so heads exist outside the server: ideally a bucket with object lock owned by
+    /// compliance. Uses the same storage options as the tables.
+    pub audit_checkpoint_mirror: Option<url::Url>,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -83,6 +87,7 @@ pub struct FileConfig {
     pub audit_dir: Option<PathBuf>,
     pub audit_key_path: Option<PathBuf>,
     pub audit_timeout_ms: Option<u64>,
+    pub audit_checkpoint_mirror: Option<String>,
     /// Memory one SQL query may hold before spilling and then failing.
     pub sql_memory_limit_bytes: Option<usize>,
     pub sql_timeout_secs: Option<u64>,
@@ -112,6 +117,7 @@ pub struct Overrides {
     pub json_logs: Option<bool>,
     pub audit_dir: Option<PathBuf>,
     pub audit_key_path: Option<PathBuf>,
+    pub audit_checkpoint_mirror: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -160,6 +166,10 @@ impl Config {
             audit_dir: cli.audit_dir.or(file.audit_dir).unwrap_or_else(|| data_dir.join("audit")),
             audit_key_path: cli.audit_key_path.or(file.audit_key_path).unwrap_or_else(|| data_dir.join("keys/audit-signing.key")),
             audit_timeout: std::time::Duration::from_millis(file.audit_timeout_ms.unwrap_or(5_000)),
+            audit_checkpoint_mirror: match cli.audit_checkpoint_mirror.or(file.audit_checkpoint_mirror) {
+                Some(s) => Some(parse_data_root(&s)?),
+                None => None,
+            },
             sql: {
                 let d = crate::sql::SqlConfig::default();
                 crate::sql::SqlConfig {

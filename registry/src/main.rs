@@ -120,6 +120,9 @@ struct StorageArgs {
     /// Audit signing key file (default <data dir>/keys/audit-signing.key; created 0600).
     #[arg(long, env = "LAKELEDGER_AUDIT_KEY")]
     audit_key: Option<PathBuf>,
+    /// Copy every signed audit checkpoint here too (s3://bucket/prefix or file:///…).
+    #[arg(long, env = "LAKELEDGER_AUDIT_CHECKPOINT_MIRROR")]
+    audit_checkpoint_mirror: Option<String>,
 }
 
 #[derive(Args)]
@@ -182,6 +185,7 @@ fn resolve(storage: &StorageArgs, mut o: Overrides) -> lakeledger::Result<Config
     o.storage_options = storage.storage_options.clone();
     o.audit_dir = storage.audit_dir.clone();
     o.audit_key_path = storage.audit_key.clone();
+    o.audit_checkpoint_mirror = storage.audit_checkpoint_mirror.clone();
     Config::resolve(file, o)
 }
 

@@ -119,6 +119,13 @@ pub async fn serve_until(
         .await
         .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", state.config.listen)))?;
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+    let mirror = match &state.config.audit_checkpoint_mirror {
+        Some(url) => {
+            let store = TableStore::new(url.clone(), state.config.storage_options.clone())?;
+            Some(tokio::spawn(crate::audit::mirror_checkpoints(state.audit.ledger.clone(), store, std::time::Duration::from_secs(1))))
+        }
+        None => None,
+    };
     on_bound(addr);
     let shutdown_state = state.clone();
     let served = axum::serve(listener, app(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
@@ -132,6 +139,15 @@ pub async fn serve_until(
     // Records the shutdown and signs a final checkpoint.
     let ledger = state.audit.ledger.clone();
     let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
+    // Copy the final checkpoint, then stop mirroring.
+    if let (Some(task), Some(url)) = (mirror, &state.config.audit_checkpoint_mirror) {
+        task.abort();
+        if let (Ok(store), Some(cp)) = (TableStore::new(url.clone(), state.config.storage_options.clone()), state.audit.ledger.latest_checkpoint()) {
+            let note = axum::body::Bytes::from(cp.checkpoint.note);
+            let _ = store.put_object(&format!("checkpoints/{:020}.note", cp.checkpoint.size), note.clone()).await;
+            let _ = store.put_object("checkpoint.latest.note", note).await;
+        }
+    }
     served
 }
 

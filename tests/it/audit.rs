@@ -511,3 +511,21 @@ fn the_python_verifier_agrees_with_the_rust_verifier() {
         }
     }
 }
+
+#[tokio::test]
+async fn signed_checkpoints_are_copied_to_the_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("compliance-bucket");
+    let mut config = lakeledger::config::Config::embedded(dir.path().join("data")).unwrap();
+    config.audit_checkpoint_mirror = Some(url::Url::from_directory_path(std::fs::canonicalize(dir.path()).unwrap().join("compliance-bucket")).unwrap());
+    let s = Server::start_with(config, None).await;
+    let key = s.state.audit.ledger.public_key();
+    s.get(&s.admin_key.clone(), "/v1/whoami").send().await.unwrap();
+    let ledger = s.state.audit.ledger.clone();
+    s.stop().await;
+
+    let latest = std::fs::read_to_string(mirror.join("checkpoint.latest.note")).unwrap();
+    let cp = lakeledger_audit::Checkpoint::open(&latest, &[key]).unwrap();
+    assert_eq!(cp.size, ledger.size(), "the final checkpoint, signed at shutdown, is mirrored");
+    assert!(mirror.join(format!("checkpoints/{:020}.note", cp.size)).exists());
+}
