@@ -336,7 +336,7 @@ async fn auditors_list_prove_and_export_and_the_package_verifies_offline_twice()
 
 // ---- kill -9 ---------------------------------------------------------------------------
 
-fn lakeledger_bin() -> Option<PathBuf> {
+pub fn lakeledger_bin() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("LAKELEDGER_BIN") {
         return Some(PathBuf::from(p));
     }
@@ -346,13 +346,13 @@ fn lakeledger_bin() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-struct Running {
-    child: tokio::process::Child,
-    addr: String,
-    admin_key: Option<String>,
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub addr: String,
+    pub admin_key: Option<String>,
 }
 
-async fn start_binary(bin: &Path, data_dir: &Path) -> Running {
+pub async fn start_binary(bin: &Path, data_dir: &Path) -> Running {
     let mut child = tokio::process::Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
