@@ -10,6 +10,7 @@
 pub mod error;
 pub mod formats;
 pub mod ingest;
+pub mod point_in_time;
 pub mod schema;
 pub mod sql;
 pub mod tables;
