@@ -164,12 +164,32 @@ pub async fn run(
                 return;
             }
         };
-        if schema_tx.send(Ok(stream.schema())).is_err() {
+        // Wait for the first batch before answering, so that failures that show up only
+        // when execution starts (memory, time, bad data) get a proper error status.
+        let schema = stream.schema();
+        let first = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+        match first {
+            Err(_) => {
+                let e = lakeledger_query::Error::LimitExceeded(format!("the query ran past its time limit of {:?}", cfg.timeout));
+                let _ = schema_tx.send(Err(e));
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                let _ = schema_tx.send(Err(parsed.user_error(e)));
+                return;
+            }
+            _ => {}
+        }
+        if schema_tx.send(Ok(schema)).is_err() {
             return;
         }
+        let mut first = Some(first);
         let mut sent = 0u64;
         loop {
-            let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+            let next = match first.take() {
+                Some(f) => f,
+                None => tokio::time::timeout_at(deadline.into(), stream.next()).await,
+            };
             let item = match next {
                 Err(_) => Some(Err(DataFusionError::ResourcesExhausted(format!("the query ran past its time limit of {:?}", cfg.timeout)))),
                 Ok(None) => None,

@@ -190,3 +190,27 @@ async fn large_results_stream_and_the_row_limit_cuts_them() {
     assert_eq!(r.status(), 200, "rows flow before the limit is reached");
     assert!(r.text().await.is_err(), "past the row limit the stream is cut, never silently short");
 }
+
+#[tokio::test]
+async fn a_query_over_its_memory_limit_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    config.sql.memory_bytes = 256 * 1024;
+    let s = Server::start_with(config, None).await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    let mut ndjson = String::new();
+    for i in 0..100_000 {
+        ndjson.push_str(&format!("{{\"user_id\":{i},\"ts\":\"2026-01-01T00:00:00Z\",\"country\":\"c{i}\"}}\n"));
+    }
+    let r = s.post(&k, "/v1/feature-groups/clicks/data").header("content-type", "application/x-ndjson").body(ndjson).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    // A hash join must hold its build side in memory; 100k strings do not fit in 256 KiB.
+    let sql = "SELECT count(*) FROM clicks a JOIN clicks b ON a.country = b.country";
+    let r = s.post(&k, "/v1/sql").json(&json!({"sql": sql, "format": "json"})).send().await.unwrap();
+    let (code, message) = crate::support::error_code(r, 422).await;
+    assert_eq!(code, "limit_exceeded");
+    assert!(message.contains("memory"), "{message}");
+    // Other requests are unaffected.
+    assert_eq!(s.get(&k, "/v1/whoami").send().await.unwrap().status(), 200);
+}
