@@ -123,9 +123,10 @@ pub async fn prepare(state: &AppState, p: &Principal, text: &str) -> Result<(Par
     Ok((parsed, resolved, facts))
 }
 
-/// Records, durably, the statement and the exact versions it is about to read.
+/// Records, durably, the statement and the exact versions it is about to read (`sql.plan`,
+/// after the request's own `sql.query` intent and before any data is read).
 pub async fn record_query(state: &AppState, p: &Principal, ctx: &AuditContext, facts: &SqlFacts) -> Result<()> {
-    let mut e = Event::new("sql.query", Phase::Intent);
+    let mut e = Event::new("sql.plan", Phase::Intent);
     e.actor.principal = Some(p.key_id.clone());
     e.actor.principal_type = "api_key".into();
     e.actor.tenant = Some(p.tenant.clone());

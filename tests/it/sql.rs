@@ -154,7 +154,7 @@ async fn queries_are_audited_with_statement_hash_and_exact_versions() {
     let _ = r.bytes().await;
 
     let all = crate::audit::wait_for_outcomes(&s, &["sql-1".into(), "sql-2".into()]).await;
-    let query = all.iter().find(|r| r["kind"] == "sql.query" && r["source"]["request_id"] == "sql-1" && r["phase"] == "intent" && r["details"]["tables"].is_string()).unwrap();
+    let query = all.iter().find(|r| r["kind"] == "sql.plan" && r["source"]["request_id"] == "sql-1" && r["phase"] == "intent" && r["details"]["tables"].is_string()).unwrap();
     assert_eq!(query["details"]["tables"], "clicks@1,users@1");
     assert_eq!(query["resource"]["versions_read"], json!([1, 1]));
     let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(sql.as_bytes()));
