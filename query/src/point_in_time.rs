@@ -114,6 +114,38 @@ fn match_side(spine: &RecordBatch, spine_t: &arrow::array::Int64Array, side: &Fe
     Ok(UInt32Array::from(out))
 }
 
+/// Encodes batches as one Parquet file, the same bytes for the same rows: fixed writer
+/// settings, no timestamps, one row group per 1M rows.
+pub fn deterministic_parquet(schema: &arrow::datatypes::SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_created_by("lakeledger".into())
+        .build();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema.clone(), Some(props))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
+    Ok(out)
+}
+
+/// Orders a spine by (time, then every other column), so a training set's row order is
+/// defined whatever order the spine arrived in.
+pub fn sort_spine(spine: &RecordBatch, spine_time: &str) -> Result<RecordBatch> {
+    let time = column(spine, spine_time, "the spine")?.clone();
+    let mut columns = vec![time];
+    columns.extend(spine.schema().fields().iter().filter(|f| f.name() != spine_time).filter_map(|f| spine.column_by_name(f.name()).cloned()));
+    let converter = RowConverter::new(columns.iter().map(|a| SortField::new(a.data_type().clone())).collect())?;
+    let rows = converter.convert_columns(&columns)?;
+    let mut idx: Vec<u32> = (0..spine.num_rows() as u32).collect();
+    idx.sort_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
+    let indices = UInt32Array::from(idx);
+    let cols = spine.columns().iter().map(|c| take(c.as_ref(), &indices, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(spine.schema(), cols)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

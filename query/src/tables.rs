@@ -468,4 +468,14 @@ impl TableStore {
         store.put(&Path::from(relative), bytes.into()).await.map_err(|e| Error::Storage(e.to_string()))?;
         Ok(())
     }
+
+    /// Reads one object at `relative` under the root; `None` when there is none.
+    pub async fn get_object(&self, relative: &str) -> Result<Option<Bytes>> {
+        let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
+        match store.get(&Path::from(relative)).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| Error::Storage(e.to_string()))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::Storage(e.to_string())),
+        }
+    }
 }

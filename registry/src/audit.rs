@@ -178,6 +178,9 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("GET", "/v1/audit/public-key") => "audit.public_key",
         ("POST", "/v1/audit/export") => "audit.export",
         ("POST", "/v1/sql") => "sql.query",
+        ("POST", "/v1/training-sets") => "training_set.create",
+        ("GET", "/v1/training-sets/{id}") => "training_set.get",
+        ("GET", "/v1/training-sets/{id}/data") => "training_set.read",
         (_, "<unmatched>") => "http.unmatched",
         _ => "http.other",
     }
@@ -191,6 +194,8 @@ fn resource(route: &str, path: &str) -> (Option<&'static str>, Option<String>) {
         Some("api_key")
     } else if route.starts_with("/v1/tenants") {
         Some("tenant")
+    } else if route.starts_with("/v1/training-sets") {
+        Some("training_set")
     } else if route.starts_with("/v1/audit") {
         Some("audit_log")
     } else {

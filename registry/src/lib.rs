@@ -16,5 +16,6 @@ pub mod feature_groups;
 pub mod server;
 pub mod sql;
 pub mod state;
+pub mod training_sets;
 
 pub use error::{Error, Result};

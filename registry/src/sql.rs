@@ -54,7 +54,7 @@ impl QueryRuntime {
         Ok(Self(Some(rt)))
     }
 
-    fn handle(&self) -> &tokio::runtime::Handle {
+    pub fn handle(&self) -> &tokio::runtime::Handle {
         self.0.as_ref().expect("query runtime is running").handle()
     }
 }

@@ -9,3 +9,4 @@ mod openapi;
 mod s3;
 mod sql;
 mod support;
+mod training_sets;

@@ -5,6 +5,7 @@ mod audit;
 mod feature_groups;
 mod ops;
 mod sql;
+mod training_sets;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -56,6 +57,9 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/feature-groups/{name}/versions", get(feature_groups::versions))
         .route("/v1/feature-groups/{name}/data", post(feature_groups::ingest).get(feature_groups::read))
         .route("/v1/sql", post(sql::query))
+        .route("/v1/training-sets", post(training_sets::create))
+        .route("/v1/training-sets/{id}", get(training_sets::get))
+        .route("/v1/training-sets/{id}/data", get(training_sets::data))
         .route("/v1/audit/records", get(audit::records))
         .route("/v1/audit/checkpoints", get(audit::checkpoints))
         .route("/v1/audit/checkpoints/latest", get(audit::latest_checkpoint))
@@ -74,7 +78,7 @@ pub fn routes() -> Router<AppState> {
         feature_groups::create, feature_groups::list, feature_groups::get, feature_groups::update,
         feature_groups::evolve, feature_groups::archive, feature_groups::versions,
         feature_groups::ingest, feature_groups::read,
-        sql::query,
+        sql::query, training_sets::create, training_sets::get, training_sets::data,
         audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,
         audit::public_key, audit::export,
     ),

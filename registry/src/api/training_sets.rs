@@ -1,0 +1,93 @@
+//! Point-in-time training sets: create, read the manifest, stream the data.
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use lakeledger_query::arrow::array::RecordBatchReader;
+use lakeledger_query::formats::{Encoder, OutputFormat};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::ApiJson;
+use crate::audit::{AuditContext, AuditFacts};
+use crate::auth::Caller;
+use crate::catalog::Role;
+use crate::error::{Error, ErrorBody, Result};
+use crate::state::AppState;
+use crate::training_sets::{self as ts, CreateTrainingSet, TrainingSetManifest};
+
+const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
+const WRITE: &[Role] = &[Role::Admin, Role::Writer];
+
+/// Builds a training set: the spine joined, as of each spine time, with features from
+/// pinned versions. Written once as Parquet with its manifest.
+#[utoipa::path(post, path = "/v1/training-sets", request_body = CreateTrainingSet,
+    responses((status = 201, body = TrainingSetManifest), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    ctx: AuditContext,
+    ApiJson(req): ApiJson<CreateTrainingSet>,
+) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<TrainingSetManifest>)> {
+    p.require(WRITE, "create training sets")?;
+    let (manifest, versions) = ts::create(&state, &p, &ctx, req).await?;
+    let facts = AuditFacts { resource_name: Some(manifest.id.clone()), versions_read: versions, rows: Some(manifest.rows), ..Default::default() };
+    Ok((StatusCode::CREATED, Extension(facts), axum::Json(manifest)))
+}
+
+/// The manifest: spine, features, versions, TTLs, rows and the SHA-256 of the data.
+#[utoipa::path(get, path = "/v1/training-sets/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = TrainingSetManifest), (status = 404, body = ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<axum::Json<TrainingSetManifest>> {
+    p.require(READ, "read training sets")?;
+    Ok(axum::Json(ts::manifest(&state, &p, &id).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct DataParams {
+    /// `arrow`, `parquet`, `csv`, `json` or `ndjson`; overrides `Accept`.
+    pub format: Option<String>,
+}
+
+/// The rows, checked against the manifest's SHA-256 before they are sent.
+#[utoipa::path(get, path = "/v1/training-sets/{id}/data", params(("id" = String, Path), DataParams),
+    responses((status = 200, description = "rows in the negotiated format"), (status = 404, body = ErrorBody)))]
+pub async fn data(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<DataParams>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    p.require(READ, "read training sets")?;
+    let format = match q.format.as_deref() {
+        Some(f) => OutputFormat::from_name(f).ok_or_else(|| Error::BadRequest(format!("format `{f}` is not one of json, ndjson, csv, arrow, parquet")))?,
+        None => OutputFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())).ok_or(Error::NotAcceptable)?,
+    };
+    let (manifest, bytes) = ts::data(&state, &p, &id).await?;
+    let body = if format == OutputFormat::Parquet {
+        Body::from(bytes)
+    } else {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.with_batch_size(65_536).build())
+            .map_err(|e| Error::Internal(format!("training set {id}: {e}")))?;
+        let mut encoder = Encoder::new(format, &reader.schema())?;
+        let mut chunks = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| Error::Internal(format!("training set {id}: {e}")))?;
+            chunks.push(encoder.encode(&batch)?);
+        }
+        chunks.push(encoder.finish()?);
+        Body::from_stream(futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>)).boxed())
+    };
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    if let Ok(v) = HeaderValue::from_str(&manifest.sha256) {
+        response.headers_mut().insert("x-lakeledger-training-set-sha256", v);
+    }
+    response.extensions_mut().insert(AuditFacts { resource_name: Some(manifest.id.clone()), rows: Some(manifest.rows), ..Default::default() });
+    Ok(response)
+}
