@@ -604,7 +604,6 @@ impl Ledger {
         if keys.is_empty() {
             keys.push(key.verifier().clone());
         }
-        let last_checkpoint_size = scan.checkpoints.last().map_or(0, |c| c.checkpoint.size);
         let shared = Arc::new(Shared {
             dir: cfg.dir.clone(),
             key_path: cfg.key_path.clone(),
@@ -633,7 +632,6 @@ impl Ledger {
             segment_max_bytes: cfg.segment_max_bytes,
             max_batch: cfg.max_batch.max(1),
             interval: cfg.checkpoint_interval,
-            last_checkpoint_size,
             last_checkpoint_at: Instant::now(),
             backlog: VecDeque::new(),
         };
@@ -789,6 +787,13 @@ impl Ledger {
         self.read_state().checkpoints.clone()
     }
 
+    /// Up to `limit` checkpoints of at least `from_size` records, oldest first.
+    pub fn checkpoints_from(&self, from_size: u64, limit: usize) -> Vec<StoredCheckpoint> {
+        let st = self.read_state();
+        let start = st.checkpoints.partition_point(|c| c.checkpoint.size < from_size);
+        st.checkpoints[start..].iter().take(limit).cloned().collect()
+    }
+
     pub fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>> {
         Ok(self.read_state().tree.inclusion_proof(seq, size)?)
     }
@@ -939,7 +944,6 @@ struct Writer {
     segment_max_bytes: u64,
     max_batch: usize,
     interval: Duration,
-    last_checkpoint_size: u64,
     last_checkpoint_at: Instant,
     backlog: VecDeque<Job>,
 }
@@ -1211,7 +1215,6 @@ impl Writer {
         if let Err(e) = self.cp_file.sync_data() {
             fatal("fsync of the checkpoint file", &e);
         }
-        self.last_checkpoint_size = size;
         self.shared
             .state
             .write()

@@ -343,6 +343,17 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
     Response::from_parts(parts, Body::new(body))
 }
 
+/// An event a handler records for its authenticated caller within the current request
+/// (e.g. the resolved plan of a query, before anything is read).
+pub fn principal_event(kind: &str, p: &Principal, ctx: &AuditContext) -> Event {
+    let mut e = Event::new(kind, Phase::Intent);
+    set_actor(&mut e, Some(p), true);
+    e.source.request_id = Some(ctx.request_id.clone());
+    e.resource.tenant = Some(p.tenant.clone());
+    e.details.push(("intent_event_id".into(), ctx.event_id.clone()));
+    e
+}
+
 fn set_actor(e: &mut Event, p: Option<&Principal>, has_credentials: bool) {
     match p {
         Some(p) => {

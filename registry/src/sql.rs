@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use futures::StreamExt;
-use lakeledger_audit::{Event, Phase};
 use lakeledger_query::arrow::array::RecordBatch;
 use lakeledger_query::datafusion::error::DataFusionError;
 use lakeledger_query::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -126,18 +125,10 @@ pub async fn prepare(state: &AppState, p: &Principal, text: &str) -> Result<(Par
 /// Records, durably, the statement and the exact versions it is about to read (`sql.plan`,
 /// after the request's own `sql.query` intent and before any data is read).
 pub async fn record_query(state: &AppState, p: &Principal, ctx: &AuditContext, facts: &SqlFacts) -> Result<()> {
-    let mut e = Event::new("sql.plan", Phase::Intent);
-    e.actor.principal = Some(p.key_id.clone());
-    e.actor.principal_type = "api_key".into();
-    e.actor.tenant = Some(p.tenant.clone());
-    e.actor.role = Some(p.role.as_str().to_string());
-    e.actor.auth_method = p.auth_method.to_string();
-    e.source.request_id = Some(ctx.request_id.clone());
+    let mut e = crate::audit::principal_event("sql.plan", p, ctx);
     e.resource.kind = Some("feature_group".into());
-    e.resource.tenant = Some(p.tenant.clone());
     e.resource.versions_read = facts.tables.iter().map(|(_, v)| *v).collect();
-    e.details = facts.details();
-    e.details.push(("intent_event_id".into(), ctx.event_id.clone()));
+    e.details.extend(facts.details());
     state.audit.record(&e).await.map(|_| ())
 }
 

@@ -43,10 +43,6 @@ impl AppState {
         }))
     }
 
-    pub fn query_runtime_handle(&self) -> tokio::runtime::Handle {
-        self.0.query_runtime.handle().clone()
-    }
-
     pub fn group_lock(&self, group_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.0.group_locks.lock().expect("group lock table");
         locks.entry(group_id.to_string()).or_default().clone()

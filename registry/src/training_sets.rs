@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use lakeledger_audit::{Event, Phase};
 use lakeledger_query::arrow::array::RecordBatch;
 use lakeledger_query::arrow::compute::concat_batches;
 use lakeledger_query::datafusion::prelude::{SessionConfig, SessionContext};
@@ -121,7 +120,7 @@ async fn on_query_runtime<T: Send + 'static>(
     state: &AppState,
     f: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    state.query_runtime_handle().spawn(f).await.map_err(|e| Error::Internal(format!("query task failed: {e}")))?
+    state.query_runtime.handle().spawn(f).await.map_err(|e| Error::Internal(format!("query task failed: {e}")))?
 }
 
 pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: CreateTrainingSet) -> Result<(TrainingSetManifest, Vec<i64>)> {
@@ -173,18 +172,11 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
     }
 
     // Everything that will be read, recorded before it is read.
-    let mut e = Event::new("training_set.plan", Phase::Intent);
-    e.actor.principal = Some(p.key_id.clone());
-    e.actor.principal_type = "api_key".into();
-    e.actor.tenant = Some(p.tenant.clone());
-    e.actor.role = Some(p.role.as_str().to_string());
-    e.actor.auth_method = p.auth_method.to_string();
-    e.source.request_id = Some(ctx.request_id.clone());
+    let mut e = crate::audit::principal_event("training_set.plan", p, ctx);
     e.resource.kind = Some("training_set".into());
     e.resource.name = Some(req.name.clone());
-    e.resource.tenant = Some(p.tenant.clone());
     e.resource.versions_read = spine_facts.tables.iter().map(|(_, v)| *v).chain(inputs.iter().map(|(i, ..)| i.version)).collect();
-    e.details = spine_facts.details();
+    e.details.extend(spine_facts.details());
     let features: Vec<String> = inputs.iter().map(|(i, ..)| format!("{}@{}:{}", i.group, i.version, i.features.join("+"))).collect();
     e.details.push(("features".into(), features.join(",")));
     state.audit.record(&e).await?;

@@ -179,10 +179,8 @@ pub async fn checkpoints(
 ) -> Result<axum::Json<Vec<CheckpointView>>> {
     p.require(AUDITOR, "read audit checkpoints")?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let all = state.audit.ledger.checkpoints();
-    Ok(axum::Json(
-        all.iter().filter(|c| c.checkpoint.size >= q.from_size.unwrap_or(0)).take(limit).map(checkpoint_view).collect(),
-    ))
+    let page = state.audit.ledger.checkpoints_from(q.from_size.unwrap_or(0), limit);
+    Ok(axum::Json(page.iter().map(checkpoint_view).collect()))
 }
 
 #[derive(Deserialize, IntoParams)]
