@@ -56,6 +56,11 @@ pub enum Error {
     #[error("{0}")]
     LimitExceeded(String),
 
+    /// Past state a request depends on is no longer there (log cleaned up, file vacuumed)
+    /// or is in a form that cannot be read.
+    #[error("{0}")]
+    HistoryUnavailable(String),
+
     #[error("delta: {0}")]
     Delta(#[from] deltalake::DeltaTableError),
 

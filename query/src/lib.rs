@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod feature_rows;
 pub mod formats;
 pub mod ingest;
 pub mod point_in_time;

@@ -14,7 +14,7 @@ use deltalake::kernel::{Action, Add};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -209,6 +209,59 @@ impl TableStore {
         }
         Ok(None)
     }
+}
+
+/// The table's own minimum retention for removed files (`delta.deletedFileRetentionDuration`,
+/// a week unless set), in hours.
+pub fn retention_hours(table: &DeltaTable) -> Result<u64> {
+    use deltalake::table::config::TablePropertiesExt;
+    Ok(table.snapshot()?.table_config().deleted_file_retention_duration().as_secs() / 3600)
+}
+
+/// Data files that left the table more than `retention_hours` ago: what a vacuum would
+/// delete. Nothing is deleted here, so a caller can keep what it still needs.
+pub async fn vacuum_candidates(table: DeltaTable, retention_hours: u64) -> Result<Vec<String>> {
+    let hours = i64::try_from(retention_hours).map_err(|_| Error::InvalidSchema(format!("retention of {retention_hours} hours is too long")))?;
+    let table_store = table.log_store();
+    let (_, metrics) = table
+        .vacuum()
+        .with_retention_period(chrono::Duration::hours(hours))
+        // The caller has already applied its own rule about short retention.
+        .with_enforce_retention_duration(false)
+        .with_dry_run(true)
+        .await
+        .map_err(classify)?;
+    // Removed files stay listed in the log after an earlier vacuum deleted them.
+    let store = table_store.object_store(None);
+    let present: Vec<Option<String>> = futures::stream::iter(metrics.files_deleted)
+        .map(|p| {
+            let store = store.clone();
+            async move {
+                let location = Path::parse(&p).map_err(|e| Error::Storage(format!("bad file path {p}: {e}")))?;
+                match store.head(&location).await {
+                    Ok(_) => Ok(Some(p)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(Error::Storage(format!("{p}: {e}"))),
+                }
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    Ok(present.into_iter().flatten().collect())
+}
+
+/// Deletes data files of `table` (paths relative to its root). Files already gone are fine.
+pub async fn delete_data_files(table: &DeltaTable, paths: &[String]) -> Result<()> {
+    let store = table.log_store().object_store(None);
+    for p in paths {
+        let location = Path::parse(p).map_err(|e| Error::Storage(format!("bad file path {p}: {e}")))?;
+        match store.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::Storage(format!("deleting {p}: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 /// A commit as read back from the Delta log.
@@ -467,6 +520,25 @@ impl TableStore {
         let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
         store.put(&Path::from(relative), bytes.into()).await.map_err(|e| Error::Storage(e.to_string()))?;
         Ok(())
+    }
+
+    /// Deletes one object at `relative` under the root; deleting what is not there is fine.
+    pub async fn delete_object(&self, relative: &str) -> Result<()> {
+        let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
+        match store.delete(&Path::from(relative)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::Storage(e.to_string())),
+        }
+    }
+
+    /// The names of the "directories" directly below `relative`, sorted.
+    pub async fn list_children(&self, relative: &str) -> Result<Vec<String>> {
+        let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
+        let prefix = Path::from(relative);
+        let listing = store.list_with_delimiter(Some(&prefix)).await.map_err(|e| Error::Storage(e.to_string()))?;
+        let mut names: Vec<String> = listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+        names.sort();
+        Ok(names)
     }
 
     /// Reads one object at `relative` under the root; `None` when there is none.

@@ -97,6 +97,7 @@ impl Error {
                 Q::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
                 Q::Conflict(_) => (StatusCode::CONFLICT, "concurrent_modification"),
                 Q::LimitExceeded(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"),
+                Q::HistoryUnavailable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "history_unavailable"),
                 Q::InvalidSql(_) => (StatusCode::BAD_REQUEST, "invalid_sql"),
                 Q::SqlRefused(_) => (StatusCode::FORBIDDEN, "sql_not_allowed"),
                 Q::SqlUnsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_sql"),

@@ -27,6 +27,9 @@ pub struct Inner {
     /// One lock per feature group, held around commit + catalog update, so versions and
     /// their commit times are recorded in order. Different groups never share a lock.
     group_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Training-set builds hold this shared and vacuum holds it exclusively, so a vacuum
+    /// never deletes a file a build is reading or is about to pin.
+    pub pins: tokio::sync::RwLock<()>,
 }
 
 impl AppState {
@@ -40,6 +43,7 @@ impl AppState {
             query_runtime,
             accepting: AtomicBool::new(true),
             group_locks: Default::default(),
+            pins: Default::default(),
         }))
     }
 

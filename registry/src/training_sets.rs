@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use lakeledger_query::arrow::array::RecordBatch;
 use lakeledger_query::arrow::compute::concat_batches;
-use lakeledger_query::datafusion::prelude::{SessionConfig, SessionContext};
-use lakeledger_query::point_in_time::{FeatureSide, deterministic_parquet, point_in_time_join, sort_spine};
+use lakeledger_query::feature_rows::{FeatureRows, FileSet, file_lineage, read_rows};
+use lakeledger_query::point_in_time::{FeatureSide, KnownAt, deterministic_parquet, point_in_time_join, sort_spine, versions_known_at};
 use lakeledger_query::sql::SqlLimits;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -39,7 +39,9 @@ pub struct CreateTrainingSet {
     /// Per group, the version to read; default the latest at creation.
     #[serde(default)]
     pub versions: BTreeMap<String, i64>,
-    /// Also exclude feature rows committed after the spine time (not available yet).
+    /// Bitemporal: each spine row sees a group only as it was at the last version
+    /// committed at or before the spine time, so later commits (backfills, corrections)
+    /// cannot leak into training. Needs the group's whole commit log.
     #[serde(default)]
     pub as_known_at_spine_time: bool,
 }
@@ -50,6 +52,9 @@ pub struct FeatureInput {
     pub version: i64,
     pub features: Vec<String>,
     pub ttl_seconds: Option<i64>,
+    /// Data files read (paths relative to the group's table); vacuum keeps them.
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
 /// What a training set is made of, exactly. Stored beside the data and never changed.
@@ -77,8 +82,9 @@ pub struct TrainingSetManifest {
 }
 
 const SEMANTICS: &str = "for each spine row and group: the row with equal entity keys and the latest event_time <= spine time \
-(and >= spine time - ttl); equal event times go to the later row in the version's file order; no match gives nulls; \
-rows are ordered by spine time, then the other spine columns";
+(and >= spine time - ttl); of rows with equal event times the one last in (commit version that added its file, file path, \
+row position in the file) order wins; with as_known_at_spine_time only rows held by the group's last version committed at or \
+before the spine time count; no match gives nulls; rows are ordered by spine time, then the other spine columns";
 
 fn area(tenant: &str, id: &str) -> String {
     format!("tenants/{tenant}/training-sets/{id}")
@@ -127,11 +133,6 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
     if req.name.trim().is_empty() || req.name.len() > 200 {
         return Err(Error::Unprocessable("name must be 1 to 200 characters".into()));
     }
-    if req.as_known_at_spine_time {
-        return Err(Error::Unprocessable(
-            "as_known_at_spine_time is not available yet; pin versions instead to exclude later commits".into(),
-        ));
-    }
     let specs = parse_features(&req.features)?;
     for g in req.ttl_seconds.keys().chain(req.versions.keys()) {
         if !specs.iter().any(|(s, _)| s == g) {
@@ -142,6 +143,8 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
         return Err(Error::Unprocessable(format!("ttl for `{g}` is negative ({t})")));
     }
 
+    // Held until the manifest is written, so no vacuum runs between reading and pinning.
+    let _pins = state.pins.read().await;
     // Resolve everything first: the spine's tables and each group at its version.
     let (parsed, spine_tables, spine_facts) = crate::sql::prepare(state, p, &req.spine_sql).await?;
     let mut inputs = Vec::new();
@@ -154,7 +157,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
         if table.version().map(|v| v as i64) != Some(version) {
             return Err(Error::Internal(format!("asked for version {version} of `{group}` but the table opened at {:?}", table.version())));
         }
-        let schema = schema_at(&table, &g.schema).await?;
+        let (schema, arrow) = schema_at(&table, &g.schema).await?;
         let features = match wanted {
             None => schema.features.iter().map(|c| c.name.clone()).collect(),
             Some(list) => {
@@ -167,8 +170,14 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
             }
         };
         let keys: Vec<String> = schema.entity_keys.iter().map(|c| c.name.clone()).collect();
-        inputs.push((FeatureInput { group: g.name.clone(), version, features, ttl_seconds: req.ttl_seconds.get(group).copied() }, keys, schema.event_time.clone()));
-        tables.push(table);
+        let commits: Vec<(i64, i64)> = if req.as_known_at_spine_time {
+            state.catalog.versions(&g.id).await?.iter().filter(|v| v.version <= version).map(|v| (v.version, v.committed_at)).collect()
+        } else {
+            Vec::new()
+        };
+        let input = FeatureInput { group: g.name.clone(), version, features, ttl_seconds: req.ttl_seconds.get(group).copied(), files: vec![] };
+        inputs.push((input, keys, schema.event_time.clone()));
+        tables.push((table, arrow, commits));
     }
 
     // Everything that will be read, recorded before it is read.
@@ -179,6 +188,9 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
     e.details.extend(spine_facts.details());
     let features: Vec<String> = inputs.iter().map(|(i, ..)| format!("{}@{}:{}", i.group, i.version, i.features.join("+"))).collect();
     e.details.push(("features".into(), features.join(",")));
+    if req.as_known_at_spine_time {
+        e.details.push(("as_known_at_spine_time".into(), "true".into()));
+    }
     state.audit.record(&e).await?;
 
     // The spine, then each group's rows, on the query runtime.
@@ -190,36 +202,41 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
         Ok(concat_batches(&schema, &batches).map_err(lakeledger_query::Error::from)?)
     })
     .await?;
-    let mut sides_data = Vec::new();
-    for ((input, keys, event_time), table) in inputs.iter().zip(tables) {
-        let columns: Vec<String> = keys.iter().chain(std::iter::once(event_time)).chain(input.features.iter()).cloned().collect();
-        let batch: RecordBatch = on_query_runtime(state, async move {
-            // One partition: rows come in the version's file order, which breaks ties.
-            let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-            let provider = table.table_provider().await.map_err(lakeledger_query::Error::DataFusion)?;
-            let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
-            let df = ctx.read_table(provider).map_err(lakeledger_query::Error::DataFusion)?.select_columns(&cols).map_err(lakeledger_query::Error::DataFusion)?;
-            let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await.map_err(lakeledger_query::Error::DataFusion)?;
-            Ok(concat_batches(&schema, &batches).map_err(lakeledger_query::Error::from)?)
+    // Each group's rows in (version, file, row) order, with the versions that held them.
+    let set = if req.as_known_at_spine_time { FileSet::History } else { FileSet::Live };
+    let threads = state.config.sql.threads.max(1);
+    let mut sides_data: Vec<(FeatureRows, Vec<(i64, i64)>)> = Vec::new();
+    for ((input, keys, event_time), (table, arrow, commits)) in inputs.iter_mut().zip(tables) {
+        let columns: Vec<String> = keys.iter().chain(std::iter::once(&*event_time)).chain(input.features.iter()).cloned().collect();
+        let version = input.version;
+        let rows: FeatureRows = on_query_runtime(state, async move {
+            let files = file_lineage(&table, version, set).await?;
+            Ok(read_rows(&table, &arrow, &columns, files, threads).await?)
         })
         .await?;
-        sides_data.push(batch);
+        input.files = rows.files.iter().map(|f| f.path.clone()).collect();
+        sides_data.push((rows, commits));
     }
 
     let (manifest, bytes) = {
         let spine = sort_spine(&spine, &req.spine_time).map_err(join_error)?;
+        let spine_versions: Vec<Vec<Option<i64>>> = sides_data
+            .iter()
+            .map(|(_, commits)| versions_known_at(&spine, &req.spine_time, commits))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(join_error)?;
         let sides: Vec<FeatureSide<'_>> = inputs
             .iter()
             .zip(&sides_data)
-            .map(|((input, keys, event_time), batch)| FeatureSide {
+            .zip(&spine_versions)
+            .map(|(((input, keys, event_time), (rows, _)), spine_version)| FeatureSide {
                 name: &input.group,
-                batch,
+                batch: &rows.batch,
                 keys,
                 event_time,
                 features: &input.features,
-                order: None,
                 ttl_micros: input.ttl_seconds.map(|s| s.saturating_mul(1_000_000)),
+                known: req.as_known_at_spine_time.then_some(KnownAt { added: &rows.added, removed: &rows.removed, spine_version }),
             })
             .collect();
         let joined = point_in_time_join(&spine, &req.spine_time, &sides).map_err(join_error)?;
@@ -234,7 +251,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
             spine_versions: spine_facts.tables.iter().map(|(n, v)| format!("{n}@{v}")).collect(),
             spine_time: req.spine_time.clone(),
             features: inputs.iter().map(|(i, ..)| i.clone()).collect(),
-            as_known_at_spine_time: false,
+            as_known_at_spine_time: req.as_known_at_spine_time,
             semantics: SEMANTICS.into(),
             rows: joined.num_rows() as u64,
             bytes: bytes.len() as u64,
@@ -254,14 +271,18 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
     Ok((manifest, versions))
 }
 
-/// The group's schema as of the opened version: columns added later are absent.
-async fn schema_at(table: &lakeledger_query::deltalake::DeltaTable, latest: &lakeledger_query::FeatureSchema) -> Result<lakeledger_query::FeatureSchema> {
+/// The group's schema as of the opened version (columns added later are absent), and
+/// the table's Arrow schema there.
+async fn schema_at(
+    table: &lakeledger_query::deltalake::DeltaTable,
+    latest: &lakeledger_query::FeatureSchema,
+) -> Result<(lakeledger_query::FeatureSchema, lakeledger_query::arrow::datatypes::SchemaRef)> {
     let provider = table.table_provider().await.map_err(lakeledger_query::Error::DataFusion)?;
     let arrow = provider.schema();
     let present = |name: &str| arrow.field_with_name(name).is_ok();
     let mut schema = latest.clone();
     schema.features.retain(|c| present(&c.name));
-    Ok(schema)
+    Ok((schema, arrow))
 }
 
 fn join_error(e: lakeledger_query::Error) -> Error {
@@ -292,4 +313,42 @@ pub async fn data(state: &AppState, p: &Principal, id: &str) -> Result<(Training
         return Err(Error::Internal(format!("training set {id}: data does not match its manifest's SHA-256")));
     }
     Ok((m, bytes))
+}
+
+/// The tenant's training sets, oldest first (ids are time-ordered).
+pub async fn list(state: &AppState, p: &Principal) -> Result<Vec<TrainingSetManifest>> {
+    let ids = state.tables.list_children(&format!("tenants/{}/training-sets", p.tenant)).await?;
+    let mut out = Vec::new();
+    for id in ids.iter().filter(|id| valid_id(id)) {
+        // A directory without a manifest is a build that did not finish: not a training set.
+        match manifest(state, p, id).await {
+            Ok(m) => out.push(m),
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes a training set: the manifest first (it stops existing and pins nothing), then
+/// the data.
+pub async fn delete(state: &AppState, p: &Principal, id: &str) -> Result<TrainingSetManifest> {
+    let m = manifest(state, p, id).await?;
+    let dir = area(&p.tenant, id);
+    state.tables.delete_object(&format!("{dir}/manifest.json")).await?;
+    state.tables.delete_object(&format!("{dir}/data.parquet")).await?;
+    Ok(m)
+}
+
+/// Per file of `group` that a live training set read: the ids of those sets.
+pub async fn pinned_files(state: &AppState, p: &Principal, group: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut pins: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in list(state, p).await? {
+        for input in m.features.iter().filter(|i| i.group == group) {
+            for f in &input.files {
+                pins.entry(f.clone()).or_default().push(m.id.clone());
+            }
+        }
+    }
+    Ok(pins)
 }

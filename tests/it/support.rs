@@ -75,6 +75,10 @@ impl Server {
         self.client.post(self.url(path)).bearer_auth(key)
     }
 
+    pub fn delete(&self, key: &str, path: &str) -> RequestBuilder {
+        self.client.delete(self.url(path)).bearer_auth(key)
+    }
+
     pub async fn create_key(&self, role: &str, tenant: Option<&str>) -> String {
         let mut body = json!({"name": format!("{role} key"), "role": role});
         if let Some(t) = tenant {

@@ -16,7 +16,8 @@ use crate::auth::Caller;
 use crate::catalog::Role;
 use crate::error::{Error, ErrorBody, Result};
 use crate::feature_groups::{
-    self as fg, CreateFeatureGroup, EvolveSchema, FeatureGroupView, IngestResult, ReadSpec, UpdateFeatureGroup, VersionView,
+    self as fg, CreateFeatureGroup, EvolveSchema, FeatureGroupView, IngestResult, ReadSpec, UpdateFeatureGroup, VacuumReport,
+    VacuumRequest, VersionView,
 };
 use crate::audit::{AuditContext, AuditFacts};
 use crate::state::AppState;
@@ -191,4 +192,28 @@ pub async fn read(
     h.insert("x-lakeledger-version", HeaderValue::from(version.version));
     response.extensions_mut().insert(AuditFacts { versions_read: vec![version.version], ..Default::default() });
     Ok(response)
+}
+
+/// Deletes data files that left the table longer ago than the retention, keeping every
+/// file a live training set read. Admins only.
+#[utoipa::path(post, path = "/v1/feature-groups/{name}/vacuum", params(("name" = String, Path)), request_body = VacuumRequest,
+    responses((status = 200, body = VacuumReport), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn vacuum(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<VacuumRequest>,
+) -> Result<(Extension<AuditFacts>, axum::Json<VacuumReport>)> {
+    p.require(&[Role::Admin], "vacuum feature groups")?;
+    let report = fg::vacuum(&state, &p, &name, req).await?;
+    let facts = AuditFacts {
+        details: vec![
+            ("dry_run".into(), report.dry_run.to_string()),
+            ("retention_hours".into(), report.retention_hours.to_string()),
+            ("files_deleted".into(), report.deleted.len().to_string()),
+            ("files_kept_for_training_sets".into(), report.kept.len().to_string()),
+        ],
+        ..Default::default()
+    };
+    Ok((Extension(facts), axum::Json(report)))
 }

@@ -56,9 +56,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/feature-groups/{name}/archive", post(feature_groups::archive))
         .route("/v1/feature-groups/{name}/versions", get(feature_groups::versions))
         .route("/v1/feature-groups/{name}/data", post(feature_groups::ingest).get(feature_groups::read))
+        .route("/v1/feature-groups/{name}/vacuum", post(feature_groups::vacuum))
         .route("/v1/sql", post(sql::query))
-        .route("/v1/training-sets", post(training_sets::create))
-        .route("/v1/training-sets/{id}", get(training_sets::get))
+        .route("/v1/training-sets", post(training_sets::create).get(training_sets::list))
+        .route("/v1/training-sets/{id}", get(training_sets::get).delete(training_sets::delete))
         .route("/v1/training-sets/{id}/data", get(training_sets::data))
         .route("/v1/audit/records", get(audit::records))
         .route("/v1/audit/checkpoints", get(audit::checkpoints))
@@ -77,8 +78,8 @@ pub fn routes() -> Router<AppState> {
         admin::whoami, admin::create_tenant, admin::list_tenants, admin::create_key, admin::list_keys, admin::revoke_key,
         feature_groups::create, feature_groups::list, feature_groups::get, feature_groups::update,
         feature_groups::evolve, feature_groups::archive, feature_groups::versions,
-        feature_groups::ingest, feature_groups::read,
-        sql::query, training_sets::create, training_sets::get, training_sets::data,
+        feature_groups::ingest, feature_groups::read, feature_groups::vacuum,
+        sql::query, training_sets::create, training_sets::list, training_sets::get, training_sets::delete, training_sets::data,
         audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,
         audit::public_key, audit::export,
     ),

@@ -38,6 +38,21 @@ pub async fn create(
     Ok((StatusCode::CREATED, Extension(facts), axum::Json(manifest)))
 }
 
+/// The tenant's training sets (their manifests), oldest first.
+#[utoipa::path(get, path = "/v1/training-sets", responses((status = 200, body = Vec<TrainingSetManifest>)))]
+pub async fn list(State(state): State<AppState>, Caller(p): Caller) -> Result<axum::Json<Vec<TrainingSetManifest>>> {
+    p.require(READ, "read training sets")?;
+    Ok(axum::Json(ts::list(&state, &p).await?))
+}
+
+/// Deletes a training set; the feature files it pinned become eligible for vacuum.
+#[utoipa::path(delete, path = "/v1/training-sets/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = TrainingSetManifest), (status = 404, body = ErrorBody)))]
+pub async fn delete(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<axum::Json<TrainingSetManifest>> {
+    p.require(WRITE, "delete training sets")?;
+    Ok(axum::Json(ts::delete(&state, &p, &id).await?))
+}
+
 /// The manifest: spine, features, versions, TTLs, rows and the SHA-256 of the data.
 #[utoipa::path(get, path = "/v1/training-sets/{id}", params(("id" = String, Path)),
     responses((status = 200, body = TrainingSetManifest), (status = 404, body = ErrorBody)))]
