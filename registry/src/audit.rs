@@ -184,6 +184,8 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("GET", "/v1/training-sets/{id}") => "training_set.get",
         ("DELETE", "/v1/training-sets/{id}") => "training_set.delete",
         ("GET", "/v1/training-sets/{id}/data") => "training_set.read",
+        ("POST", "/v1/spines") => "spine.upload",
+        ("GET", "/v1/spines/{id}") => "spine.get",
         (_, "<unmatched>") => "http.unmatched",
         _ => "http.other",
     }
@@ -199,6 +201,8 @@ fn resource(route: &str, path: &str) -> (Option<&'static str>, Option<String>) {
         Some("tenant")
     } else if route.starts_with("/v1/training-sets") {
         Some("training_set")
+    } else if route.starts_with("/v1/spines") {
+        Some("spine")
     } else if route.starts_with("/v1/audit") {
         Some("audit_log")
     } else {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use lakeledger_query::arrow::array::RecordBatch;
 use lakeledger_query::arrow::compute::concat_batches;
+use lakeledger_query::ingest::{IngestFormat, decode_inferred, spine_time_column};
 use lakeledger_query::feature_rows::{FeatureRows, FileSet, file_lineage, read_rows};
 use lakeledger_query::point_in_time::{FeatureSide, KnownAt, deterministic_parquet, point_in_time_join, sort_spine, versions_known_at};
 use lakeledger_query::sql::SqlLimits;
@@ -28,7 +29,12 @@ pub struct CreateTrainingSet {
     pub name: String,
     /// A `SELECT` over feature groups giving the spine: entity key columns (named as in
     /// the feature groups), a time column and label columns. Time travel is allowed.
-    pub spine_sql: String,
+    /// Give this or `spine_upload`.
+    #[serde(default)]
+    pub spine_sql: Option<String>,
+    /// The id of a spine uploaded with `POST /v1/spines` (rows in any ingest format).
+    #[serde(default)]
+    pub spine_upload: Option<String>,
     /// The spine's time column: features are taken as of this time.
     pub spine_time: String,
     /// `group:feature`, or `group` for all of its features.
@@ -63,10 +69,13 @@ pub struct TrainingSetManifest {
     pub id: String,
     pub name: String,
     pub tenant: String,
-    pub spine_sql: String,
-    pub spine_sql_sha256: String,
+    pub spine_sql: Option<String>,
+    pub spine_sql_sha256: Option<String>,
     /// `group@version` of every table the spine query read.
     pub spine_versions: Vec<String>,
+    /// The uploaded spine used, and the SHA-256 of its stored rows.
+    pub spine_upload: Option<String>,
+    pub spine_upload_sha256: Option<String>,
     pub spine_time: String,
     pub features: Vec<FeatureInput>,
     pub as_known_at_spine_time: bool,
@@ -85,6 +94,100 @@ const SEMANTICS: &str = "for each spine row and group: the row with equal entity
 (and >= spine time - ttl); of rows with equal event times the one last in (commit version that added its file, file path, \
 row position in the file) order wins; with as_known_at_spine_time only rows held by the group's last version committed at or \
 before the spine time count; no match gives nulls; rows are ordered by spine time, then the other spine columns";
+
+/// Where a build's spine comes from, resolved before anything is read.
+enum SpineSource {
+    Sql { parsed: lakeledger_query::sql::Parsed, tables: Vec<lakeledger_query::sql::ResolvedTable>, facts: crate::sql::SqlFacts },
+    Upload { manifest: SpineManifest, bytes: bytes::Bytes },
+}
+
+/// An uploaded spine: label rows kept as Parquet for training sets to use by id.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SpineManifest {
+    pub id: String,
+    pub tenant: String,
+    /// The time column, stored as UTC microsecond timestamps.
+    pub time: String,
+    pub columns: Vec<SpineColumn>,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Hex SHA-256 of the stored Parquet rows.
+    pub sha256: String,
+    pub created_at: String,
+    pub created_by: String,
+    pub audit_event_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SpineColumn {
+    pub name: String,
+    /// The Arrow type the values were read as.
+    #[serde(rename = "type")]
+    pub dtype: String,
+}
+
+fn spine_area(tenant: &str, id: &str) -> String {
+    format!("tenants/{tenant}/spines/{id}")
+}
+
+fn valid_spine_id(id: &str) -> bool {
+    id.len() == 35 && id.starts_with("sp_") && id[3..].bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Stores an uploaded spine (any ingest format); `time` names its time column.
+pub async fn upload_spine(state: &AppState, p: &Principal, ctx: &AuditContext, format: IngestFormat, body: bytes::Bytes, time: String) -> Result<SpineManifest> {
+    let time_name = time.clone();
+    let (batch, parquet) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let batch = decode_inferred(format, body)?;
+        if batch.num_rows() == 0 {
+            return Err(Error::Unprocessable("the spine has no rows".into()));
+        }
+        let batch = spine_time_column(&batch, &time)?;
+        let parquet = deterministic_parquet(&batch.schema(), std::slice::from_ref(&batch))?;
+        Ok((batch, parquet))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("spine decoding failed: {e}")))??;
+    let m = SpineManifest {
+        id: format!("sp_{}", uuid::Uuid::now_v7().simple()),
+        tenant: p.tenant.clone(),
+        time: time_name,
+        columns: batch.schema().fields().iter().map(|f| SpineColumn { name: f.name().clone(), dtype: f.data_type().to_string() }).collect(),
+        rows: batch.num_rows() as u64,
+        bytes: parquet.len() as u64,
+        sha256: hex::encode(Sha256::digest(&parquet)),
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        created_by: p.actor(),
+        audit_event_id: ctx.event_id.clone(),
+    };
+    let dir = spine_area(&p.tenant, &m.id);
+    state.tables.put_object(&format!("{dir}/data.parquet"), parquet.into()).await?;
+    let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
+    state.tables.put_object(&format!("{dir}/manifest.json"), json.into()).await?;
+    Ok(m)
+}
+
+pub async fn spine_manifest(state: &AppState, p: &Principal, id: &str) -> Result<SpineManifest> {
+    let not_found = || Error::NotFound { kind: "spine", name: id.to_string() };
+    if !valid_spine_id(id) {
+        return Err(not_found());
+    }
+    let bytes = state.tables.get_object(&format!("{}/manifest.json", spine_area(&p.tenant, id))).await?.ok_or_else(not_found)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("spine {id}: manifest unreadable: {e}")))
+}
+
+async fn spine_data(state: &AppState, p: &Principal, id: &str) -> Result<(SpineManifest, bytes::Bytes)> {
+    let m = spine_manifest(state, p, id).await?;
+    let bytes = state
+        .tables
+        .get_object(&format!("{}/data.parquet", spine_area(&p.tenant, id)))
+        .await?
+        .ok_or_else(|| Error::Internal(format!("spine {id}: data file is missing")))?;
+    if hex::encode(Sha256::digest(&bytes)) != m.sha256 {
+        return Err(Error::Internal(format!("spine {id}: data does not match its manifest's SHA-256")));
+    }
+    Ok((m, bytes))
+}
 
 fn area(tenant: &str, id: &str) -> String {
     format!("tenants/{tenant}/training-sets/{id}")
@@ -145,8 +248,22 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
 
     // Held until the manifest is written, so no vacuum runs between reading and pinning.
     let _pins = state.pins.read().await;
-    // Resolve everything first: the spine's tables and each group at its version.
-    let (parsed, spine_tables, spine_facts) = crate::sql::prepare(state, p, &req.spine_sql).await?;
+    // Resolve everything first: the spine and each group at its version.
+    let spine_source = match (&req.spine_sql, &req.spine_upload) {
+        (Some(sql), None) => {
+            let (parsed, tables, facts) = crate::sql::prepare(state, p, sql).await?;
+            SpineSource::Sql { parsed, tables, facts }
+        }
+        (None, Some(id)) => {
+            let (m, bytes) = spine_data(state, p, id).await?;
+            SpineSource::Upload { manifest: m, bytes }
+        }
+        _ => return Err(Error::Unprocessable("give the spine as exactly one of spine_sql or spine_upload".into())),
+    };
+    let spine_versions_read: Vec<(String, i64)> = match &spine_source {
+        SpineSource::Sql { facts, .. } => facts.tables.clone(),
+        SpineSource::Upload { .. } => Vec::new(),
+    };
     let mut inputs = Vec::new();
     let mut tables = Vec::new();
     for (group, wanted) in &specs {
@@ -184,8 +301,14 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
     let mut e = crate::audit::principal_event("training_set.plan", p, ctx);
     e.resource.kind = Some("training_set".into());
     e.resource.name = Some(req.name.clone());
-    e.resource.versions_read = spine_facts.tables.iter().map(|(_, v)| *v).chain(inputs.iter().map(|(i, ..)| i.version)).collect();
-    e.details.extend(spine_facts.details());
+    e.resource.versions_read = spine_versions_read.iter().map(|(_, v)| *v).chain(inputs.iter().map(|(i, ..)| i.version)).collect();
+    match &spine_source {
+        SpineSource::Sql { facts, .. } => e.details.extend(facts.details()),
+        SpineSource::Upload { manifest, .. } => {
+            e.details.push(("spine_upload".into(), manifest.id.clone()));
+            e.details.push(("spine_upload_sha256".into(), manifest.sha256.clone()));
+        }
+    }
     let features: Vec<String> = inputs.iter().map(|(i, ..)| format!("{}@{}:{}", i.group, i.version, i.features.join("+"))).collect();
     e.details.push(("features".into(), features.join(",")));
     if req.as_known_at_spine_time {
@@ -195,11 +318,20 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
 
     // The spine, then each group's rows, on the query runtime.
     let limits = SqlLimits { memory_bytes: state.config.sql.memory_bytes, target_partitions: state.config.sql.threads };
+    let (spine_sql_sha256, spine_upload) = match &spine_source {
+        SpineSource::Sql { facts, .. } => (Some(facts.sha256.clone()), None),
+        SpineSource::Upload { manifest, .. } => (None, Some((manifest.id.clone(), manifest.sha256.clone()))),
+    };
     let spine: RecordBatch = on_query_runtime(state, async move {
-        let stream = parsed.execute(spine_tables, limits).await?;
-        let schema = stream.schema();
-        let batches = lakeledger_query::datafusion::physical_plan::common::collect(stream).await.map_err(|e| parsed.user_error(e))?;
-        Ok(concat_batches(&schema, &batches).map_err(lakeledger_query::Error::from)?)
+        match spine_source {
+            SpineSource::Sql { parsed, tables, .. } => {
+                let stream = parsed.execute(tables, limits).await?;
+                let schema = stream.schema();
+                let batches = lakeledger_query::datafusion::physical_plan::common::collect(stream).await.map_err(|e| parsed.user_error(e))?;
+                Ok(concat_batches(&schema, &batches).map_err(lakeledger_query::Error::from)?)
+            }
+            SpineSource::Upload { bytes, .. } => Ok(decode_inferred(IngestFormat::Parquet, bytes)?),
+        }
     })
     .await?;
     // Each group's rows in (version, file, row) order, with the versions that held them.
@@ -247,8 +379,10 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
             name: req.name.clone(),
             tenant: p.tenant.clone(),
             spine_sql: req.spine_sql.clone(),
-            spine_sql_sha256: spine_facts.sha256.clone(),
-            spine_versions: spine_facts.tables.iter().map(|(n, v)| format!("{n}@{v}")).collect(),
+            spine_sql_sha256,
+            spine_versions: spine_versions_read.iter().map(|(n, v)| format!("{n}@{v}")).collect(),
+            spine_upload_sha256: spine_upload.as_ref().map(|(_, sha)| sha.clone()),
+            spine_upload: spine_upload.map(|(id, _)| id),
             spine_time: req.spine_time.clone(),
             features: inputs.iter().map(|(i, ..)| i.clone()).collect(),
             as_known_at_spine_time: req.as_known_at_spine_time,

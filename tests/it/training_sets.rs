@@ -241,3 +241,67 @@ async fn vacuum_keeps_what_live_training_sets_read() {
     let (code, msg) = error_code(r, 422).await;
     assert_eq!(code, "history_unavailable", "{msg}");
 }
+
+/// A spine can be uploaded (CSV, JSON, Arrow, Parquet) instead of selected by SQL; the
+/// training set names the upload and its hash.
+#[tokio::test]
+async fn uploaded_spines_build_the_same_training_set_as_sql() {
+    let s = setup().await;
+    let k = s.admin_key.clone();
+    let upload = |ct: &'static str, body: String, time: &'static str| {
+        s.post(&k, &format!("/v1/spines?time={time}")).header("content-type", ct).body(body).send()
+    };
+    let csv = "user_id,ts,label\n2,2026-01-10T00:00:00Z,4\n1,2026-01-06T00:00:00Z,2\n1,2026-01-02T00:00:00Z,1\n2,2026-01-02T00:00:00Z,3\n3,2026-01-04T00:00:00Z,5\n";
+    let rows = json!([
+        {"user_id": 2, "ts": "2026-01-10T00:00:00Z", "label": 4}, {"user_id": 1, "ts": "2026-01-06T00:00:00Z", "label": 2},
+        {"user_id": 1, "ts": "2026-01-02T00:00:00Z", "label": 1}, {"user_id": 2, "ts": "2026-01-02T00:00:00Z", "label": 3},
+        {"user_id": 3, "ts": "2026-01-04T00:00:00Z", "label": 5}
+    ]);
+    let mut ids = Vec::new();
+    for (ct, body) in [("text/csv", csv.to_string()), ("application/json", rows.to_string())] {
+        let r = upload(ct, body.clone(), "ts").await.unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let m: Value = r.json().await.unwrap();
+        assert_eq!((m["rows"].as_u64(), m["time"].as_str()), (Some(5), Some("ts")), "{m}");
+        // The same rows give the same stored bytes.
+        let again: Value = upload(ct, body, "ts").await.unwrap().json().await.unwrap();
+        assert_eq!(again["sha256"], m["sha256"]);
+        assert_eq!(s.get(&k, &format!("/v1/spines/{}", m["id"].as_str().unwrap())).send().await.unwrap().json::<Value>().await.unwrap(), m);
+        ids.push(m);
+    }
+
+    for m in &ids {
+        let body = json!({"name": "up", "spine_upload": m["id"], "spine_time": "ts", "features": ["clicks:clicks"],
+                          "ttl_seconds": {"clicks": 5 * 86400}});
+        let r = s.post(&k, "/v1/training-sets").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let t: Value = r.json().await.unwrap();
+        assert_eq!((&t["spine_upload"], &t["spine_upload_sha256"], &t["spine_sql"]), (&m["id"], &m["sha256"], &Value::Null));
+        let rows = s.read_json(&k, &format!("/v1/training-sets/{}/data?format=json", t["id"].as_str().unwrap())).await;
+        let got: Vec<(i64, Value)> = rows.iter().map(|r| (r["label"].as_i64().unwrap(), r["clicks__clicks"].clone())).collect();
+        assert_eq!(got, vec![(1, json!(10)), (3, Value::Null), (5, Value::Null), (2, json!(50)), (4, Value::Null)]);
+    }
+
+    // What is wrong is named.
+    let r = s.post(&k, "/v1/spines").header("content-type", "text/csv").body(csv).send().await.unwrap();
+    assert!(error_code(r, 400).await.1.contains("?time="));
+    let r = upload("text/csv", "user_id,ts,label\n1,2026-01-02T00:00:00Z,1\n2,yesterday,3\n".into(), "ts").await.unwrap();
+    let (_, msg) = error_code(r, 422).await;
+    assert!(msg.contains("row 2") && msg.contains("yesterday"), "{msg}");
+    let r = upload("text/csv", csv.into(), "when").await.unwrap();
+    assert!(error_code(r, 422).await.1.contains("`when`"));
+    let r = upload("application/xml", "<rows/>".into(), "ts").await.unwrap();
+    assert_eq!(r.status(), 415);
+    let r = upload("application/json", "[1, 2]".into(), "ts").await.unwrap();
+    assert!(error_code(r, 400).await.1.contains("row 1 is not an object"));
+    let both = json!({"name": "x", "spine_sql": "SELECT user_id, ts, label FROM labels", "spine_upload": ids[0]["id"],
+                      "spine_time": "ts", "features": ["clicks"]});
+    let r = s.post(&k, "/v1/training-sets").json(&both).send().await.unwrap();
+    assert!(error_code(r, 422).await.1.contains("exactly one"));
+    let missing = json!({"name": "x", "spine_upload": "sp_0123456789abcdef0123456789abcdef", "spine_time": "ts", "features": ["clicks"]});
+    assert_eq!(error_code(s.post(&k, "/v1/training-sets").json(&missing).send().await.unwrap(), 404).await.0, "spine_not_found");
+    let r = s.post(&k, "/v1/tenants").json(&json!({"name": "acme"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let other = s.create_key("reader", Some("acme")).await;
+    assert_eq!(s.get(&other, &format!("/v1/spines/{}", ids[0]["id"].as_str().unwrap())).send().await.unwrap().status(), 404);
+}

@@ -61,6 +61,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/training-sets", post(training_sets::create).get(training_sets::list))
         .route("/v1/training-sets/{id}", get(training_sets::get).delete(training_sets::delete))
         .route("/v1/training-sets/{id}/data", get(training_sets::data))
+        .route("/v1/spines", post(training_sets::upload_spine))
+        .route("/v1/spines/{id}", get(training_sets::get_spine))
         .route("/v1/audit/records", get(audit::records))
         .route("/v1/audit/checkpoints", get(audit::checkpoints))
         .route("/v1/audit/checkpoints/latest", get(audit::latest_checkpoint))
@@ -80,6 +82,7 @@ pub fn routes() -> Router<AppState> {
         feature_groups::evolve, feature_groups::archive, feature_groups::versions,
         feature_groups::ingest, feature_groups::read, feature_groups::vacuum,
         sql::query, training_sets::create, training_sets::list, training_sets::get, training_sets::delete, training_sets::data,
+        training_sets::upload_spine, training_sets::get_spine,
         audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,
         audit::public_key, audit::export,
     ),

@@ -17,7 +17,8 @@ use crate::auth::Caller;
 use crate::catalog::Role;
 use crate::error::{Error, ErrorBody, Result};
 use crate::state::AppState;
-use crate::training_sets::{self as ts, CreateTrainingSet, TrainingSetManifest};
+use crate::training_sets::{self as ts, CreateTrainingSet, SpineManifest, TrainingSetManifest};
+use lakeledger_query::ingest::IngestFormat;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
 const WRITE: &[Role] = &[Role::Admin, Role::Writer];
@@ -90,13 +91,21 @@ pub async fn data(
             .and_then(|b| b.with_batch_size(65_536).build())
             .map_err(|e| Error::Internal(format!("training set {id}: {e}")))?;
         let mut encoder = Encoder::new(format, &reader.schema())?;
-        let mut chunks = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| Error::Internal(format!("training set {id}: {e}")))?;
-            chunks.push(encoder.encode(&batch)?);
-        }
-        chunks.push(encoder.finish()?);
-        Body::from_stream(futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>)).boxed())
+        // Decode and encode batch by batch off the async runtime; only a few encoded
+        // chunks are in flight at once, however large the training set.
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+        tokio::task::spawn_blocking(move || {
+            let io = |e: String| std::io::Error::other(e);
+            for batch in reader {
+                let chunk = batch.map_err(|e| io(e.to_string())).and_then(|b| encoder.encode(&b).map_err(|e| io(e.to_string())));
+                let failed = chunk.is_err();
+                if tx.blocking_send(chunk).is_err() || failed {
+                    return;
+                }
+            }
+            let _ = tx.blocking_send(encoder.finish().map_err(|e| io(e.to_string())));
+        });
+        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }).boxed())
     };
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
@@ -105,4 +114,44 @@ pub async fn data(
     }
     response.extensions_mut().insert(AuditFacts { resource_name: Some(manifest.id.clone()), rows: Some(manifest.rows), ..Default::default() });
     Ok(response)
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct SpineParams {
+    /// The spine's time column: RFC 3339 text, dates or timestamps.
+    pub time: Option<String>,
+}
+
+/// Uploads a spine (label rows: entity keys, a time, labels) in any ingest format, for
+/// training sets to use by id. JSON and CSV column types are inferred from the values.
+#[utoipa::path(post, path = "/v1/spines", params(SpineParams),
+    request_body(content = String, description = "label rows", content_type = "application/json"),
+    responses((status = 201, body = SpineManifest), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn upload_spine(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    ctx: AuditContext,
+    Query(q): Query<SpineParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<SpineManifest>)> {
+    p.require(WRITE, "upload spines")?;
+    let time = q.time.filter(|t| !t.is_empty()).ok_or_else(|| Error::BadRequest("name the spine's time column with ?time=<column>".into()))?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let format = IngestFormat::from_content_type(content_type).ok_or_else(|| Error::UnsupportedMediaType(content_type.to_string()))?;
+    let limit = state.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .await
+        .map_err(|_| Error::PayloadTooLarge { limit })?;
+    let m = ts::upload_spine(&state, &p, &ctx, format, bytes, time).await?;
+    let facts = AuditFacts { resource_name: Some(m.id.clone()), rows: Some(m.rows), details: vec![("sha256".into(), m.sha256.clone())], ..Default::default() };
+    Ok((StatusCode::CREATED, Extension(facts), axum::Json(m)))
+}
+
+/// An uploaded spine's manifest: columns, rows and the SHA-256 of its stored rows.
+#[utoipa::path(get, path = "/v1/spines/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = SpineManifest), (status = 404, body = ErrorBody)))]
+pub async fn get_spine(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<axum::Json<SpineManifest>> {
+    p.require(READ, "read spines")?;
+    Ok(axum::Json(ts::spine_manifest(&state, &p, &id).await?))
 }
