@@ -214,3 +214,26 @@ async fn a_query_over_its_memory_limit_fails_with_a_clear_error() {
     // Other requests are unaffected.
     assert_eq!(s.get(&k, "/v1/whoami").send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn a_query_past_its_time_limit_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    config.sql.timeout = std::time::Duration::from_millis(1);
+    let s = Server::start_with(config, None).await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    let mut ndjson = String::new();
+    for i in 0..20_000 {
+        ndjson.push_str(&format!("{{\"user_id\":{i},\"ts\":\"2026-01-01T00:00:00Z\",\"clicks\":{}}}\n", i % 7));
+    }
+    let r = s.post(&k, "/v1/feature-groups/clicks/data").header("content-type", "application/x-ndjson").body(ndjson).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    // 400 million pairs: far more than a millisecond of work on any machine.
+    let sql = "SELECT count(*) FROM clicks a CROSS JOIN clicks b WHERE a.clicks + b.clicks = 3";
+    let r = s.post(&k, "/v1/sql").json(&json!({"sql": sql, "format": "json"})).send().await.unwrap();
+    let (code, message) = crate::support::error_code(r, 422).await;
+    assert_eq!(code, "limit_exceeded");
+    assert!(message.contains("time limit"), "{message}");
+    assert_eq!(s.get(&k, "/v1/whoami").send().await.unwrap().status(), 200);
+}
