@@ -80,12 +80,13 @@ fn micros(a: &ArrayRef, name: &str) -> Result<arrow::array::Int64Array> {
 }
 
 /// Joins `sides` onto `spine` as of each spine row's `spine_time`.
-pub fn point_in_time_join(spine: &RecordBatch, spine_time: &str, sides: &[FeatureSide<'_>]) -> Result<RecordBatch> {
+/// Sorting and searching use up to `threads` threads.
+pub fn point_in_time_join(spine: &RecordBatch, spine_time: &str, sides: &[FeatureSide<'_>], threads: usize) -> Result<RecordBatch> {
     let spine_t = micros(column(spine, spine_time, "the spine")?, spine_time)?;
     let mut fields: Vec<Arc<Field>> = spine.schema().fields().iter().cloned().collect();
     let mut columns: Vec<ArrayRef> = spine.columns().to_vec();
     for side in sides {
-        let indices = match_side(spine, &spine_t, side)?;
+        let indices = match_side(spine, &spine_t, side, threads)?;
         for f in side.features {
             let values = column(side.batch, f, side.name)?;
             let name = format!("{}__{f}", side.name);
@@ -97,7 +98,7 @@ pub fn point_in_time_join(spine: &RecordBatch, spine_time: &str, sides: &[Featur
 }
 
 /// For each spine row, the index of the chosen feature row (null when none).
-fn match_side(spine: &RecordBatch, spine_t: &arrow::array::Int64Array, side: &FeatureSide<'_>) -> Result<UInt32Array> {
+fn match_side(spine: &RecordBatch, spine_t: &arrow::array::Int64Array, side: &FeatureSide<'_>, threads: usize) -> Result<UInt32Array> {
     let mut spine_keys = Vec::with_capacity(side.keys.len());
     let mut side_keys = Vec::with_capacity(side.keys.len());
     for k in side.keys {
@@ -112,49 +113,158 @@ fn match_side(spine: &RecordBatch, spine_t: &arrow::array::Int64Array, side: &Fe
         spine_keys.push(s.clone());
         side_keys.push(f);
     }
-    let converter = RowConverter::new(spine_keys.iter().map(|a| SortField::new(a.data_type().clone())).collect())?;
-    let spine_rows = converter.convert_columns(&spine_keys)?;
-    let side_rows = converter.convert_columns(&side_keys)?;
     let side_t = micros(column(side.batch, side.event_time, side.name)?, side.event_time)?;
     if let Some(k) = &side.known
         && (k.added.len() != side.batch.num_rows() || k.removed.len() != side.batch.num_rows() || k.spine_version.len() != spine.num_rows())
     {
         return Err(Error::InvalidSchema(format!("{}: version lineage does not cover every row", side.name)));
     }
-    let has_null_key = |keys: &[ArrayRef], i: usize| keys.iter().any(|a| a.is_null(i));
-
-    // (key row, time, position), sorted; rows with a null key or time never match.
-    let mut entries: Vec<(arrow::row::Row<'_>, i64, u32)> = (0..side.batch.num_rows())
-        .filter(|&j| !has_null_key(&side_keys, j) && side_t.is_valid(j))
-        .map(|j| (side_rows.row(j), side_t.value(j), j as u32))
-        .collect();
-    entries.sort_unstable();
-
-    let mut out = Vec::with_capacity(spine.num_rows());
-    for i in 0..spine.num_rows() {
-        if has_null_key(&spine_keys, i) || spine_t.is_null(i) {
-            out.push(None);
-            continue;
+    let search = Search { spine_t, side_t: &side_t, ttl_micros: side.ttl_micros, known: side.known.as_ref(), threads };
+    let out = match (packed_keys(&spine_keys)?, packed_keys(&side_keys)?) {
+        // Integer keys that fit in 128 bits compare as plain numbers: no pointer chasing.
+        (Some(spine_k), Some(side_k)) => search.run(&spine_k, &side_k),
+        _ => {
+            let converter = RowConverter::new(spine_keys.iter().map(|a| SortField::new(a.data_type().clone())).collect())?;
+            let spine_rows = converter.convert_columns(&spine_keys)?;
+            let side_rows = converter.convert_columns(&side_keys)?;
+            search.run(&rows_or_null(&spine_keys, &spine_rows), &rows_or_null(&side_keys, &side_rows))
         }
-        let (key, t) = (spine_rows.row(i), spine_t.value(i));
+    };
+    Ok(UInt32Array::from(out))
+}
+
+fn rows_or_null<'r>(keys: &[ArrayRef], rows: &'r arrow::row::Rows) -> Vec<Option<arrow::row::Row<'r>>> {
+    (0..rows.num_rows()).map(|i| (!keys.iter().any(|a| a.is_null(i))).then(|| rows.row(i))).collect()
+}
+
+/// Entity keys as one `u128` per row (`None` for a null key) when every key column is an
+/// integer type and together they fit: each value's bits side by side, which is injective.
+fn packed_keys(columns: &[ArrayRef]) -> Result<Option<Vec<Option<u128>>>> {
+    let mut bits = 0u32;
+    for c in columns {
+        bits += match c.data_type() {
+            DataType::Int8 | DataType::UInt8 => 8,
+            DataType::Int16 | DataType::UInt16 => 16,
+            DataType::Int32 | DataType::UInt32 | DataType::Date32 => 32,
+            DataType::Int64 => 64,
+            _ => return Ok(None),
+        };
+    }
+    if bits > 128 {
+        return Ok(None);
+    }
+    let n = columns.first().map_or(0, |c| c.len());
+    let mut packed: Vec<Option<u128>> = vec![Some(0); n];
+    for c in columns {
+        let width = match c.data_type() {
+            DataType::Int8 | DataType::UInt8 => 8,
+            DataType::Int16 | DataType::UInt16 => 16,
+            DataType::Int32 | DataType::UInt32 | DataType::Date32 => 32,
+            _ => 64,
+        };
+        let mask = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
+        let values = cast(c, &DataType::Int64)?;
+        let values = values.as_primitive::<arrow::datatypes::Int64Type>();
+        for (i, slot) in packed.iter_mut().enumerate() {
+            *slot = match (*slot, values.is_valid(i)) {
+                (Some(acc), true) => Some((acc << width) | u128::from(values.value(i) as u64 & mask)),
+                _ => None,
+            };
+        }
+    }
+    Ok(Some(packed))
+}
+
+/// One side's as-of search, generic over how keys compare.
+struct Search<'a> {
+    spine_t: &'a arrow::array::Int64Array,
+    side_t: &'a arrow::array::Int64Array,
+    ttl_micros: Option<i64>,
+    known: Option<&'a KnownAt<'a>>,
+    threads: usize,
+}
+
+impl Search<'_> {
+    fn run<K: Ord + Copy + Send + Sync>(&self, spine_keys: &[Option<K>], side_keys: &[Option<K>]) -> Vec<Option<u32>> {
+        // (key, time, position), sorted; rows with a null key or time never match.
+        let mut entries: Vec<(K, i64, u32)> = side_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(j, k)| Some((((*k)?), self.side_t.is_valid(j).then(|| self.side_t.value(j))?, j as u32)))
+            .collect();
+        parallel_sort(&mut entries, self.threads);
+
+        let mut out = vec![None; spine_keys.len()];
+        let chunk = spine_keys.len().div_ceil(self.threads.max(1)).max(1);
+        std::thread::scope(|scope| {
+            for (c, slots) in out.chunks_mut(chunk).enumerate() {
+                let entries = &entries;
+                scope.spawn(move || {
+                    for (offset, slot) in slots.iter_mut().enumerate() {
+                        *slot = self.find(entries, spine_keys, c * chunk + offset);
+                    }
+                });
+            }
+        });
+        out
+    }
+
+    fn find<K: Ord + Copy>(&self, entries: &[(K, i64, u32)], spine_keys: &[Option<K>], i: usize) -> Option<u32> {
+        let (Some(key), true) = (spine_keys[i], self.spine_t.is_valid(i)) else { return None };
+        let t = self.spine_t.value(i);
         // Walk back from the last entry not after (key, t): later times first, and of
         // equal times the later position first.
         let end = entries.partition_point(|(k, et, _)| (*k, *et) <= (key, t));
-        let in_reach = |(k, et, _): &&(arrow::row::Row<'_>, i64, u32)| *k == key && side.ttl_micros.is_none_or(|ttl| t.saturating_sub(*et) <= ttl);
-        let found = match &side.known {
+        let in_reach = |(k, et, _): &&(K, i64, u32)| *k == key && self.ttl_micros.is_none_or(|ttl| t.saturating_sub(*et) <= ttl);
+        let found = match self.known {
             None => entries[..end].last().filter(in_reach),
-            Some(known) => match known.spine_version[i] {
-                None => None,
-                Some(v) => entries[..end]
+            Some(known) => {
+                let v = known.spine_version[i]?;
+                entries[..end]
                     .iter()
                     .rev()
                     .take_while(in_reach)
-                    .find(|(_, _, j)| known.added[*j as usize] <= v && v < known.removed[*j as usize]),
-            },
+                    .find(|(_, _, j)| known.added[*j as usize] <= v && v < known.removed[*j as usize])
+            }
         };
-        out.push(found.map(|e| e.2));
+        found.map(|e| e.2)
     }
-    Ok(UInt32Array::from(out))
+}
+
+/// Sorts on up to `threads` threads: chunks sorted in parallel, then merged.
+fn parallel_sort<T: Ord + Copy + Send>(v: &mut Vec<T>, threads: usize) {
+    if threads <= 1 || v.len() < 1 << 16 {
+        v.sort_unstable();
+        return;
+    }
+    let chunk = v.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for part in v.chunks_mut(chunk) {
+            scope.spawn(move || part.sort_unstable());
+        }
+    });
+    let mut width = chunk;
+    let mut buffer = Vec::with_capacity(v.len());
+    while width < v.len() {
+        buffer.clear();
+        for pair in v.chunks(2 * width) {
+            let (a, b) = pair.split_at(width.min(pair.len()));
+            let (mut i, mut j) = (0, 0);
+            while i < a.len() && j < b.len() {
+                if b[j] < a[i] {
+                    buffer.push(b[j]);
+                    j += 1;
+                } else {
+                    buffer.push(a[i]);
+                    i += 1;
+                }
+            }
+            buffer.extend_from_slice(&a[i..]);
+            buffer.extend_from_slice(&b[j..]);
+        }
+        std::mem::swap(v, &mut buffer);
+        width *= 2;
+    }
 }
 
 /// Encodes batches as one Parquet file, the same bytes for the same rows: fixed writer
@@ -214,14 +324,55 @@ mod tests {
         .unwrap()
     }
 
+    /// Joins with integer keys (packed) and again with the keys as text (row-encoded);
+    /// both must agree.
     fn join(s: &RecordBatch, f: &RecordBatch, ttl: Option<i64>, known: Option<KnownAt<'_>>) -> Vec<Option<i64>> {
         let keys = vec!["id".to_string()];
         let feats = vec!["v".to_string()];
-        let side = FeatureSide { name: "g", batch: f, keys: &keys, event_time: "ts", features: &feats, ttl_micros: ttl, known };
-        let out = point_in_time_join(s, "t", &[side]).unwrap();
-        assert_eq!(out.num_rows(), s.num_rows(), "spine rows are never dropped");
-        let v = out.column_by_name("g__v").unwrap().as_primitive::<arrow::datatypes::Int64Type>();
-        (0..v.len()).map(|i| v.is_valid(i).then(|| v.value(i))).collect()
+        let run = |s: &RecordBatch, f: &RecordBatch, threads: usize| {
+            let known = known.as_ref().map(|k| KnownAt { added: k.added, removed: k.removed, spine_version: k.spine_version });
+            let side = FeatureSide { name: "g", batch: f, keys: &keys, event_time: "ts", features: &feats, ttl_micros: ttl, known };
+            let out = point_in_time_join(s, "t", &[side], threads).unwrap();
+            assert_eq!(out.num_rows(), s.num_rows(), "spine rows are never dropped");
+            let v = out.column_by_name("g__v").unwrap().as_primitive::<arrow::datatypes::Int64Type>();
+            (0..v.len()).map(|i| v.is_valid(i).then(|| v.value(i))).collect::<Vec<_>>()
+        };
+        let as_text = |b: &RecordBatch| {
+            let mut cols = b.columns().to_vec();
+            cols[0] = cast(&cols[0], &DataType::Utf8).unwrap();
+            let fields: Vec<Field> = b.schema().fields().iter().enumerate().map(|(i, f)| Field::new(f.name(), cols[i].data_type().clone(), true)).collect();
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+        };
+        let packed = run(s, f, 1);
+        assert_eq!(run(&as_text(s), &as_text(f), 3), packed, "row-encoded keys agree with packed ones");
+        packed
+    }
+
+    #[test]
+    fn parallel_sort_sorts() {
+        let mut state = 12345u64;
+        let mut v: Vec<(u64, u32)> = (0..200_003u32)
+            .map(|i| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 50, i)
+            })
+            .collect();
+        let mut expected = v.clone();
+        expected.sort_unstable();
+        parallel_sort(&mut v, 3);
+        assert_eq!(v, expected);
+    }
+
+    #[test]
+    fn packed_keys_tell_every_key_apart() {
+        let a: ArrayRef = Arc::new(arrow::array::Int32Array::from(vec![Some(-1), Some(1), Some(-1), None]));
+        let b: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(-1), Some(1), Some(0)]));
+        let k = packed_keys(&[a, b]).unwrap().unwrap();
+        assert_eq!(k[0], k[2]);
+        assert_ne!(k[0], k[1]);
+        assert_eq!(k[3], None);
+        let s: ArrayRef = Arc::new(arrow::array::StringArray::from(vec!["x"]));
+        assert!(packed_keys(&[s]).unwrap().is_none(), "text keys use the row encoding");
     }
 
     /// The definition, row by row; `visible(j, i)` says whether feature row j is known to

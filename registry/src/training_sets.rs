@@ -371,7 +371,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
                 known: req.as_known_at_spine_time.then_some(KnownAt { added: &rows.added, removed: &rows.removed, spine_version }),
             })
             .collect();
-        let joined = point_in_time_join(&spine, &req.spine_time, &sides).map_err(join_error)?;
+        let joined = point_in_time_join(&spine, &req.spine_time, &sides, threads).map_err(join_error)?;
         let bytes = deterministic_parquet(&joined.schema(), std::slice::from_ref(&joined))?;
         let id = format!("ts_{}", uuid::Uuid::now_v7().simple());
         let manifest = TrainingSetManifest {
