@@ -170,6 +170,23 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Reads the Ed25519 signing key at `path`, or creates one (mode 0600) when there is none
+/// yet; says whether it was created. For keys that sign things other than this log.
+pub fn key_file(path: &Path, name: &str) -> Result<(SignerKey, bool)> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok((SignerKey::parse(&text).map_err(|e| Error::Key(format!("{}: {e}", path.display())))?, false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(Error::io(format!("create {}", parent.display())))?;
+            }
+            let key = SignerKey::generate(name)?;
+            write_atomically(path, format!("{}\n", key.encode()).as_bytes(), 0o600)?;
+            Ok((key, true))
+        }
+        Err(e) => Err(Error::Io { context: format!("read {}", path.display()), source: e }),
+    }
+}
+
 fn load_or_create_key(
     cfg: &LedgerConfig,
     log_exists: bool,

@@ -37,7 +37,7 @@ pub mod verify;
 pub use error::{Error, ProofError, Result};
 pub use event::{Event, Phase};
 pub use leaf::{RecordType, StoredLeaf};
-pub use ledger::{Ledger, LedgerConfig, OpenReport, PendingReceipt, Receipt, StoredCheckpoint};
+pub use ledger::{Ledger, LedgerConfig, key_file, OpenReport, PendingReceipt, Receipt, StoredCheckpoint};
 pub use merkle::Hash;
 pub use note::{Checkpoint, SignerKey, VerifierKey};
 pub use package::{Package, RecordFilter};

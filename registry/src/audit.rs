@@ -184,6 +184,27 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("GET", "/v1/training-sets/{id}") => "training_set.get",
         ("DELETE", "/v1/training-sets/{id}") => "training_set.delete",
         ("GET", "/v1/training-sets/{id}/data") => "training_set.read",
+        ("GET", "/v1/feature-groups/{name}/lineage") => "feature_group.lineage",
+        ("POST", "/v1/models") => "model.create",
+        ("GET", "/v1/models") => "model.list",
+        ("GET", "/v1/models/signing-key") => "model.signing_key",
+        ("GET", "/v1/models/{name}") => "model.get",
+        ("GET", "/v1/models/{name}/versions") => "model_version.list",
+        ("POST", "/v1/models/{name}/versions") => "model_version.import",
+        ("GET", "/v1/models/{name}/versions/{version}") => "model_version.get",
+        ("DELETE", "/v1/models/{name}/versions/{version}") => "model_version.delete",
+        ("GET", "/v1/models/{name}/versions/{version}/artifact") => "model_version.download",
+        ("POST", "/v1/models/{name}/versions/{version}/archive") => "model_version.archive",
+        ("GET", "/v1/models/{name}/versions/{version}/lineage") => "model_version.lineage",
+        ("GET", "/v1/models/{name}/aliases/{alias}") => "model_alias.get",
+        ("PUT", "/v1/models/{name}/aliases/{alias}") => "model_alias.move",
+        ("DELETE", "/v1/models/{name}/aliases/{alias}") => "model_alias.delete",
+        ("GET", "/v1/models/{name}/aliases/{alias}/history") => "model_alias.history",
+        ("POST", "/v1/training-jobs") => "training_job.create",
+        ("GET", "/v1/training-jobs") => "training_job.list",
+        ("GET", "/v1/training-jobs/{id}") => "training_job.get",
+        ("DELETE", "/v1/training-jobs/{id}") | ("POST", "/v1/training-jobs/{id}/cancel") => "training_job.cancel",
+        ("GET", "/v1/training-jobs/{id}/events") => "training_job.events",
         ("POST", "/v1/spines") => "spine.upload",
         ("GET", "/v1/spines/{id}") => "spine.get",
         (_, "<unmatched>") => "http.unmatched",
@@ -203,6 +224,10 @@ fn resource(route: &str, path: &str) -> (Option<&'static str>, Option<String>) {
         Some("training_set")
     } else if route.starts_with("/v1/spines") {
         Some("spine")
+    } else if route.starts_with("/v1/models") {
+        Some("model")
+    } else if route.starts_with("/v1/training-jobs") {
+        Some("training_job")
     } else if route.starts_with("/v1/audit") {
         Some("audit_log")
     } else {

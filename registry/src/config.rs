@@ -40,6 +40,11 @@ pub struct Config {
     /// so heads exist outside the server: ideally a bucket with object lock owned by
     /// compliance. Uses the same storage options as the tables.
     pub audit_checkpoint_mirror: Option<url::Url>,
+    /// The Ed25519 key that signs model artifacts (mode 0600). Default
+    /// `<data_dir>/keys/model-signing.key`.
+    pub model_key_path: PathBuf,
+    /// Training jobs that run at once; more wait queued.
+    pub training_workers: usize,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -95,6 +100,8 @@ pub struct FileConfig {
     pub sql_row_limit: Option<u64>,
     /// Threads of the query runtime.
     pub sql_threads: Option<usize>,
+    pub model_key_path: Option<PathBuf>,
+    pub training_workers: Option<usize>,
 }
 
 impl FileConfig {
@@ -181,6 +188,8 @@ impl Config {
                         .unwrap_or_else(|| std::thread::available_parallelism().map_or(d.threads, |n| n.get())),
                 }
             },
+            model_key_path: file.model_key_path.unwrap_or_else(|| data_dir.join("keys/model-signing.key")),
+            training_workers: file.training_workers.unwrap_or(2).max(1),
             data_dir,
         })
     }

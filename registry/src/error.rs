@@ -45,6 +45,14 @@ pub enum Error {
     Audit(#[from] lakeledger_audit::Error),
     #[error("feature group `{0}` does not exist or is not visible to this key")]
     SqlTableNotVisible(String),
+
+    /// Work stopped because a caller cancelled it.
+    #[error("cancelled")]
+    Cancelled,
+
+    /// Stored bytes that fail their hash or signature check; they are never used.
+    #[error("{0}")]
+    Tampered(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -104,6 +112,8 @@ impl Error {
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             Error::SqlTableNotVisible(_) => (StatusCode::FORBIDDEN, "table_not_visible"),
+            Error::Tampered(_) => (StatusCode::CONFLICT, "integrity_check_failed"),
+            Error::Cancelled => (StatusCode::CONFLICT, "cancelled"),
             Error::Audit(e) => match e {
                 lakeledger_audit::Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
                 lakeledger_audit::Error::Proof(_) | lakeledger_audit::Error::Malformed(_) => {

@@ -13,6 +13,8 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod feature_groups;
+pub mod jobs;
+pub mod models;
 pub mod server;
 pub mod sql;
 pub mod state;

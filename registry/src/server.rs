@@ -57,8 +57,13 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     let catalog = catalog::connect(config.catalog_url.expose()).await?;
     let tables = TableStore::new(config.data_root.clone(), config.storage_options.clone())?;
     let query_runtime = std::sync::Arc::new(crate::sql::QueryRuntime::new(config.sql.threads)?);
-    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit), query_runtime);
+    let (model_signer, _) = crate::models::ModelSigner::load(&config.model_key_path)?;
+    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit), query_runtime, model_signer);
     let first_admin_key = bootstrap(&state).await?;
+    let failed = crate::jobs::fail_unfinished(&state).await?;
+    if failed > 0 {
+        tracing::warn!(failed, "training jobs left unfinished by the previous process were marked failed");
+    }
     let report = crate::feature_groups::reconcile(&state).await?;
     if report.recovered_versions + report.completed_creations + report.removed_creations > 0 {
         tracing::warn!(?report, "reconciled the catalog with the Delta logs");

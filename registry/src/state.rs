@@ -30,11 +30,24 @@ pub struct Inner {
     /// Training-set builds hold this shared and vacuum holds it exclusively, so a vacuum
     /// never deletes a file a build is reading or is about to pin.
     pub pins: tokio::sync::RwLock<()>,
+    /// Signs model artifacts as they are registered; checks them as they are loaded.
+    pub model_signer: crate::models::ModelSigner,
+    pub jobs: crate::jobs::Jobs,
 }
 
 impl AppState {
-    pub fn new(config: Config, catalog: SharedCatalog, tables: TableStore, metrics: PrometheusHandle, audit: Arc<AuditLog>, query_runtime: Arc<crate::sql::QueryRuntime>) -> Self {
+    pub fn new(
+        config: Config,
+        catalog: SharedCatalog,
+        tables: TableStore,
+        metrics: PrometheusHandle,
+        audit: Arc<AuditLog>,
+        query_runtime: Arc<crate::sql::QueryRuntime>,
+        model_signer: crate::models::ModelSigner,
+    ) -> Self {
         AppState(Arc::new(Inner {
+            jobs: crate::jobs::Jobs::new(config.training_workers),
+            model_signer,
             config,
             catalog,
             tables,

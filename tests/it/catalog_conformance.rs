@@ -1,6 +1,8 @@
 //! One conformance suite for every catalog backend.
 
-use lakeledger::catalog::{Catalog, FeatureGroupRecord, GroupMetadata, GroupState, NewApiKey, Role, Tenant, VersionRecord};
+use lakeledger::catalog::{
+    Catalog, FeatureGroupRecord, GroupMetadata, GroupState, JobRecord, ModelRecord, ModelVersionRecord, NewApiKey, Role, Tenant, VersionRecord,
+};
 use lakeledger::error::Error;
 
 use crate::support::{fresh_postgres_schema, postgres_url};
@@ -80,6 +82,84 @@ async fn conformance(c: &dyn Catalog) {
     assert_eq!(c.version("fg_1", 1).await.unwrap().unwrap().rows_added, Some(10));
     c.delete_feature_group("fg_1").await.unwrap();
     assert!(c.feature_group("ten_1", "g").await.unwrap().is_none());
+
+    models(c).await;
+}
+
+/// Models, versions, aliases with history, and jobs.
+async fn models(c: &dyn Catalog) {
+    let m = ModelRecord {
+        id: "m_1".into(),
+        tenant_id: "ten_1".into(),
+        name: "churn".into(),
+        description: String::new(),
+        owner: "ml".into(),
+        tags: Default::default(),
+        created_at: 1,
+        updated_at: 1,
+        created_by: "me".into(),
+    };
+    c.insert_model(&m).await.unwrap();
+    assert!(matches!(c.insert_model(&ModelRecord { id: "m_2".into(), ..m.clone() }).await, Err(Error::AlreadyExists { .. })));
+    assert_eq!(c.list_models("ten_1").await.unwrap().len(), 1);
+    let v = ModelVersionRecord {
+        model_id: "m_1".into(),
+        version: 0,
+        state: "active".into(),
+        source: "trained".into(),
+        artifact_location: "a".into(),
+        artifact_sha256: "s".into(),
+        signature: "sig".into(),
+        signing_key_id: "k".into(),
+        training_set_id: Some("ts_1".into()),
+        lineage_json: "{}".into(),
+        config_json: "{}".into(),
+        metrics_json: "{}".into(),
+        backend: "cpu".into(),
+        build_id: "b".into(),
+        job_id: None,
+        created_at: 5,
+        created_by: "me".into(),
+    };
+    assert_eq!(c.insert_model_version(&v).await.unwrap(), 1);
+    assert_eq!(c.insert_model_version(&v).await.unwrap(), 2, "versions number themselves");
+    c.set_model_version_state("m_1", 2, "archived").await.unwrap();
+    assert_eq!(c.model_version("m_1", 2).await.unwrap().unwrap().state, "archived");
+    let by_set = c.model_versions_by_training_sets("ten_1", &["ts_1".into()]).await.unwrap();
+    assert_eq!(by_set.iter().map(|(n, v)| (n.as_str(), v.version)).collect::<Vec<_>>(), vec![("churn", 1), ("churn", 2)]);
+
+    let first = c.move_alias("m_1", "champion", Some(1), "a", "first", 10).await.unwrap();
+    assert_eq!((first.seq, first.from_version, first.to_version), (1, None, Some(1)));
+    let second = c.move_alias("m_1", "champion", Some(2), "b", "better", 20).await.unwrap();
+    assert_eq!((second.seq, second.from_version), (2, Some(1)));
+    assert_eq!(c.aliases("m_1").await.unwrap(), vec![("champion".to_string(), 2)]);
+    c.move_alias("m_1", "champion", None, "c", "retired", 30).await.unwrap();
+    assert!(c.aliases("m_1").await.unwrap().is_empty());
+    let history = c.alias_history("m_1", "champion").await.unwrap();
+    assert_eq!(history.iter().map(|h| (h.to_version, h.reason.as_str())).collect::<Vec<_>>(), vec![(Some(1), "first"), (Some(2), "better"), (None, "retired")]);
+
+    let job = JobRecord {
+        id: "job_1".into(),
+        tenant_id: "ten_1".into(),
+        model_name: "churn".into(),
+        state: "running".into(),
+        spec_json: "{}".into(),
+        progress_json: "null".into(),
+        error: None,
+        model_version: None,
+        created_at: 1,
+        started_at: Some(2),
+        finished_at: None,
+        created_by: "me".into(),
+    };
+    c.insert_job(&job).await.unwrap();
+    assert_eq!(c.unfinished_jobs().await.unwrap().len(), 1);
+    let done = JobRecord { state: "succeeded".into(), model_version: Some(1), finished_at: Some(3), ..job.clone() };
+    assert!(c.update_job(&done).await.unwrap());
+    assert!(!c.update_job(&JobRecord { state: "failed".into(), ..job }).await.unwrap(), "a finished job stays finished");
+    assert_eq!(c.job("ten_1", "job_1").await.unwrap().unwrap().state, "succeeded");
+    assert!(c.job("other", "job_1").await.unwrap().is_none());
+    assert!(c.unfinished_jobs().await.unwrap().is_empty());
 }
 
 #[tokio::test]

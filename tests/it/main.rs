@@ -5,6 +5,7 @@ mod audit;
 mod catalog_conformance;
 mod feature_groups;
 mod interop;
+mod models;
 mod openapi;
 mod s3;
 mod sql;

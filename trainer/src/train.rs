@@ -84,7 +84,8 @@ impl TrainConfig {
         serde_json::from_value(serde_json::json!({ "task": task })).expect("defaults deserialize")
     }
 
-    fn check(&self) -> Result<()> {
+    /// Checks every value is in range, naming the first that is not.
+    pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
         if self.hidden_layers.contains(&0) || self.hidden_layers.len() > 8 || self.hidden_layers.iter().any(|&h| h > 4096) {
             return bad(format!("hidden_layers {:?}: up to 8 layers of 1 to 4096 units", self.hidden_layers));

@@ -3,6 +3,7 @@
 mod admin;
 mod audit;
 mod feature_groups;
+mod models;
 mod ops;
 mod sql;
 mod training_sets;
@@ -61,6 +62,21 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/training-sets", post(training_sets::create).get(training_sets::list))
         .route("/v1/training-sets/{id}", get(training_sets::get).delete(training_sets::delete))
         .route("/v1/training-sets/{id}/data", get(training_sets::data))
+        .route("/v1/feature-groups/{name}/lineage", get(models::feature_group_lineage))
+        .route("/v1/models", post(models::create).get(models::list))
+        .route("/v1/models/signing-key", get(models::signing_key))
+        .route("/v1/models/{name}", get(models::get))
+        .route("/v1/models/{name}/versions", get(models::versions).post(models::import))
+        .route("/v1/models/{name}/versions/{version}", get(models::version).delete(models::delete_version))
+        .route("/v1/models/{name}/versions/{version}/artifact", get(models::artifact))
+        .route("/v1/models/{name}/versions/{version}/archive", post(models::archive))
+        .route("/v1/models/{name}/versions/{version}/lineage", get(models::lineage))
+        .route("/v1/models/{name}/aliases/{alias}", get(models::get_alias).put(models::move_alias).delete(models::delete_alias))
+        .route("/v1/models/{name}/aliases/{alias}/history", get(models::alias_history))
+        .route("/v1/training-jobs", post(models::create_job).get(models::list_jobs))
+        .route("/v1/training-jobs/{id}", get(models::get_job).delete(models::cancel_job))
+        .route("/v1/training-jobs/{id}/cancel", post(models::cancel_job))
+        .route("/v1/training-jobs/{id}/events", get(models::job_events))
         .route("/v1/spines", post(training_sets::upload_spine))
         .route("/v1/spines/{id}", get(training_sets::get_spine))
         .route("/v1/audit/records", get(audit::records))
@@ -83,6 +99,10 @@ pub fn routes() -> Router<AppState> {
         feature_groups::ingest, feature_groups::read, feature_groups::vacuum,
         sql::query, training_sets::create, training_sets::list, training_sets::get, training_sets::delete, training_sets::data,
         training_sets::upload_spine, training_sets::get_spine,
+        models::create, models::list, models::get, models::signing_key, models::versions, models::import, models::version,
+        models::artifact, models::archive, models::delete_version, models::lineage, models::feature_group_lineage,
+        models::move_alias, models::get_alias, models::delete_alias, models::alias_history,
+        models::create_job, models::list_jobs, models::get_job, models::cancel_job, models::job_events,
         audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,
         audit::public_key, audit::export,
     ),

@@ -140,6 +140,74 @@ pub struct VersionRecord {
     pub recovered: bool,
 }
 
+/// A registered model.
+#[derive(Clone, Debug)]
+pub struct ModelRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub description: String,
+    pub owner: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub created_by: String,
+}
+
+/// One version of a model: its signed artifact and where it came from.
+#[derive(Clone, Debug)]
+pub struct ModelVersionRecord {
+    pub model_id: String,
+    pub version: i64,
+    /// `active`, `archived` or `deleted`.
+    pub state: String,
+    /// `trained` or `imported`.
+    pub source: String,
+    pub artifact_location: String,
+    pub artifact_sha256: String,
+    pub signature: String,
+    pub signing_key_id: String,
+    pub training_set_id: Option<String>,
+    pub lineage_json: String,
+    pub config_json: String,
+    pub metrics_json: String,
+    pub backend: String,
+    pub build_id: String,
+    pub job_id: Option<String>,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+/// One move of an alias (`from` or `to` is `None` when it was created or removed).
+#[derive(Clone, Debug)]
+pub struct AliasMove {
+    pub alias: String,
+    pub seq: i64,
+    pub from_version: Option<i64>,
+    pub to_version: Option<i64>,
+    pub actor: String,
+    pub reason: String,
+    pub moved_at: i64,
+}
+
+/// A training job as persisted.
+#[derive(Clone, Debug)]
+pub struct JobRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub model_name: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    pub spec_json: String,
+    pub progress_json: String,
+    pub error: Option<String>,
+    pub model_version: Option<i64>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub created_by: String,
+}
+
 /// Editable descriptive fields of a feature group.
 #[derive(Clone, Debug)]
 pub struct GroupMetadata {
@@ -184,6 +252,32 @@ pub trait Catalog: Send + Sync + 'static {
     async fn version(&self, group_id: &str, version: i64) -> Result<Option<VersionRecord>>;
     /// The newest version committed at or before `at` (microseconds).
     async fn version_as_of(&self, group_id: &str, at: i64) -> Result<Option<VersionRecord>>;
+
+    async fn insert_model(&self, m: &ModelRecord) -> Result<()>;
+    async fn model(&self, tenant_id: &str, name: &str) -> Result<Option<ModelRecord>>;
+    async fn list_models(&self, tenant_id: &str) -> Result<Vec<ModelRecord>>;
+    /// Inserts `v` as the model's next version (its `version` field is ignored) and
+    /// returns the number it got.
+    async fn insert_model_version(&self, v: &ModelVersionRecord) -> Result<i64>;
+    async fn model_versions(&self, model_id: &str) -> Result<Vec<ModelVersionRecord>>;
+    async fn model_version(&self, model_id: &str, version: i64) -> Result<Option<ModelVersionRecord>>;
+    async fn set_model_version_state(&self, model_id: &str, version: i64, state: &str) -> Result<()>;
+    /// Versions (of any model of the tenant) trained from one of these training sets.
+    async fn model_versions_by_training_sets(&self, tenant_id: &str, training_set_ids: &[String]) -> Result<Vec<(String, ModelVersionRecord)>>;
+    /// Points `alias` at `to` (or removes it) and appends the move to its history, in
+    /// one transaction. Returns the move.
+    async fn move_alias(&self, model_id: &str, alias: &str, to: Option<i64>, actor: &str, reason: &str, at: i64) -> Result<AliasMove>;
+    async fn aliases(&self, model_id: &str) -> Result<Vec<(String, i64)>>;
+    async fn alias_history(&self, model_id: &str, alias: &str) -> Result<Vec<AliasMove>>;
+
+    async fn insert_job(&self, j: &JobRecord) -> Result<()>;
+    async fn job(&self, tenant_id: &str, id: &str) -> Result<Option<JobRecord>>;
+    async fn list_jobs(&self, tenant_id: &str) -> Result<Vec<JobRecord>>;
+    /// Updates state, progress, error, version and times; a job already in a final state
+    /// is never changed again (returns false).
+    async fn update_job(&self, j: &JobRecord) -> Result<bool>;
+    /// Jobs left queued or running, e.g. by a restart.
+    async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>>;
 }
 
 pub type SharedCatalog = Arc<dyn Catalog>;

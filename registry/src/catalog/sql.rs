@@ -25,6 +25,10 @@ fn role_of(s: &str) -> Result<Role> {
 
 macro_rules! group_columns { () => { "id, tenant_id, name, schema_json, description, owner, tags_json, online, location, state, created_at, updated_at, created_by" }; }
 macro_rules! version_columns { () => { "version, committed_at, operation, rows_added, actor, request_id, recovered" }; }
+macro_rules! model_columns { () => { "id, tenant_id, name, description, owner, tags_json, created_at, updated_at, created_by" }; }
+macro_rules! model_version_columns { () => { "model_id, version, state, source, artifact_location, artifact_sha256, signature, signing_key_id, training_set_id, lineage_json, config_json, metrics_json, backend, build_id, job_id, created_at, created_by" }; }
+macro_rules! model_version_columns_v { () => { "v.model_id, v.version, v.state, v.source, v.artifact_location, v.artifact_sha256, v.signature, v.signing_key_id, v.training_set_id, v.lineage_json, v.config_json, v.metrics_json, v.backend, v.build_id, v.job_id, v.created_at, v.created_by" }; }
+macro_rules! job_columns { () => { "id, tenant_id, model_name, state, spec_json, progress_json, error, model_version, created_at, started_at, finished_at, created_by" }; }
 macro_rules! key_columns { () => { "k.id, k.tenant_id, k.name, k.role, k.created_at, k.created_by, k.revoked_at" }; }
 
 macro_rules! sql_catalog {
@@ -79,6 +83,74 @@ macro_rules! sql_catalog {
                     created_at: row.try_get("created_at")?,
                     created_by: row.try_get("created_by")?,
                     revoked_at: row.try_get("revoked_at")?,
+                })
+            }
+
+            fn model_row(row: &<$db as sqlx::Database>::Row) -> Result<ModelRecord> {
+                let id: String = row.try_get("id")?;
+                let tags = serde_json::from_str(row.try_get("tags_json")?)
+                    .map_err(|e| Error::Internal(format!("catalog holds unreadable tags for model {id}: {e}")))?;
+                Ok(ModelRecord {
+                    id,
+                    tenant_id: row.try_get("tenant_id")?,
+                    name: row.try_get("name")?,
+                    description: row.try_get("description")?,
+                    owner: row.try_get("owner")?,
+                    tags,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    created_by: row.try_get("created_by")?,
+                })
+            }
+
+            fn model_version_row(row: &<$db as sqlx::Database>::Row) -> Result<ModelVersionRecord> {
+                Ok(ModelVersionRecord {
+                    model_id: row.try_get("model_id")?,
+                    version: row.try_get("version")?,
+                    state: row.try_get("state")?,
+                    source: row.try_get("source")?,
+                    artifact_location: row.try_get("artifact_location")?,
+                    artifact_sha256: row.try_get("artifact_sha256")?,
+                    signature: row.try_get("signature")?,
+                    signing_key_id: row.try_get("signing_key_id")?,
+                    training_set_id: row.try_get("training_set_id")?,
+                    lineage_json: row.try_get("lineage_json")?,
+                    config_json: row.try_get("config_json")?,
+                    metrics_json: row.try_get("metrics_json")?,
+                    backend: row.try_get("backend")?,
+                    build_id: row.try_get("build_id")?,
+                    job_id: row.try_get("job_id")?,
+                    created_at: row.try_get("created_at")?,
+                    created_by: row.try_get("created_by")?,
+                })
+            }
+
+            fn alias_move_row(row: &<$db as sqlx::Database>::Row) -> Result<AliasMove> {
+                Ok(AliasMove {
+                    alias: row.try_get("alias")?,
+                    seq: row.try_get("seq")?,
+                    from_version: row.try_get("from_version")?,
+                    to_version: row.try_get("to_version")?,
+                    actor: row.try_get("actor")?,
+                    reason: row.try_get("reason")?,
+                    moved_at: row.try_get("moved_at")?,
+                })
+            }
+
+            fn job_row(row: &<$db as sqlx::Database>::Row) -> Result<JobRecord> {
+                Ok(JobRecord {
+                    id: row.try_get("id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    model_name: row.try_get("model_name")?,
+                    state: row.try_get("state")?,
+                    spec_json: row.try_get("spec_json")?,
+                    progress_json: row.try_get("progress_json")?,
+                    error: row.try_get("error")?,
+                    model_version: row.try_get("model_version")?,
+                    created_at: row.try_get("created_at")?,
+                    started_at: row.try_get("started_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                    created_by: row.try_get("created_by")?,
                 })
             }
 
@@ -314,6 +386,240 @@ macro_rules! sql_catalog {
                 );
                 let row = sqlx::query(sql).bind(group_id).bind(at).fetch_optional(&self.pool).await?;
                 row.as_ref().map(Self::version_row).transpose()
+            }
+            async fn insert_model(&self, m: &ModelRecord) -> Result<()> {
+                let sql = concat!("INSERT INTO models (", model_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+                sqlx::query(sql)
+                    .bind(&m.id)
+                    .bind(&m.tenant_id)
+                    .bind(&m.name)
+                    .bind(&m.description)
+                    .bind(&m.owner)
+                    .bind(serde_json::to_string(&m.tags).expect("tags serialize"))
+                    .bind(m.created_at)
+                    .bind(m.updated_at)
+                    .bind(&m.created_by)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| unique_to(e, "model", &m.name))?;
+                Ok(())
+            }
+
+            async fn model(&self, tenant_id: &str, name: &str) -> Result<Option<ModelRecord>> {
+                let sql = concat!("SELECT ", model_columns!(), " FROM models WHERE tenant_id = $1 AND name = $2");
+                let row = sqlx::query(sql).bind(tenant_id).bind(name).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::model_row).transpose()
+            }
+
+            async fn list_models(&self, tenant_id: &str) -> Result<Vec<ModelRecord>> {
+                let sql = concat!("SELECT ", model_columns!(), " FROM models WHERE tenant_id = $1 ORDER BY name");
+                let rows = sqlx::query(sql).bind(tenant_id).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::model_row).collect()
+            }
+
+            async fn insert_model_version(&self, v: &ModelVersionRecord) -> Result<i64> {
+                // Two writers may race for the next number; the primary key decides and the
+                // loser takes the one after.
+                for _ in 0..16 {
+                    let next: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 AS next FROM model_versions WHERE model_id = $1")
+                        .bind(&v.model_id)
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get("next")?;
+                    let sql = concat!(
+                        "INSERT INTO model_versions (", model_version_columns!(), ") \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                    );
+                    let done = sqlx::query(sql)
+                        .bind(&v.model_id)
+                        .bind(next)
+                        .bind(&v.state)
+                        .bind(&v.source)
+                        .bind(&v.artifact_location)
+                        .bind(&v.artifact_sha256)
+                        .bind(&v.signature)
+                        .bind(&v.signing_key_id)
+                        .bind(&v.training_set_id)
+                        .bind(&v.lineage_json)
+                        .bind(&v.config_json)
+                        .bind(&v.metrics_json)
+                        .bind(&v.backend)
+                        .bind(&v.build_id)
+                        .bind(&v.job_id)
+                        .bind(v.created_at)
+                        .bind(&v.created_by)
+                        .execute(&self.pool)
+                        .await;
+                    match done {
+                        Ok(_) => return Ok(next),
+                        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(Error::Conflict("too many concurrent registrations of this model; retry".into()))
+            }
+
+            async fn model_versions(&self, model_id: &str) -> Result<Vec<ModelVersionRecord>> {
+                let sql = concat!("SELECT ", model_version_columns!(), " FROM model_versions WHERE model_id = $1 ORDER BY version");
+                let rows = sqlx::query(sql).bind(model_id).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::model_version_row).collect()
+            }
+
+            async fn model_version(&self, model_id: &str, version: i64) -> Result<Option<ModelVersionRecord>> {
+                let sql = concat!("SELECT ", model_version_columns!(), " FROM model_versions WHERE model_id = $1 AND version = $2");
+                let row = sqlx::query(sql).bind(model_id).bind(version).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::model_version_row).transpose()
+            }
+
+            async fn set_model_version_state(&self, model_id: &str, version: i64, state: &str) -> Result<()> {
+                sqlx::query("UPDATE model_versions SET state = $1 WHERE model_id = $2 AND version = $3")
+                    .bind(state)
+                    .bind(model_id)
+                    .bind(version)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn model_versions_by_training_sets(&self, tenant_id: &str, ids: &[String]) -> Result<Vec<(String, ModelVersionRecord)>> {
+                let mut out = Vec::new();
+                for id in ids {
+                    let sql = concat!(
+                        "SELECT m.name AS model_name, ", model_version_columns_v!(), " FROM model_versions v \
+                         JOIN models m ON m.id = v.model_id WHERE m.tenant_id = $1 AND v.training_set_id = $2 ORDER BY m.name, v.version"
+                    );
+                    for row in sqlx::query(sql).bind(tenant_id).bind(id).fetch_all(&self.pool).await? {
+                        out.push((row.try_get("model_name")?, Self::model_version_row(&row)?));
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn move_alias(&self, model_id: &str, alias: &str, to: Option<i64>, actor: &str, reason: &str, at: i64) -> Result<AliasMove> {
+                let mut tx = self.pool.begin().await?;
+                let from: Option<i64> = sqlx::query("SELECT version FROM model_aliases WHERE model_id = $1 AND alias = $2")
+                    .bind(model_id)
+                    .bind(alias)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get("version"))
+                    .transpose()?;
+                let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM model_alias_history WHERE model_id = $1 AND alias = $2")
+                    .bind(model_id)
+                    .bind(alias)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("next")?;
+                match to {
+                    Some(v) => {
+                        sqlx::query(
+                            "INSERT INTO model_aliases (model_id, alias, version, updated_at) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (model_id, alias) DO UPDATE SET version = $3, updated_at = $4",
+                        )
+                        .bind(model_id)
+                        .bind(alias)
+                        .bind(v)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM model_aliases WHERE model_id = $1 AND alias = $2").bind(model_id).bind(alias).execute(&mut *tx).await?;
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO model_alias_history (model_id, alias, seq, from_version, to_version, actor, reason, moved_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(model_id)
+                .bind(alias)
+                .bind(seq)
+                .bind(from)
+                .bind(to)
+                .bind(actor)
+                .bind(reason)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+                    Error::Conflict(format!("alias `{alias}` moved concurrently; retry"))
+                } else {
+                    Error::Catalog(e)
+                })?;
+                tx.commit().await?;
+                Ok(AliasMove { alias: alias.to_string(), seq, from_version: from, to_version: to, actor: actor.to_string(), reason: reason.to_string(), moved_at: at })
+            }
+
+            async fn aliases(&self, model_id: &str) -> Result<Vec<(String, i64)>> {
+                let rows = sqlx::query("SELECT alias, version FROM model_aliases WHERE model_id = $1 ORDER BY alias").bind(model_id).fetch_all(&self.pool).await?;
+                rows.iter().map(|r| Ok((r.try_get("alias")?, r.try_get("version")?))).collect()
+            }
+
+            async fn alias_history(&self, model_id: &str, alias: &str) -> Result<Vec<AliasMove>> {
+                let rows = sqlx::query(
+                    "SELECT alias, seq, from_version, to_version, actor, reason, moved_at FROM model_alias_history \
+                     WHERE model_id = $1 AND alias = $2 ORDER BY seq",
+                )
+                .bind(model_id)
+                .bind(alias)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::alias_move_row).collect()
+            }
+
+            async fn insert_job(&self, j: &JobRecord) -> Result<()> {
+                let sql = concat!("INSERT INTO training_jobs (", job_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)");
+                sqlx::query(sql)
+                    .bind(&j.id)
+                    .bind(&j.tenant_id)
+                    .bind(&j.model_name)
+                    .bind(&j.state)
+                    .bind(&j.spec_json)
+                    .bind(&j.progress_json)
+                    .bind(&j.error)
+                    .bind(j.model_version)
+                    .bind(j.created_at)
+                    .bind(j.started_at)
+                    .bind(j.finished_at)
+                    .bind(&j.created_by)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn job(&self, tenant_id: &str, id: &str) -> Result<Option<JobRecord>> {
+                let sql = concat!("SELECT ", job_columns!(), " FROM training_jobs WHERE tenant_id = $1 AND id = $2");
+                let row = sqlx::query(sql).bind(tenant_id).bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::job_row).transpose()
+            }
+
+            async fn list_jobs(&self, tenant_id: &str) -> Result<Vec<JobRecord>> {
+                let sql = concat!("SELECT ", job_columns!(), " FROM training_jobs WHERE tenant_id = $1 ORDER BY created_at, id");
+                let rows = sqlx::query(sql).bind(tenant_id).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::job_row).collect()
+            }
+
+            async fn update_job(&self, j: &JobRecord) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE training_jobs SET state = $1, progress_json = $2, error = $3, model_version = $4, started_at = $5, \
+                     finished_at = $6 WHERE id = $7 AND state IN ('queued', 'running')",
+                )
+                .bind(&j.state)
+                .bind(&j.progress_json)
+                .bind(&j.error)
+                .bind(j.model_version)
+                .bind(j.started_at)
+                .bind(j.finished_at)
+                .bind(&j.id)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {
+                let sql = concat!("SELECT ", job_columns!(), " FROM training_jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id");
+                let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::job_row).collect()
             }
         }
     };

@@ -1,0 +1,258 @@
+//! Model registry and training-job routes. Handlers parse and delegate to
+//! `crate::models` and `crate::jobs`.
+
+use std::convert::Infallible;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::ApiJson;
+use crate::audit::{AuditContext, AuditFacts};
+use crate::auth::Caller;
+use crate::catalog::Role;
+use crate::error::{Error, ErrorBody, Result};
+use crate::jobs::{self, CreateJob, JobView};
+use crate::models::{self, AliasMoveView, CreateModel, ModelVersionView, ModelView, MoveAlias};
+use crate::state::AppState;
+
+const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
+const WRITE: &[Role] = &[Role::Admin, Role::Writer];
+
+fn facts(name: &str, version: Option<i64>, written: bool) -> Extension<AuditFacts> {
+    let versions: Vec<i64> = version.into_iter().collect();
+    Extension(AuditFacts {
+        resource_name: Some(name.to_string()),
+        versions_read: if written { vec![] } else { versions.clone() },
+        versions_written: if written { versions } else { vec![] },
+        ..Default::default()
+    })
+}
+
+/// Registers a model (name, description, owner, tags).
+#[utoipa::path(post, path = "/v1/models", request_body = CreateModel,
+    responses((status = 201, body = ModelView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create(State(state): State<AppState>, Caller(p): Caller, ApiJson(req): ApiJson<CreateModel>) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<ModelView>)> {
+    p.require(WRITE, "register models")?;
+    let m = models::create(&state, &p, req).await?;
+    Ok((StatusCode::CREATED, facts(&m.name, None, true), axum::Json(m)))
+}
+
+/// The tenant's registered models.
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = Vec<ModelView>)))]
+pub async fn list(State(state): State<AppState>, Caller(p): Caller) -> Result<axum::Json<Vec<ModelView>>> {
+    p.require(READ, "read models")?;
+    Ok(axum::Json(models::list(&state, &p).await?))
+}
+
+/// One model with its latest version and aliases.
+#[utoipa::path(get, path = "/v1/models/{name}", params(("name" = String, Path)), responses((status = 200, body = ModelView), (status = 404, body = ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<ModelView>> {
+    p.require(READ, "read models")?;
+    Ok(axum::Json(models::get(&state, &p, &name).await?))
+}
+
+/// The public key model artifacts are signed with (C2SP verifier key).
+#[utoipa::path(get, path = "/v1/models/signing-key", responses((status = 200, description = "the verifier key, as text")))]
+pub async fn signing_key(State(state): State<AppState>, Caller(p): Caller) -> Result<String> {
+    p.require(&[Role::Admin, Role::Writer, Role::Reader, Role::Auditor], "read the model-signing key")?;
+    Ok(format!("{}\n", state.model_signer.verifier().encode()))
+}
+
+/// Every version of a model, with lineage, metrics and signature.
+#[utoipa::path(get, path = "/v1/models/{name}/versions", params(("name" = String, Path)), responses((status = 200, body = Vec<ModelVersionView>)))]
+pub async fn versions(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<Vec<ModelVersionView>>> {
+    p.require(READ, "read models")?;
+    Ok(axum::Json(models::versions(&state, &p, &name).await?))
+}
+
+/// Imports an artifact trained elsewhere (the lakeledger artifact format only); the
+/// version is marked `imported` and claims no training-set lineage.
+#[utoipa::path(post, path = "/v1/models/{name}/versions", params(("name" = String, Path)),
+    request_body(content = String, description = "a lakeledger model artifact", content_type = "application/json"),
+    responses((status = 201, body = ModelVersionView), (status = 422, body = ErrorBody)))]
+pub async fn import(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, body: Body) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
+    p.require(WRITE, "register model versions")?;
+    let limit = state.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(|_| Error::PayloadTooLarge { limit })?;
+    let v = models::import(&state, &p, &name, bytes.to_vec()).await?;
+    Ok((StatusCode::CREATED, facts(&name, Some(v.version), true), axum::Json(v)))
+}
+
+/// One version.
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}", params(("name" = String, Path), ("version" = i64, Path)),
+    responses((status = 200, body = ModelVersionView), (status = 404, body = ErrorBody)))]
+pub async fn version(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<(Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
+    p.require(READ, "read models")?;
+    Ok((facts(&name, Some(version), false), axum::Json(models::version(&state, &p, &name, version).await?)))
+}
+
+/// The artifact, after its hash and signature are checked (a tampered one is refused).
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}/artifact", params(("name" = String, Path), ("version" = i64, Path)),
+    responses((status = 200, description = "the artifact"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn artifact(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<Response> {
+    p.require(READ, "download model artifacts")?;
+    let (v, bytes) = models::artifact(&state, &p, &name, version).await?;
+    let mut response = (StatusCode::OK, bytes).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(sha) = HeaderValue::from_str(&v.artifact_sha256) {
+        h.insert("x-lakeledger-artifact-sha256", sha);
+    }
+    response.extensions_mut().insert(facts(&name, Some(version), false).0);
+    Ok(response)
+}
+
+/// Archives a version: it stays readable but takes no aliases.
+#[utoipa::path(post, path = "/v1/models/{name}/versions/{version}/archive", params(("name" = String, Path), ("version" = i64, Path)),
+    responses((status = 200, body = ModelVersionView), (status = 404, body = ErrorBody)))]
+pub async fn archive(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<(Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
+    p.require(WRITE, "archive model versions")?;
+    Ok((facts(&name, Some(version), true), axum::Json(models::set_state(&state, &p, &name, version, "archived").await?)))
+}
+
+/// Deletes a version; refused while an alias points at it.
+#[utoipa::path(delete, path = "/v1/models/{name}/versions/{version}", params(("name" = String, Path), ("version" = i64, Path)),
+    responses((status = 200, body = ModelVersionView), (status = 409, body = ErrorBody)))]
+pub async fn delete_version(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<(Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
+    p.require(WRITE, "delete model versions")?;
+    Ok((facts(&name, Some(version), true), axum::Json(models::set_state(&state, &p, &name, version, "deleted").await?)))
+}
+
+/// Model version → training set → feature groups and versions.
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}/lineage", params(("name" = String, Path), ("version" = i64, Path)),
+    responses((status = 200, description = "lineage"), (status = 404, body = ErrorBody)))]
+pub async fn lineage(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<axum::Json<serde_json::Value>> {
+    p.require(READ, "read models")?;
+    Ok(axum::Json(models::lineage(&state, &p, &name, version).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct LineageParams {
+    /// Only training sets that read this version.
+    pub version: Option<i64>,
+}
+
+/// Feature group (version) → training sets that read it → model versions trained on them.
+#[utoipa::path(get, path = "/v1/feature-groups/{name}/lineage", params(("name" = String, Path), LineageParams),
+    responses((status = 200, description = "lineage"), (status = 404, body = ErrorBody)))]
+pub async fn feature_group_lineage(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, Query(q): Query<LineageParams>) -> Result<axum::Json<serde_json::Value>> {
+    p.require(READ, "read lineage")?;
+    Ok(axum::Json(models::feature_group_lineage(&state, &p, &name, q.version).await?))
+}
+
+/// Points an alias at a version (creating or moving it); the move is kept in its history.
+#[utoipa::path(put, path = "/v1/models/{name}/aliases/{alias}", params(("name" = String, Path), ("alias" = String, Path)), request_body = MoveAlias,
+    responses((status = 200, body = AliasMoveView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn move_alias(State(state): State<AppState>, Caller(p): Caller, Path((name, alias)): Path<(String, String)>, ApiJson(req): ApiJson<MoveAlias>) -> Result<(Extension<AuditFacts>, axum::Json<AliasMoveView>)> {
+    p.require(WRITE, "move aliases")?;
+    let m = models::move_alias(&state, &p, &name, &alias, Some(req.version), &req.reason).await?;
+    Ok((facts(&name, Some(req.version), true), axum::Json(m)))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct AliasParams {
+    /// RFC 3339: the version the alias pointed at then.
+    pub at: Option<String>,
+    /// Why (when removing).
+    pub reason: Option<String>,
+}
+
+/// The version an alias points at, now or at `?at=`.
+#[utoipa::path(get, path = "/v1/models/{name}/aliases/{alias}", params(("name" = String, Path), ("alias" = String, Path), AliasParams),
+    responses((status = 200, body = ModelVersionView), (status = 404, body = ErrorBody)))]
+pub async fn get_alias(State(state): State<AppState>, Caller(p): Caller, Path((name, alias)): Path<(String, String)>, Query(q): Query<AliasParams>) -> Result<(Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
+    p.require(READ, "read models")?;
+    let at = match q.at.as_deref() {
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| Error::BadRequest(format!("at `{t}` is not an RFC 3339 time: {e}")))?
+                .timestamp_micros(),
+        ),
+        None => None,
+    };
+    let version = models::resolve_alias(&state, &p, &name, &alias, at).await?;
+    Ok((facts(&name, Some(version), false), axum::Json(models::version(&state, &p, &name, version).await?)))
+}
+
+/// Removes an alias (kept in its history).
+#[utoipa::path(delete, path = "/v1/models/{name}/aliases/{alias}", params(("name" = String, Path), ("alias" = String, Path), AliasParams),
+    responses((status = 200, body = AliasMoveView), (status = 404, body = ErrorBody)))]
+pub async fn delete_alias(State(state): State<AppState>, Caller(p): Caller, Path((name, alias)): Path<(String, String)>, Query(q): Query<AliasParams>) -> Result<axum::Json<AliasMoveView>> {
+    p.require(WRITE, "move aliases")?;
+    Ok(axum::Json(models::move_alias(&state, &p, &name, &alias, None, q.reason.as_deref().unwrap_or("")).await?))
+}
+
+/// Every move of an alias: who, when, from, to, why.
+#[utoipa::path(get, path = "/v1/models/{name}/aliases/{alias}/history", params(("name" = String, Path), ("alias" = String, Path)),
+    responses((status = 200, body = Vec<AliasMoveView>), (status = 404, body = ErrorBody)))]
+pub async fn alias_history(State(state): State<AppState>, Caller(p): Caller, Path((name, alias)): Path<(String, String)>) -> Result<axum::Json<Vec<AliasMoveView>>> {
+    p.require(READ, "read models")?;
+    Ok(axum::Json(models::alias_history(&state, &p, &name, &alias).await?))
+}
+
+/// Starts a training job: 202 with its id; follow it with `GET …/events`.
+#[utoipa::path(post, path = "/v1/training-jobs", request_body = CreateJob,
+    responses((status = 202, body = JobView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_job(State(state): State<AppState>, Caller(p): Caller, ctx: AuditContext, ApiJson(req): ApiJson<CreateJob>) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<JobView>)> {
+    p.require(WRITE, "start training jobs")?;
+    let job = jobs::create(&state, &p, &ctx, req).await?;
+    let facts = AuditFacts { resource_name: Some(job.id.clone()), details: vec![("model".into(), job.model.clone()), ("training_set_id".into(), job.training_set_id.clone())], ..Default::default() };
+    Ok((StatusCode::ACCEPTED, Extension(facts), axum::Json(job)))
+}
+
+/// The tenant's training jobs, oldest first.
+#[utoipa::path(get, path = "/v1/training-jobs", responses((status = 200, body = Vec<JobView>)))]
+pub async fn list_jobs(State(state): State<AppState>, Caller(p): Caller) -> Result<axum::Json<Vec<JobView>>> {
+    p.require(READ, "read training jobs")?;
+    Ok(axum::Json(jobs::list(&state, &p).await?))
+}
+
+/// A job: state, progress, timings, error, the model version it registered.
+#[utoipa::path(get, path = "/v1/training-jobs/{id}", params(("id" = String, Path)), responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+pub async fn get_job(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<axum::Json<JobView>> {
+    p.require(READ, "read training jobs")?;
+    Ok(axum::Json(jobs::get(&state, &p, &id).await?))
+}
+
+/// Cancels a job (also `DELETE /v1/training-jobs/{id}`).
+#[utoipa::path(post, path = "/v1/training-jobs/{id}/cancel", params(("id" = String, Path)), responses((status = 202, body = JobView), (status = 404, body = ErrorBody)))]
+pub async fn cancel_job(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<(StatusCode, axum::Json<JobView>)> {
+    p.require(WRITE, "cancel training jobs")?;
+    Ok((StatusCode::ACCEPTED, axum::Json(jobs::cancel(&state, &p, &id).await?)))
+}
+
+/// Progress as Server-Sent Events: the current state, then one `job` event per change,
+/// ending with the final state.
+#[utoipa::path(get, path = "/v1/training-jobs/{id}/events", params(("id" = String, Path)), responses((status = 200, description = "text/event-stream of job states")))]
+pub async fn job_events(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    p.require(READ, "read training jobs")?;
+    let (current, rx) = jobs::subscribe(&state, &p, &id).await?;
+    let event = |v: &JobView| Event::default().event("job").json_data(v).unwrap_or_else(|_| Event::default().event("job"));
+    let first = event(&current);
+    let done = jobs::is_final(&current.state) || rx.is_none();
+    let rest = futures::stream::unfold((rx, done), move |(rx, done)| async move {
+        if done {
+            return None;
+        }
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(v) => {
+                    let last = jobs::is_final(&v.state);
+                    return Some((Ok(event(&v)), (Some(rx), last)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stream = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), rest);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

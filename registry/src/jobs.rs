@@ -1,0 +1,347 @@
+//! Training jobs. A job is accepted at once (202), persisted in the catalog, and run by a
+//! bounded pool on blocking threads, off the async runtime. Its progress (epoch, losses,
+//! validation metrics) is written to the catalog and broadcast to Server-Sent Event
+//! subscribers after every epoch. A job can be cancelled while queued or running. After a
+//! restart, jobs that were queued or running are marked failed with the reason: never
+//! silently lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lakeledger_query::arrow::array::{RecordBatch, RecordBatchReader};
+use lakeledger_trainer::{ComputeBackend, EpochReport, TrainConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Semaphore, broadcast};
+use utoipa::ToSchema;
+
+use crate::audit::AuditContext;
+use crate::auth::Principal;
+use crate::catalog::{JobRecord, now_micros};
+use crate::error::{Error, Result};
+use crate::feature_groups::rfc3339;
+use crate::models::{self, NewVersion};
+use crate::state::AppState;
+use crate::training_sets::{self, CreateTrainingSet, TrainingSetManifest};
+
+/// The pool and the jobs of this process that have not finished.
+pub struct Jobs {
+    permits: Arc<Semaphore>,
+    live: Mutex<HashMap<String, Live>>,
+}
+
+struct Live {
+    cancel: Arc<AtomicBool>,
+    events: broadcast::Sender<JobView>,
+}
+
+impl Jobs {
+    pub fn new(workers: usize) -> Self {
+        Jobs { permits: Arc::new(Semaphore::new(workers.max(1))), live: Mutex::new(HashMap::new()) }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().expect("job table")
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// The registered model the result becomes a version of (created if new).
+    pub model: String,
+    /// An existing training set; or give `training_set` to build one first.
+    pub training_set_id: Option<String>,
+    pub training_set: Option<CreateTrainingSet>,
+    /// The column to predict.
+    pub label: String,
+    /// Input columns; default every feature column of the training set (`group__feature`).
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// `task` (classification or regression), `hidden_layers`, `max_epochs`,
+    /// `batch_size`, `learning_rate`, `weight_decay`, `validation_fraction`, `patience`,
+    /// `seed`, `max_categories`.
+    #[schema(value_type = Object)]
+    pub config: TrainConfig,
+    /// `cpu` (default), `wgpu` or `cuda` (when the server is built with them).
+    #[schema(value_type = Option<String>)]
+    pub backend: Option<ComputeBackend>,
+}
+
+/// What a job is about, as persisted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JobSpec {
+    training_set_id: String,
+    label: String,
+    inputs: Vec<String>,
+    config: TrainConfig,
+    backend: ComputeBackend,
+    /// The request that created the job, for the audit records written as it ends.
+    request_id: String,
+    event_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub model: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    pub training_set_id: String,
+    pub label: String,
+    pub inputs: Vec<String>,
+    #[schema(value_type = Object)]
+    pub config: TrainConfig,
+    pub backend: String,
+    /// The latest epoch's report: epoch, losses, validation metrics, elapsed time.
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<Value>,
+    pub error: Option<String>,
+    /// The model version the job registered.
+    pub model_version: Option<i64>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub created_by: String,
+}
+
+fn view(j: &JobRecord) -> Result<JobView> {
+    let spec: JobSpec = serde_json::from_str(&j.spec_json).map_err(|e| Error::Internal(format!("job {}: unreadable spec: {e}", j.id)))?;
+    let progress: Value = serde_json::from_str(&j.progress_json).unwrap_or(Value::Null);
+    Ok(JobView {
+        id: j.id.clone(),
+        model: j.model_name.clone(),
+        state: j.state.clone(),
+        training_set_id: spec.training_set_id,
+        label: spec.label,
+        inputs: spec.inputs,
+        config: spec.config,
+        backend: spec.backend.name().into(),
+        progress: (!progress.is_null()).then_some(progress),
+        error: j.error.clone(),
+        model_version: j.model_version,
+        created_at: rfc3339(j.created_at),
+        started_at: j.started_at.map(rfc3339),
+        finished_at: j.finished_at.map(rfc3339),
+        created_by: j.created_by.clone(),
+    })
+}
+
+pub fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: CreateJob) -> Result<JobView> {
+    req.config.check().map_err(|e| Error::Unprocessable(e.to_string()))?;
+    let backend = req.backend.unwrap_or(ComputeBackend::Cpu);
+    if !backend.available() {
+        return Err(Error::Unprocessable(format!("backend `{}` is not built into this server (build with the `{}` feature)", backend.name(), backend.name())));
+    }
+    if req.label.is_empty() {
+        return Err(Error::Unprocessable("name the label column".into()));
+    }
+    let manifest = match (req.training_set_id, req.training_set) {
+        (Some(id), None) => training_sets::manifest(state, p, &id).await?,
+        (None, Some(spec)) => training_sets::create(state, p, ctx, spec).await?.0,
+        _ => return Err(Error::Unprocessable("give exactly one of training_set_id or training_set".into())),
+    };
+    let model = models::find_or_create(state, p, &req.model).await?;
+    let spec = JobSpec {
+        training_set_id: manifest.id.clone(),
+        label: req.label,
+        inputs: req.inputs,
+        config: req.config,
+        backend,
+        request_id: ctx.request_id.clone(),
+        event_id: ctx.event_id.clone(),
+    };
+    let record = JobRecord {
+        id: format!("job_{}", uuid::Uuid::now_v7().simple()),
+        tenant_id: p.tenant_id.clone(),
+        model_name: model.name.clone(),
+        state: "queued".into(),
+        spec_json: serde_json::to_string(&spec).map_err(|e| Error::Internal(e.to_string()))?,
+        progress_json: "null".into(),
+        error: None,
+        model_version: None,
+        created_at: now_micros(),
+        started_at: None,
+        finished_at: None,
+        created_by: p.actor(),
+    };
+    state.catalog.insert_job(&record).await?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (events, _) = broadcast::channel(64);
+    state.jobs.live().insert(record.id.clone(), Live { cancel: cancel.clone(), events });
+    let out = view(&record)?;
+    let (state2, p2) = (state.clone(), p.clone());
+    tokio::spawn(async move {
+        let id = record.id.clone();
+        run(&state2, &p2, record, spec, manifest, cancel).await;
+        state2.jobs.live().remove(&id);
+    });
+    Ok(out)
+}
+
+/// Persists a change of the job and tells subscribers.
+async fn publish(state: &AppState, j: &JobRecord) {
+    if let Err(e) = state.catalog.update_job(j).await {
+        tracing::error!(job = %j.id, error = %e, "could not persist the job's state");
+    }
+    if let (Ok(v), Some(live)) = (view(j), state.jobs.live().get(&j.id)) {
+        let _ = live.events.send(v);
+    }
+}
+
+async fn run(state: &AppState, p: &Principal, mut job: JobRecord, spec: JobSpec, manifest: TrainingSetManifest, cancel: Arc<AtomicBool>) {
+    let permit = state.jobs.permits.clone().acquire_owned().await;
+    if cancel.load(Ordering::SeqCst) || permit.is_err() {
+        return finish(state, p, &spec, job, "cancelled", None, None).await;
+    }
+    job.state = "running".into();
+    job.started_at = Some(now_micros());
+    publish(state, &job).await;
+
+    let outcome = train(state, p, &mut job, &spec, &manifest, cancel).await;
+    drop(permit);
+    match outcome {
+        Ok(version) => finish(state, p, &spec, job, "succeeded", None, Some(version)).await,
+        Err(Error::Cancelled) => finish(state, p, &spec, job, "cancelled", None, None).await,
+        Err(e) => {
+            let message = match e.status_and_code().0.is_server_error() {
+                true => {
+                    tracing::error!(job = %job.id, error = %e, "training job failed");
+                    format!("internal error: {e}")
+                }
+                false => e.to_string(),
+            };
+            finish(state, p, &spec, job, "failed", Some(message), None).await
+        }
+    }
+}
+
+async fn train(state: &AppState, p: &Principal, job: &mut JobRecord, spec: &JobSpec, manifest: &TrainingSetManifest, cancel: Arc<AtomicBool>) -> Result<i64> {
+    let (_, bytes) = training_sets::data(state, p, &manifest.id).await?;
+    let batch = tokio::task::spawn_blocking(move || -> Result<RecordBatch> {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(|e| Error::Internal(format!("reading the training set: {e}")))?;
+        let schema = reader.schema();
+        let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Internal(format!("reading the training set: {e}")))?;
+        Ok(lakeledger_query::arrow::compute::concat_batches(&schema, &batches).map_err(lakeledger_query::Error::from)?)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("training-set reader: {e}")))??;
+    let inputs: Vec<String> = if spec.inputs.is_empty() {
+        batch.schema().fields().iter().map(|f| f.name().clone()).filter(|n| n.contains("__") && *n != spec.label).collect()
+    } else {
+        spec.inputs.clone()
+    };
+    if batch.column_by_name(&spec.label).is_none() {
+        let columns: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        return Err(Error::Unprocessable(format!("training set {} has no column `{}`; it has {}", manifest.id, spec.label, columns.join(", "))));
+    }
+
+    // Epoch reports flow from the training thread to here, to be stored and broadcast.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<EpochReport>();
+    let (label, config, backend) = (spec.label.clone(), spec.config.clone(), spec.backend);
+    let training = tokio::task::spawn_blocking(move || {
+        lakeledger_trainer::train(&batch, &label, &inputs, &config, backend, &mut |report| {
+            let _ = tx.send(report.clone());
+            !cancel.load(Ordering::SeqCst)
+        })
+    });
+    while let Some(report) = rx.recv().await {
+        job.progress_json = serde_json::to_string(&report).unwrap_or_else(|_| "null".into());
+        publish(state, job).await;
+    }
+    let trained = training.await.map_err(|e| Error::Internal(format!("training thread: {e}")))?.map_err(|e| match e {
+        lakeledger_trainer::Error::Cancelled => Error::Cancelled,
+        lakeledger_trainer::Error::BackendUnavailable(_) | lakeledger_trainer::Error::InvalidInput(_) | lakeledger_trainer::Error::InvalidConfig(_) => {
+            Error::Unprocessable(e.to_string())
+        }
+        other => Error::Internal(other.to_string()),
+    })?;
+
+    let lineage = serde_json::json!({
+        "training_set_id": manifest.id,
+        "training_set_sha256": manifest.sha256,
+        "feature_groups": manifest.features.iter().map(|f| serde_json::json!({"group": f.group, "version": f.version})).collect::<Vec<_>>(),
+        "spine_versions": manifest.spine_versions,
+        "spine_upload": manifest.spine_upload,
+        "label": spec.label,
+        "inputs": trained.artifact.input_names(),
+    });
+    let model = models::find(state, p, &job.model_name).await?;
+    let bytes = trained.artifact.to_bytes();
+    let new = NewVersion { source: "trained", training_set_id: Some(manifest.id.clone()), lineage, job_id: Some(job.id.clone()) };
+    let v = models::register(state, p, &model, &trained.artifact, bytes, new).await?;
+    Ok(v.version)
+}
+
+async fn finish(state: &AppState, p: &Principal, spec: &JobSpec, mut job: JobRecord, to: &str, error: Option<String>, version: Option<i64>) {
+    job.state = to.into();
+    job.error = error;
+    job.model_version = version;
+    job.finished_at = Some(now_micros());
+    // The outcome goes through the ledger like any change, naming the request that
+    // started the job.
+    let ctx = AuditContext { request_id: spec.request_id.clone(), event_id: spec.event_id.clone(), intent_seq: 0 };
+    let mut e = crate::audit::principal_event("training_job.finish", p, &ctx);
+    e.resource.kind = Some("training_job".into());
+    e.resource.name = Some(job.id.clone());
+    e.resource.versions_written = version.into_iter().collect();
+    e.details.push(("state".into(), to.into()));
+    e.details.push(("model".into(), job.model_name.clone()));
+    e.details.push(("training_set_id".into(), spec.training_set_id.clone()));
+    if let Some(err) = &job.error {
+        e.details.push(("error".into(), err.clone()));
+    }
+    if let Err(err) = state.audit.record(&e).await {
+        tracing::error!(job = %job.id, error = %err, "could not record the job's outcome in the audit ledger");
+    }
+    publish(state, &job).await;
+}
+
+pub async fn get(state: &AppState, p: &Principal, id: &str) -> Result<JobView> {
+    view(&find(state, p, id).await?)
+}
+
+async fn find(state: &AppState, p: &Principal, id: &str) -> Result<JobRecord> {
+    state.catalog.job(&p.tenant_id, id).await?.ok_or_else(|| Error::NotFound { kind: "training job", name: id.to_string() })
+}
+
+pub async fn list(state: &AppState, p: &Principal) -> Result<Vec<JobView>> {
+    state.catalog.list_jobs(&p.tenant_id).await?.iter().map(view).collect()
+}
+
+/// Asks a job to stop: a queued job never starts, a running one stops after its current
+/// epoch. A finished job is left as it is.
+pub async fn cancel(state: &AppState, p: &Principal, id: &str) -> Result<JobView> {
+    let job = find(state, p, id).await?;
+    if let Some(live) = state.jobs.live().get(id) {
+        live.cancel.store(true, Ordering::SeqCst);
+    }
+    view(&job)
+}
+
+/// The job's current state, then every change until it ends.
+pub async fn subscribe(state: &AppState, p: &Principal, id: &str) -> Result<(JobView, Option<broadcast::Receiver<JobView>>)> {
+    // Subscribe before reading, so no change falls between the two.
+    let rx = state.jobs.live().get(id).map(|l| l.events.subscribe());
+    let current = view(&find(state, p, id).await?)?;
+    Ok((current, rx))
+}
+
+/// Marks jobs a previous process left queued or running as failed, saying why.
+pub async fn fail_unfinished(state: &AppState) -> Result<usize> {
+    let jobs = state.catalog.unfinished_jobs().await?;
+    for mut j in jobs.iter().cloned() {
+        j.error = Some(format!("the server stopped while the job was {}; start it again", j.state));
+        j.state = "failed".into();
+        j.finished_at = Some(now_micros());
+        state.catalog.update_job(&j).await?;
+    }
+    Ok(jobs.len())
+}
