@@ -10,6 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod cli_train;
 pub mod config;
 pub mod error;
 pub mod feature_groups;

@@ -32,6 +32,8 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Start a training job on a running server and follow it with a progress bar.
+    Train(lakeledger::cli_train::TrainArgs),
     /// Print the OpenAPI document.
     Openapi,
 }
@@ -206,6 +208,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Keys { command } => keys(command).await,
         Command::Audit { command } => audit(command),
+        Command::Train(args) => lakeledger::cli_train::run(args).await,
         Command::Openapi => {
             print!("{}", lakeledger::api::openapi_document());
             Ok(())

@@ -271,3 +271,31 @@ async fn jobs_stream_progress_can_be_cancelled_and_survive_restarts_as_failed() 
     let all: Vec<Value> = s.get(&k, "/v1/training-jobs").send().await.unwrap().json().await.unwrap();
     assert_eq!(all.len(), 3);
 }
+
+/// `lakeledger train` starts a job on a running server, follows it to the end and says
+/// which version it registered; a refused job exits non-zero with the server's reason.
+#[tokio::test]
+async fn the_cli_starts_and_follows_a_job() {
+    let Some(bin) = crate::audit::lakeledger_bin() else {
+        assert_ne!(std::env::var("LAKELEDGER_REQUIRE_BIN").as_deref(), Ok("1"), "the lakeledger binary is required");
+        eprintln!("NOTICE: lakeledger binary not built; skipping the CLI training test");
+        return;
+    };
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    ingest_dataset(&s, &k, "wine", "cultivar", "int64").await;
+    let ts: Value = s.post(&k, "/v1/training-sets").json(&training_set("wine", "cultivar")).send().await.unwrap().json().await.unwrap();
+    let run = |config: &str| {
+        tokio::process::Command::new(&bin)
+            .args(["train", "--server", &s.url(""), "--model", "wine", "--training-set", ts["id"].as_str().unwrap(), "--label", "cultivar", "--config", config])
+            .env("LAKELEDGER_API_KEY", &k)
+            .output()
+    };
+    let out = run(r#"{"task":"classification","hidden_layers":[],"max_epochs":5}"#).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("succeeded: wine version 1"), "{stdout}");
+    let out = run(r#"{"task":"classification","batch_size":0}"#).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("batch_size"), "{}", String::from_utf8_lossy(&out.stderr));
+}
