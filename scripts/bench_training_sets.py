@@ -135,7 +135,7 @@ def main():
         theirs = []
         for _ in range(args.repeat):
             t = time.perf_counter()
-            duck = con.execute(query).fetch_arrow_table()
+            duck = con.sql(query).to_arrow_table()
             theirs.append(time.perf_counter() - t)
 
         # Same rows: counts and sums over the matched features agree.
@@ -150,7 +150,8 @@ def main():
         print(f"matched {args.spine - result.column('feats__f1').null_count} of {args.spine} spine rows")
         print(f"lakeledger build (SQL spine, join, Parquet + SHA-256, audit): {o:.2f} s (best of {args.repeat})")
         print(f"lakeledger fetch of the result as Arrow IPC: {f:.2f} s")
-        print(f"DuckDB ASOF LEFT JOIN to Arrow: {d:.2f} s (best of {args.repeat}, {con.execute('select current_setting(''threads'')').fetchone()[0]} threads)")
+        threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+        print(f"DuckDB ASOF LEFT JOIN to Arrow: {d:.2f} s (best of {args.repeat}, {threads} threads)")
         print(f"ratio build / DuckDB: {o / d:.2f}   goal <= 1.0;  peak RSS of the server: {rss:.0f} MB   goal <= 4096")
 
 
