@@ -752,6 +752,105 @@ pub fn find_duplicate_keys(batches: &[RecordBatch], schema: &FeatureSchema) -> R
     Ok(None)
 }
 
+// ---------------------------------------------------------------------------------------
+// Bodies without a declared schema
+
+/// Decodes a whole body whose columns are not declared in advance (an uploaded spine).
+/// Arrow IPC and Parquet carry their schema; JSON and CSV column types are inferred from
+/// the values. JSON columns come in name order, since JSON objects have no column order.
+pub fn decode_inferred(format: IngestFormat, body: bytes::Bytes) -> Result<RecordBatch> {
+    let malformed = |detail: String| Error::Malformed { format: format.name(), detail };
+    let (schema, batches): (SchemaRef, Vec<RecordBatch>) = match format {
+        IngestFormat::Json => {
+            let text = std::str::from_utf8(&body).map_err(|e| malformed(e.to_string()))?;
+            let values: Vec<Value> = if text.trim_start().starts_with('[') {
+                serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?
+            } else {
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .enumerate()
+                    .map(|(i, l)| serde_json::from_str(l).map_err(|e| malformed(format!("line {}: {e}", i + 1))))
+                    .collect::<Result<_>>()?
+            };
+            if let Some(i) = values.iter().position(|v| !v.is_object()) {
+                return Err(malformed(format!("row {} is not an object", i + 1)));
+            }
+            let inferred = arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok)).map_err(|e| malformed(e.to_string()))?;
+            let mut fields: Vec<_> = inferred.fields().iter().cloned().collect();
+            fields.sort_by(|a, b| a.name().cmp(b.name()));
+            let schema = Arc::new(Schema::new(fields));
+            let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+                .with_batch_size(values.len().max(1))
+                .build_decoder()
+                .map_err(|e| malformed(e.to_string()))?;
+            decoder.serialize(&values).map_err(|e| malformed(e.to_string()))?;
+            let batch = decoder.flush().map_err(|e| malformed(e.to_string()))?;
+            (schema, batch.into_iter().collect())
+        }
+        IngestFormat::Csv => {
+            let format_spec = arrow::csv::reader::Format::default().with_header(true);
+            let (schema, _) = format_spec.infer_schema(std::io::Cursor::new(&body), None).map_err(|e| malformed(e.to_string()))?;
+            let schema = Arc::new(schema);
+            let reader = arrow::csv::ReaderBuilder::new(schema.clone())
+                .with_format(format_spec)
+                .with_batch_size(BATCH_ROWS)
+                .build(std::io::Cursor::new(&body))
+                .map_err(|e| malformed(e.to_string()))?;
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| malformed(e.to_string()))?;
+            (schema, batches)
+        }
+        IngestFormat::ArrowIpc => {
+            let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&body), None).map_err(|e| malformed(e.to_string()))?;
+            let schema = reader.schema();
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| malformed(e.to_string()))?;
+            (schema, batches)
+        }
+        IngestFormat::Parquet => {
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body).map_err(|e| malformed(e.to_string()))?;
+            let schema = builder.schema().clone();
+            let reader = builder.with_batch_size(BATCH_ROWS).build().map_err(|e| malformed(e.to_string()))?;
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| malformed(e.to_string()))?;
+            (schema, batches)
+        }
+    };
+    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+}
+
+/// Converts a spine's time column to UTC microsecond timestamps: RFC 3339 text, dates and
+/// timestamps of any unit are accepted; the first value that is not a time is named.
+pub fn spine_time_column(batch: &RecordBatch, column: &str) -> Result<RecordBatch> {
+    let index = batch.schema().index_of(column).map_err(|_| Error::MissingColumn { column: column.to_string() })?;
+    let input = batch.column(index);
+    let target = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()));
+    let converted = match input.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => {
+            cast_with_options(input, &target, &CastOptions { safe: true, ..Default::default() })?
+        }
+        other => {
+            return Err(Error::InvalidValue {
+                column: column.to_string(),
+                expected: "RFC 3339 timestamp".into(),
+                row: 1,
+                detail: format!("the column is {other}; give times as text like 2026-03-01T00:00:00Z"),
+            });
+        }
+    };
+    if let Some(row) = (0..input.len()).find(|&i| input.is_valid(i) && converted.is_null(i)) {
+        let shown = arrow::util::display::ArrayFormatter::try_new(input.as_ref(), &Default::default())?.value(row).to_string();
+        return Err(Error::InvalidValue {
+            column: column.to_string(),
+            expected: "RFC 3339 timestamp".into(),
+            row: row as u64 + 1,
+            detail: format!("{shown:?} is not a time"),
+        });
+    }
+    let mut columns = batch.columns().to_vec();
+    columns[index] = converted;
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[index] = Field::new(column, target, true);
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -868,103 +967,4 @@ mod tests {
         let batches = decode_all(IngestFormat::Json, body, 1000).unwrap();
         assert_eq!(find_duplicate_keys(&batches, &schema()).unwrap(), Some((1, 3)));
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Bodies without a declared schema
-
-/// Decodes a whole body whose columns are not declared in advance (an uploaded spine).
-/// Arrow IPC and Parquet carry their schema; JSON and CSV column types are inferred from
-/// the values. JSON columns come in name order, since JSON objects have no column order.
-pub fn decode_inferred(format: IngestFormat, body: bytes::Bytes) -> Result<RecordBatch> {
-    let malformed = |detail: String| Error::Malformed { format: format.name(), detail };
-    let (schema, batches): (SchemaRef, Vec<RecordBatch>) = match format {
-        IngestFormat::Json => {
-            let text = std::str::from_utf8(&body).map_err(|e| malformed(e.to_string()))?;
-            let values: Vec<Value> = if text.trim_start().starts_with('[') {
-                serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?
-            } else {
-                text.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .enumerate()
-                    .map(|(i, l)| serde_json::from_str(l).map_err(|e| malformed(format!("line {}: {e}", i + 1))))
-                    .collect::<Result<_>>()?
-            };
-            if let Some(i) = values.iter().position(|v| !v.is_object()) {
-                return Err(malformed(format!("row {} is not an object", i + 1)));
-            }
-            let inferred = arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok)).map_err(|e| malformed(e.to_string()))?;
-            let mut fields: Vec<_> = inferred.fields().iter().cloned().collect();
-            fields.sort_by(|a, b| a.name().cmp(b.name()));
-            let schema = Arc::new(Schema::new(fields));
-            let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
-                .with_batch_size(values.len().max(1))
-                .build_decoder()
-                .map_err(|e| malformed(e.to_string()))?;
-            decoder.serialize(&values).map_err(|e| malformed(e.to_string()))?;
-            let batch = decoder.flush().map_err(|e| malformed(e.to_string()))?;
-            (schema, batch.into_iter().collect())
-        }
-        IngestFormat::Csv => {
-            let format_spec = arrow::csv::reader::Format::default().with_header(true);
-            let (schema, _) = format_spec.infer_schema(std::io::Cursor::new(&body), None).map_err(|e| malformed(e.to_string()))?;
-            let schema = Arc::new(schema);
-            let reader = arrow::csv::ReaderBuilder::new(schema.clone())
-                .with_format(format_spec)
-                .with_batch_size(BATCH_ROWS)
-                .build(std::io::Cursor::new(&body))
-                .map_err(|e| malformed(e.to_string()))?;
-            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| malformed(e.to_string()))?;
-            (schema, batches)
-        }
-        IngestFormat::ArrowIpc => {
-            let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&body), None).map_err(|e| malformed(e.to_string()))?;
-            let schema = reader.schema();
-            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| malformed(e.to_string()))?;
-            (schema, batches)
-        }
-        IngestFormat::Parquet => {
-            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body).map_err(|e| malformed(e.to_string()))?;
-            let schema = builder.schema().clone();
-            let reader = builder.with_batch_size(BATCH_ROWS).build().map_err(|e| malformed(e.to_string()))?;
-            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| malformed(e.to_string()))?;
-            (schema, batches)
-        }
-    };
-    Ok(arrow::compute::concat_batches(&schema, &batches)?)
-}
-
-/// Converts a spine's time column to UTC microsecond timestamps: RFC 3339 text, dates and
-/// timestamps of any unit are accepted; the first value that is not a time is named.
-pub fn spine_time_column(batch: &RecordBatch, column: &str) -> Result<RecordBatch> {
-    let index = batch.schema().index_of(column).map_err(|_| Error::MissingColumn { column: column.to_string() })?;
-    let input = batch.column(index);
-    let target = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()));
-    let converted = match input.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => {
-            cast_with_options(input, &target, &CastOptions { safe: true, ..Default::default() })?
-        }
-        other => {
-            return Err(Error::InvalidValue {
-                column: column.to_string(),
-                expected: "RFC 3339 timestamp".into(),
-                row: 1,
-                detail: format!("the column is {other}; give times as text like 2026-03-01T00:00:00Z"),
-            });
-        }
-    };
-    if let Some(row) = (0..input.len()).find(|&i| input.is_valid(i) && converted.is_null(i)) {
-        let shown = arrow::util::display::ArrayFormatter::try_new(input.as_ref(), &Default::default())?.value(row).to_string();
-        return Err(Error::InvalidValue {
-            column: column.to_string(),
-            expected: "RFC 3339 timestamp".into(),
-            row: row as u64 + 1,
-            detail: format!("{shown:?} is not a time"),
-        });
-    }
-    let mut columns = batch.columns().to_vec();
-    columns[index] = converted;
-    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields[index] = Field::new(column, target, true);
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }

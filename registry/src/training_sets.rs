@@ -97,7 +97,7 @@ before the spine time count; no match gives nulls; rows are ordered by spine tim
 
 /// Where a build's spine comes from, resolved before anything is read.
 enum SpineSource {
-    Sql { parsed: lakeledger_query::sql::Parsed, tables: Vec<lakeledger_query::sql::ResolvedTable>, facts: crate::sql::SqlFacts },
+    Sql { parsed: Box<lakeledger_query::sql::Parsed>, tables: Vec<lakeledger_query::sql::ResolvedTable>, facts: crate::sql::SqlFacts },
     Upload { manifest: SpineManifest, bytes: bytes::Bytes },
 }
 
@@ -252,7 +252,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
     let spine_source = match (&req.spine_sql, &req.spine_upload) {
         (Some(sql), None) => {
             let (parsed, tables, facts) = crate::sql::prepare(state, p, sql).await?;
-            SpineSource::Sql { parsed, tables, facts }
+            SpineSource::Sql { parsed: Box::new(parsed), tables, facts }
         }
         (None, Some(id)) => {
             let (m, bytes) = spine_data(state, p, id).await?;
