@@ -209,10 +209,11 @@ async fn run(state: &AppState, p: &Principal, mut job: JobRecord, spec: JobSpec,
         Ok(version) => finish(state, p, &spec, job, "succeeded", None, Some(version)).await,
         Err(Error::Cancelled) => finish(state, p, &spec, job, "cancelled", None, None).await,
         Err(e) => {
+            // Like 5xx bodies, internal causes stay in the server log.
             let message = match e.status_and_code().0.is_server_error() {
                 true => {
                     tracing::error!(job = %job.id, error = %e, "training job failed");
-                    format!("internal error: {e}")
+                    format!("internal error; the server log has the cause under job {}", job.id)
                 }
                 false => e.to_string(),
             };
