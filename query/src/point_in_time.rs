@@ -140,28 +140,13 @@ fn rows_or_null<'r>(keys: &[ArrayRef], rows: &'r arrow::row::Rows) -> Vec<Option
 /// Entity keys as one `u128` per row (`None` for a null key) when every key column is an
 /// integer type and together they fit: each value's bits side by side, which is injective.
 fn packed_keys(columns: &[ArrayRef]) -> Result<Option<Vec<Option<u128>>>> {
-    let mut bits = 0u32;
-    for c in columns {
-        bits += match c.data_type() {
-            DataType::Int8 | DataType::UInt8 => 8,
-            DataType::Int16 | DataType::UInt16 => 16,
-            DataType::Int32 | DataType::UInt32 | DataType::Date32 => 32,
-            DataType::Int64 => 64,
-            _ => return Ok(None),
-        };
-    }
-    if bits > 128 {
+    let Some(widths) = columns.iter().map(|c| key_bits(c.data_type())).collect::<Option<Vec<u32>>>() else { return Ok(None) };
+    if widths.iter().sum::<u32>() > 128 {
         return Ok(None);
     }
     let n = columns.first().map_or(0, |c| c.len());
     let mut packed: Vec<Option<u128>> = vec![Some(0); n];
-    for c in columns {
-        let width = match c.data_type() {
-            DataType::Int8 | DataType::UInt8 => 8,
-            DataType::Int16 | DataType::UInt16 => 16,
-            DataType::Int32 | DataType::UInt32 | DataType::Date32 => 32,
-            _ => 64,
-        };
+    for (c, width) in columns.iter().zip(widths) {
         let mask = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
         let values = cast(c, &DataType::Int64)?;
         let values = values.as_primitive::<arrow::datatypes::Int64Type>();
@@ -173,6 +158,17 @@ fn packed_keys(columns: &[ArrayRef]) -> Result<Option<Vec<Option<u128>>>> {
         }
     }
     Ok(Some(packed))
+}
+
+/// Bits of an integer key type that packs losslessly (u64 does not fit an i64 cast).
+fn key_bits(t: &DataType) -> Option<u32> {
+    match t {
+        DataType::Int8 | DataType::UInt8 => Some(8),
+        DataType::Int16 | DataType::UInt16 => Some(16),
+        DataType::Int32 | DataType::UInt32 | DataType::Date32 => Some(32),
+        DataType::Int64 => Some(64),
+        _ => None,
+    }
 }
 
 /// One side's as-of search, generic over how keys compare.

@@ -126,12 +126,72 @@ pub struct SpineColumn {
     pub dtype: String,
 }
 
-fn spine_area(tenant: &str, id: &str) -> String {
-    format!("tenants/{tenant}/spines/{id}")
+/// Immutable things kept under a tenant's area as `<folder>/<id>/data.parquet` plus a
+/// `manifest.json` holding the data's SHA-256. A thing exists once its manifest does.
+#[derive(Clone, Copy)]
+struct Stored {
+    kind: &'static str,
+    folder: &'static str,
+    /// Ids are this prefix and 32 hex digits.
+    prefix: &'static str,
 }
 
-fn valid_spine_id(id: &str) -> bool {
-    id.len() == 35 && id.starts_with("sp_") && id[3..].bytes().all(|c| c.is_ascii_hexdigit())
+const TRAINING_SETS: Stored = Stored { kind: "training set", folder: "training-sets", prefix: "ts_" };
+const SPINES: Stored = Stored { kind: "spine", folder: "spines", prefix: "sp_" };
+
+impl Stored {
+    fn new_id(self) -> String {
+        format!("{}{}", self.prefix, uuid::Uuid::now_v7().simple())
+    }
+
+    fn root(self, tenant: &str) -> String {
+        format!("tenants/{tenant}/{}", self.folder)
+    }
+
+    fn dir(self, tenant: &str, id: &str) -> String {
+        format!("{}/{id}", self.root(tenant))
+    }
+
+    fn valid(self, id: &str) -> bool {
+        id.len() == self.prefix.len() + 32 && id.starts_with(self.prefix) && id[self.prefix.len()..].bytes().all(|c| c.is_ascii_hexdigit())
+    }
+
+    /// Data first, manifest last.
+    async fn write(self, state: &AppState, tenant: &str, id: &str, data: Vec<u8>, manifest: &impl Serialize) -> Result<()> {
+        let dir = self.dir(tenant, id);
+        state.tables.put_object(&format!("{dir}/data.parquet"), data.into()).await?;
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(state.tables.put_object(&format!("{dir}/manifest.json"), json.into()).await?)
+    }
+
+    async fn manifest<T: serde::de::DeserializeOwned>(self, state: &AppState, tenant: &str, id: &str) -> Result<T> {
+        let not_found = || Error::NotFound { kind: self.kind, name: id.to_string() };
+        if !self.valid(id) {
+            return Err(not_found());
+        }
+        let bytes = state.tables.get_object(&format!("{}/manifest.json", self.dir(tenant, id))).await?.ok_or_else(not_found)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("{} {id}: manifest unreadable: {e}", self.kind)))
+    }
+
+    /// The data, checked against the SHA-256 its manifest records.
+    async fn data(self, state: &AppState, tenant: &str, id: &str, sha256: &str) -> Result<bytes::Bytes> {
+        let bytes = state
+            .tables
+            .get_object(&format!("{}/data.parquet", self.dir(tenant, id)))
+            .await?
+            .ok_or_else(|| Error::Internal(format!("{} {id}: data file is missing", self.kind)))?;
+        if hex::encode(Sha256::digest(&bytes)) != sha256 {
+            return Err(Error::Internal(format!("{} {id}: data does not match its manifest's SHA-256", self.kind)));
+        }
+        Ok(bytes)
+    }
+
+    /// Manifest first: the thing stops existing before its data goes.
+    async fn delete(self, state: &AppState, tenant: &str, id: &str) -> Result<()> {
+        let dir = self.dir(tenant, id);
+        state.tables.delete_object(&format!("{dir}/manifest.json")).await?;
+        Ok(state.tables.delete_object(&format!("{dir}/data.parquet")).await?)
+    }
 }
 
 /// Stores an uploaded spine (any ingest format); `time` names its time column.
@@ -149,7 +209,7 @@ pub async fn upload_spine(state: &AppState, p: &Principal, ctx: &AuditContext, f
     .await
     .map_err(|e| Error::Internal(format!("spine decoding failed: {e}")))??;
     let m = SpineManifest {
-        id: format!("sp_{}", uuid::Uuid::now_v7().simple()),
+        id: SPINES.new_id(),
         tenant: p.tenant.clone(),
         time: time_name,
         columns: batch.schema().fields().iter().map(|f| SpineColumn { name: f.name().clone(), dtype: f.data_type().to_string() }).collect(),
@@ -160,41 +220,18 @@ pub async fn upload_spine(state: &AppState, p: &Principal, ctx: &AuditContext, f
         created_by: p.actor(),
         audit_event_id: ctx.event_id.clone(),
     };
-    let dir = spine_area(&p.tenant, &m.id);
-    state.tables.put_object(&format!("{dir}/data.parquet"), parquet.into()).await?;
-    let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
-    state.tables.put_object(&format!("{dir}/manifest.json"), json.into()).await?;
+    SPINES.write(state, &p.tenant, &m.id, parquet, &m).await?;
     Ok(m)
 }
 
 pub async fn spine_manifest(state: &AppState, p: &Principal, id: &str) -> Result<SpineManifest> {
-    let not_found = || Error::NotFound { kind: "spine", name: id.to_string() };
-    if !valid_spine_id(id) {
-        return Err(not_found());
-    }
-    let bytes = state.tables.get_object(&format!("{}/manifest.json", spine_area(&p.tenant, id))).await?.ok_or_else(not_found)?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("spine {id}: manifest unreadable: {e}")))
+    SPINES.manifest(state, &p.tenant, id).await
 }
 
 async fn spine_data(state: &AppState, p: &Principal, id: &str) -> Result<(SpineManifest, bytes::Bytes)> {
-    let m = spine_manifest(state, p, id).await?;
-    let bytes = state
-        .tables
-        .get_object(&format!("{}/data.parquet", spine_area(&p.tenant, id)))
-        .await?
-        .ok_or_else(|| Error::Internal(format!("spine {id}: data file is missing")))?;
-    if hex::encode(Sha256::digest(&bytes)) != m.sha256 {
-        return Err(Error::Internal(format!("spine {id}: data does not match its manifest's SHA-256")));
-    }
+    let m: SpineManifest = SPINES.manifest(state, &p.tenant, id).await?;
+    let bytes = SPINES.data(state, &p.tenant, id, &m.sha256).await?;
     Ok((m, bytes))
-}
-
-fn area(tenant: &str, id: &str) -> String {
-    format!("tenants/{tenant}/training-sets/{id}")
-}
-
-fn valid_id(id: &str) -> bool {
-    id.len() == 35 && id.starts_with("ts_") && id[3..].bytes().all(|c| c.is_ascii_hexdigit())
 }
 
 /// `group:feature` / `group` specs, grouped by group in first-mention order.
@@ -373,7 +410,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
             .collect();
         let joined = point_in_time_join(&spine, &req.spine_time, &sides, threads).map_err(join_error)?;
         let bytes = deterministic_parquet(&joined.schema(), std::slice::from_ref(&joined))?;
-        let id = format!("ts_{}", uuid::Uuid::now_v7().simple());
+        let id = TRAINING_SETS.new_id();
         let manifest = TrainingSetManifest {
             id,
             name: req.name.clone(),
@@ -396,11 +433,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
         };
         (manifest, bytes)
     };
-    // Data first, manifest last: a training set exists once its manifest does.
-    let dir = area(&p.tenant, &manifest.id);
-    state.tables.put_object(&format!("{dir}/data.parquet"), bytes.into()).await?;
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
-    state.tables.put_object(&format!("{dir}/manifest.json"), json.into()).await?;
+    TRAINING_SETS.write(state, &p.tenant, &manifest.id, bytes, &manifest).await?;
     let versions = e.resource.versions_read.clone();
     Ok((manifest, versions))
 }
@@ -427,33 +460,21 @@ fn join_error(e: lakeledger_query::Error) -> Error {
 }
 
 pub async fn manifest(state: &AppState, p: &Principal, id: &str) -> Result<TrainingSetManifest> {
-    let not_found = || Error::NotFound { kind: "training set", name: id.to_string() };
-    if !valid_id(id) {
-        return Err(not_found());
-    }
-    let bytes = state.tables.get_object(&format!("{}/manifest.json", area(&p.tenant, id))).await?.ok_or_else(not_found)?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("training set {id}: manifest unreadable: {e}")))
+    TRAINING_SETS.manifest(state, &p.tenant, id).await
 }
 
 /// The Parquet bytes, checked against the manifest's SHA-256.
 pub async fn data(state: &AppState, p: &Principal, id: &str) -> Result<(TrainingSetManifest, bytes::Bytes)> {
     let m = manifest(state, p, id).await?;
-    let bytes = state
-        .tables
-        .get_object(&format!("{}/data.parquet", area(&p.tenant, id)))
-        .await?
-        .ok_or_else(|| Error::Internal(format!("training set {id}: data file is missing")))?;
-    if hex::encode(Sha256::digest(&bytes)) != m.sha256 {
-        return Err(Error::Internal(format!("training set {id}: data does not match its manifest's SHA-256")));
-    }
+    let bytes = TRAINING_SETS.data(state, &p.tenant, id, &m.sha256).await?;
     Ok((m, bytes))
 }
 
 /// The tenant's training sets, oldest first (ids are time-ordered).
 pub async fn list(state: &AppState, p: &Principal) -> Result<Vec<TrainingSetManifest>> {
-    let ids = state.tables.list_children(&format!("tenants/{}/training-sets", p.tenant)).await?;
+    let ids = state.tables.list_children(&TRAINING_SETS.root(&p.tenant)).await?;
     let mut out = Vec::new();
-    for id in ids.iter().filter(|id| valid_id(id)) {
+    for id in ids.iter().filter(|id| TRAINING_SETS.valid(id)) {
         // A directory without a manifest is a build that did not finish: not a training set.
         match manifest(state, p, id).await {
             Ok(m) => out.push(m),
@@ -468,9 +489,7 @@ pub async fn list(state: &AppState, p: &Principal) -> Result<Vec<TrainingSetMani
 /// the data.
 pub async fn delete(state: &AppState, p: &Principal, id: &str) -> Result<TrainingSetManifest> {
     let m = manifest(state, p, id).await?;
-    let dir = area(&p.tenant, id);
-    state.tables.delete_object(&format!("{dir}/manifest.json")).await?;
-    state.tables.delete_object(&format!("{dir}/data.parquet")).await?;
+    TRAINING_SETS.delete(state, &p.tenant, id).await?;
     Ok(m)
 }
 
