@@ -205,6 +205,14 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("GET", "/v1/training-jobs/{id}") => "training_job.get",
         ("DELETE", "/v1/training-jobs/{id}") | ("POST", "/v1/training-jobs/{id}/cancel") => "training_job.cancel",
         ("GET", "/v1/training-jobs/{id}/events") => "training_job.events",
+        ("POST", "/v1/online/features") => "online.features",
+        ("POST", "/v1/feature-groups/{name}/online/rebuild") => "online.rebuild",
+        ("POST", "/v1/models/{name}/versions/{version}/invocations" | "/v1/models/{target}/invocations") => "model.invoke",
+        ("GET", "/v1/models/{name}/aliases/{alias}/canary") => "model_canary.get",
+        ("PUT", "/v1/models/{name}/aliases/{alias}/canary") => "model_canary.start",
+        ("DELETE", "/v1/models/{name}/aliases/{alias}/canary") => "model_canary.stop",
+        ("POST", "/v1/models/{name}/aliases/{alias}/canary/promote") => "model_canary.promote",
+        ("POST", "/v1/audit/entity-hash") => "audit.entity_hash",
         ("POST", "/v1/spines") => "spine.upload",
         ("GET", "/v1/spines/{id}") => "spine.get",
         (_, "<unmatched>") => "http.unmatched",
@@ -228,6 +236,8 @@ fn resource(route: &str, path: &str) -> (Option<&'static str>, Option<String>) {
         Some("model")
     } else if route.starts_with("/v1/training-jobs") {
         Some("training_job")
+    } else if route.starts_with("/v1/online") {
+        Some("online_store")
     } else if route.starts_with("/v1/audit") {
         Some("audit_log")
     } else {

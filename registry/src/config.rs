@@ -45,6 +45,11 @@ pub struct Config {
     pub model_key_path: PathBuf,
     /// Training jobs that run at once; more wait queued.
     pub training_workers: usize,
+    /// The key for hashing entity keys in audit records (mode 0600). Default
+    /// `<data_dir>/keys/entity-hash.key`.
+    pub entity_hash_key_path: PathBuf,
+    /// Model serving: batching and the inference log.
+    pub serving: crate::serving::ServingConfig,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -102,6 +107,16 @@ pub struct FileConfig {
     pub sql_threads: Option<usize>,
     pub model_key_path: Option<PathBuf>,
     pub training_workers: Option<usize>,
+    pub entity_hash_key_path: Option<PathBuf>,
+    /// Most rows scored in one batch when concurrent requests to a model are batched.
+    pub serving_max_batch_rows: Option<usize>,
+    /// How long a batch waits for more requests once the first has arrived (0: take
+    /// only what is already queued).
+    pub serving_max_batch_wait_us: Option<u64>,
+    /// Share of scoring requests written to the models' inference logs (0 to 1).
+    pub inference_log_sample_rate: Option<f64>,
+    /// How often buffered inference-log rows are committed.
+    pub inference_log_flush_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -190,6 +205,20 @@ impl Config {
             },
             model_key_path: file.model_key_path.unwrap_or_else(|| data_dir.join("keys/model-signing.key")),
             training_workers: file.training_workers.unwrap_or(2).max(1),
+            entity_hash_key_path: file.entity_hash_key_path.unwrap_or_else(|| data_dir.join("keys/entity-hash.key")),
+            serving: {
+                let d = crate::serving::ServingConfig::default();
+                let sample = file.inference_log_sample_rate.unwrap_or(d.inference_log_sample_rate);
+                if !(0.0..=1.0).contains(&sample) {
+                    return Err(Error::BadRequest(format!("inference_log_sample_rate must be between 0 and 1, got {sample}")));
+                }
+                crate::serving::ServingConfig {
+                    max_batch_rows: file.serving_max_batch_rows.unwrap_or(d.max_batch_rows).max(1),
+                    max_batch_wait: file.serving_max_batch_wait_us.map(std::time::Duration::from_micros).unwrap_or(d.max_batch_wait),
+                    inference_log_sample_rate: sample,
+                    inference_log_flush: file.inference_log_flush_ms.map(std::time::Duration::from_millis).unwrap_or(d.inference_log_flush),
+                }
+            },
             data_dir,
         })
     }

@@ -57,6 +57,9 @@ pub struct CreateFeatureGroup {
     /// Serve the latest values from the online store.
     #[serde(default)]
     pub online: bool,
+    /// Online values whose event time is older than this are served as `OUTSIDE_MAX_AGE`.
+    #[serde(default)]
+    pub online_max_age_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -65,6 +68,24 @@ pub struct UpdateFeatureGroup {
     pub description: Option<String>,
     pub owner: Option<String>,
     pub tags: Option<BTreeMap<String, String>>,
+    /// Start (the store is loaded from the latest version) or stop online serving.
+    pub online: Option<bool>,
+    /// Set the online max age; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub online_max_age_seconds: Option<Option<i64>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
+}
+
+fn check_max_age(max_age: Option<i64>) -> Result<()> {
+    match max_age {
+        Some(s) if s <= 0 => Err(Error::Unprocessable(format!("online_max_age_seconds must be positive, got {s}"))),
+        _ => Ok(()),
+    }
 }
 
 /// The desired full schema. Only additions of feature columns are accepted.
@@ -91,6 +112,7 @@ pub struct FeatureGroupView {
     pub owner: String,
     pub tags: BTreeMap<String, String>,
     pub online: bool,
+    pub online_max_age_seconds: Option<i64>,
     pub state: GroupState,
     /// The latest committed version.
     pub current_version: Option<i64>,
@@ -150,6 +172,7 @@ fn view(g: &FeatureGroupRecord, tenant: &str, current_version: Option<i64>, row_
         owner: g.owner.clone(),
         tags: g.tags.clone(),
         online: g.online,
+        online_max_age_seconds: g.online_max_age_seconds,
         state: g.state,
         current_version,
         row_count,
@@ -208,6 +231,7 @@ fn require_active(g: &FeatureGroupRecord) -> Result<()> {
 
 pub async fn create(state: &AppState, p: &Principal, req: CreateFeatureGroup, ctx: &AuditContext) -> Result<FeatureGroupView> {
     validate_group_name(&req.name)?;
+    check_max_age(req.online_max_age_seconds)?;
     let schema = FeatureSchema { entity_keys: req.entity_keys, event_time: req.event_time, features: req.features };
     schema.validate()?;
     let now = now_micros();
@@ -220,6 +244,7 @@ pub async fn create(state: &AppState, p: &Principal, req: CreateFeatureGroup, ct
         owner: req.owner,
         tags: req.tags,
         online: req.online,
+        online_max_age_seconds: req.online_max_age_seconds,
         location: format!("tenants/{}/feature-groups/{}", p.tenant, req.name),
         state: GroupState::Creating,
         created_at: now,
@@ -242,6 +267,9 @@ pub async fn create(state: &AppState, p: &Principal, req: CreateFeatureGroup, ct
     state.catalog.set_feature_group_state(&record.id, GroupState::Active, now_micros()).await?;
     let mut record = record;
     record.state = GroupState::Active;
+    if record.online {
+        crate::online::rebuild(state, &record).await?;
+    }
     Ok(view(&record, &p.tenant, Some(version), Some(0)))
 }
 
@@ -268,6 +296,18 @@ pub async fn get(state: &AppState, p: &Principal, name: &str) -> Result<FeatureG
 pub async fn update(state: &AppState, p: &Principal, name: &str, req: UpdateFeatureGroup) -> Result<FeatureGroupView> {
     let mut g = find(state, p, name).await?;
     require_active(&g)?;
+    if req.online.is_some() || req.online_max_age_seconds.is_some() {
+        let online = req.online.unwrap_or(g.online);
+        let max_age = req.online_max_age_seconds.unwrap_or(g.online_max_age_seconds);
+        check_max_age(max_age)?;
+        state.catalog.set_feature_group_online(&g.id, online, max_age, now_micros()).await?;
+        (g.online, g.online_max_age_seconds) = (online, max_age);
+        if online {
+            crate::online::rebuild(state, &g).await?;
+        } else {
+            state.online.remove(&g);
+        }
+    }
     let meta = GroupMetadata {
         description: req.description.unwrap_or(g.description.clone()),
         owner: req.owner.unwrap_or(g.owner.clone()),
@@ -411,7 +451,8 @@ pub async fn ingest(
     let mut staged = state.tables.begin_write(&table, &g.schema, mode)?;
     let limit = state.config.max_body_bytes;
     let chunks = body.into_data_stream().map_err(|e| Error::BadRequest(format!("reading the request body failed: {e}")));
-    let staged_result = stage_body(state, &g.schema, format, chunks, limit, &mut staged).await;
+    let mut online = g.online.then(|| crate::online::OnlineDelta::new(&g.schema));
+    let staged_result = stage_body(state, &g.schema, format, chunks, limit, &mut staged, &mut online).await;
     if let Err(e) = staged_result {
         staged.abort(&table).await;
         return Err(e);
@@ -438,6 +479,10 @@ pub async fn ingest(
         WriteMode::Upsert => "MERGE (upsert)",
     };
     record_commit(state, &g.id, commit_record(outcome.version, operation, Some(rows as i64), p, ctx)).await?;
+    // Still under the group's lock, so online updates apply in version order.
+    if let Some(delta) = online {
+        state.online.apply(&g, outcome.version, delta, mode == WriteMode::Overwrite);
+    }
     metrics::counter!("lakeledger_rows_ingested_total", "mode" => mode.name()).increment(rows);
     Ok(IngestResult { version: outcome.version, rows, mode: mode.name().into() })
 }
@@ -449,8 +494,16 @@ async fn stage_body(
     mut chunks: impl Stream<Item = Result<Bytes>> + Unpin,
     limit: u64,
     staged: &mut lakeledger_query::tables::StagedWrite,
+    online: &mut Option<crate::online::OnlineDelta>,
 ) -> Result<()> {
     let mut conformer = Conformer::new(schema.clone());
+    let mut write = async |staged: &mut lakeledger_query::tables::StagedWrite, batch: arrow::array::RecordBatch| -> Result<()> {
+        if let Some(delta) = online.as_mut() {
+            delta.absorb(&batch)?;
+        }
+        staged.write(batch).await?;
+        Ok(())
+    };
     let mut received = 0u64;
     let mut count = |n: usize| -> Result<()> {
         received += n as u64;
@@ -462,11 +515,11 @@ async fn stage_body(
                 let chunk = chunk?;
                 count(chunk.len())?;
                 for batch in decoder.push(&chunk)? {
-                    staged.write(conformer.conform(&batch)?).await?;
+                    write(staged, conformer.conform(&batch)?).await?;
                 }
             }
             for batch in decoder.finish()? {
-                staged.write(conformer.conform(&batch)?).await?;
+                write(staged, conformer.conform(&batch)?).await?;
             }
         }
         None => {
@@ -493,7 +546,7 @@ async fn stage_body(
                 .map_err(|e| Error::Internal(format!("parquet decode task: {e}")))?;
                 batches = rest;
                 match next {
-                    Some(batch) => staged.write(conformer.conform(&batch?)?).await?,
+                    Some(batch) => write(staged, conformer.conform(&batch?)?).await?,
                     None => break,
                 }
             }

@@ -345,6 +345,9 @@ pub async fn set_state(state: &AppState, p: &Principal, name: &str, version: i64
         }
     }
     state.catalog.set_model_version_state(&m.id, version, to).await?;
+    if to == "deleted" {
+        state.serving.forget(&m.id, version);
+    }
     let v = state.catalog.model_version(&m.id, version).await?.expect("just updated");
     let aliases = state.catalog.aliases(&m.id).await?;
     Ok(version_view(&m.name, v, &aliases))
@@ -373,6 +376,9 @@ pub async fn move_alias(state: &AppState, p: &Principal, name: &str, alias: &str
             if record.state != "active" {
                 return Err(Error::Conflict(format!("version {v} of `{name}` is {}; only active versions take aliases", record.state)));
             }
+            // Verified and loaded before any request is routed to it: the swap never
+            // makes a request wait for a load, and a tampered artifact never gets an alias.
+            crate::serving::loaded(state, p, name, v).await?;
         }
         None => {
             if !state.catalog.aliases(&m.id).await?.iter().any(|(a, _)| a == alias) {
@@ -383,7 +389,9 @@ pub async fn move_alias(state: &AppState, p: &Principal, name: &str, alias: &str
     // Moves of one alias get strictly increasing times, so "which version at T" has one answer.
     let last = state.catalog.alias_history(&m.id, alias).await?.last().map_or(i64::MIN, |mv| mv.moved_at);
     let at = now_micros().max(last.saturating_add(1));
-    Ok(state.catalog.move_alias(&m.id, alias, to, &p.actor(), reason, at).await?.into())
+    let moved = state.catalog.move_alias(&m.id, alias, to, &p.actor(), reason, at).await?;
+    state.serving.forget_route(&m.id, alias);
+    Ok(moved.into())
 }
 
 /// The version `alias` pointed at, now or at `at` (microseconds).

@@ -23,9 +23,11 @@ fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+            let buckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("valid buckets")
+                .set_buckets_for_metric(Matcher::Suffix("_rows".into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0])
                 .expect("valid buckets");
             match builder.install_recorder() {
                 Ok(h) => h,
@@ -58,7 +60,8 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     let tables = TableStore::new(config.data_root.clone(), config.storage_options.clone())?;
     let query_runtime = std::sync::Arc::new(crate::sql::QueryRuntime::new(config.sql.threads)?);
     let (model_signer, _) = crate::models::ModelSigner::load(&config.model_key_path)?;
-    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit), query_runtime, model_signer);
+    let entity_hasher = crate::online::EntityHasher::load(&config.entity_hash_key_path)?;
+    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit), query_runtime, model_signer, entity_hasher);
     let first_admin_key = bootstrap(&state).await?;
     let failed = crate::jobs::fail_unfinished(&state).await?;
     if failed > 0 {
@@ -68,6 +71,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     if report.recovered_versions + report.completed_creations + report.removed_creations > 0 {
         tracing::warn!(?report, "reconciled the catalog with the Delta logs");
     }
+    crate::online::rebuild_all(&state).await?;
     Ok(Prepared { state, first_admin_key, audit_report })
 }
 

@@ -33,6 +33,12 @@ pub struct Inner {
     /// Signs model artifacts as they are registered; checks them as they are loaded.
     pub model_signer: crate::models::ModelSigner,
     pub jobs: crate::jobs::Jobs,
+    /// Latest feature values of online groups.
+    pub online: crate::online::OnlineStore,
+    /// Keyed hashes of entity keys for audit records.
+    pub entity_hasher: crate::online::EntityHasher,
+    /// Loaded models, alias routes and batchers.
+    pub serving: crate::serving::Serving,
 }
 
 impl AppState {
@@ -44,8 +50,12 @@ impl AppState {
         audit: Arc<AuditLog>,
         query_runtime: Arc<crate::sql::QueryRuntime>,
         model_signer: crate::models::ModelSigner,
+        entity_hasher: crate::online::EntityHasher,
     ) -> Self {
         AppState(Arc::new(Inner {
+            online: Default::default(),
+            entity_hasher,
+            serving: crate::serving::Serving::new(config.serving.clone()),
             jobs: crate::jobs::Jobs::new(config.training_workers),
             model_signer,
             config,

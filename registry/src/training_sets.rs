@@ -262,7 +262,7 @@ fn parse_features(specs: &[String]) -> Result<Vec<(String, Option<Vec<String>>)>
     Ok(out)
 }
 
-async fn on_query_runtime<T: Send + 'static>(
+pub(crate) async fn on_query_runtime<T: Send + 'static>(
     state: &AppState,
     f: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
@@ -440,7 +440,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
 
 /// The group's schema as of the opened version (columns added later are absent), and
 /// the table's Arrow schema there.
-async fn schema_at(
+pub(crate) async fn schema_at(
     table: &lakeledger_query::deltalake::DeltaTable,
     latest: &lakeledger_query::FeatureSchema,
 ) -> Result<(lakeledger_query::FeatureSchema, lakeledger_query::arrow::datatypes::SchemaRef)> {

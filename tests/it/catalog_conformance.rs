@@ -45,6 +45,7 @@ async fn conformance(c: &dyn Catalog) {
         owner: "o".into(),
         tags: [("a".to_string(), "b".to_string())].into(),
         online: true,
+        online_max_age_seconds: Some(3600),
         location: "tenants/acme/feature-groups/g".into(),
         state: GroupState::Creating,
         created_at: 1,
@@ -60,6 +61,10 @@ async fn conformance(c: &dyn Catalog) {
         .unwrap();
     let got = c.feature_group("ten_1", "g").await.unwrap().unwrap();
     assert_eq!((got.description.as_str(), got.online, got.state, got.schema), ("d2", true, GroupState::Active, schema));
+    assert_eq!(got.online_max_age_seconds, Some(3600));
+    c.set_feature_group_online("fg_1", false, None, 4).await.unwrap();
+    let got = c.feature_group("ten_1", "g").await.unwrap().unwrap();
+    assert_eq!((got.online, got.online_max_age_seconds, got.updated_at), (false, None, 4));
 
     for (v, at) in [(0i64, 100i64), (1, 200), (2, 300)] {
         let rec = VersionRecord {
@@ -137,6 +142,28 @@ async fn models(c: &dyn Catalog) {
     assert!(c.aliases("m_1").await.unwrap().is_empty());
     let history = c.alias_history("m_1", "champion").await.unwrap();
     assert_eq!(history.iter().map(|h| (h.to_version, h.reason.as_str())).collect::<Vec<_>>(), vec![(Some(1), "first"), (Some(2), "better"), (None, "retired")]);
+
+    let canary = lakeledger::catalog::CanaryRecord {
+        alias: "champion".into(),
+        seq: 0,
+        version: 2,
+        percent: 12.5,
+        guard_json: r#"{"max_error_rate":0.1}"#.into(),
+        started_at: 40,
+        started_by: "a".into(),
+        reason: "try".into(),
+        ended_at: None,
+        end_reason: None,
+        ended_by: None,
+    };
+    assert_eq!(c.start_canary("m_1", &canary).await.unwrap().seq, 1);
+    assert!(matches!(c.start_canary("m_1", &canary).await, Err(Error::Conflict(_))), "one open canary per alias");
+    assert!(c.end_canary("m_1", "champion", 50, "rolled back", "guard").await.unwrap());
+    assert!(!c.end_canary("m_1", "champion", 51, "again", "guard").await.unwrap(), "nothing open to end");
+    assert_eq!(c.start_canary("m_1", &canary).await.unwrap().seq, 2);
+    let all = c.canaries("m_1", "champion").await.unwrap();
+    assert_eq!(all.iter().map(|c| (c.seq, c.percent, c.ended_at, c.end_reason.as_deref())).collect::<Vec<_>>(),
+               vec![(1, 12.5, Some(50), Some("rolled back")), (2, 12.5, None, None)]);
 
     let job = JobRecord {
         id: "job_1".into(),

@@ -417,6 +417,7 @@ async fn restart_reconciles_catalog_with_the_delta_log() {
             owner: String::new(),
             tags: Default::default(),
             online: false,
+            online_max_age_seconds: None,
             location: "tenants/default/feature-groups/half".into(),
             state: lakeledger::catalog::GroupState::Creating,
             created_at: 0,

@@ -8,6 +8,7 @@ mod interop;
 mod models;
 mod openapi;
 mod s3;
+mod serving;
 mod sql;
 mod support;
 mod training_sets;

@@ -10,7 +10,7 @@ use crate::support::{Server, error_code};
 /// Ingests one of the scikit-learn datasets as two feature groups: `<name>_features` (every
 /// column but the label) and `<name>_labels` (the label), keyed by `id`, with event times
 /// one day apart so every label sees its features.
-async fn ingest_dataset(s: &Server, k: &str, name: &str, label: &str, label_type: &str) -> usize {
+pub(crate) async fn ingest_dataset(s: &Server, k: &str, name: &str, label: &str, label_type: &str) -> usize {
     let path = format!("{}/../trainer/tests/data/{name}.csv", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
@@ -46,7 +46,7 @@ async fn ingest_dataset(s: &Server, k: &str, name: &str, label: &str, label_type
     rows
 }
 
-fn training_set(name: &str, label: &str) -> Value {
+pub(crate) fn training_set(name: &str, label: &str) -> Value {
     json!({"name": name, "spine_sql": format!("SELECT id, ts, {label} FROM {name}_labels"), "spine_time": "ts", "features": [format!("{name}_features")]})
 }
 
@@ -62,7 +62,7 @@ async fn wait(s: &Server, k: &str, id: &str) -> Value {
     panic!("job {id} did not finish");
 }
 
-async fn train(s: &Server, k: &str, body: Value) -> Value {
+pub(crate) async fn train(s: &Server, k: &str, body: Value) -> Value {
     let r = s.post(k, "/v1/training-jobs").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     let job: Value = r.json().await.unwrap();

@@ -5,6 +5,7 @@ mod audit;
 mod feature_groups;
 mod models;
 mod ops;
+mod serving;
 mod sql;
 mod training_sets;
 
@@ -77,6 +78,13 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/training-jobs/{id}", get(models::get_job).delete(models::cancel_job))
         .route("/v1/training-jobs/{id}/cancel", post(models::cancel_job))
         .route("/v1/training-jobs/{id}/events", get(models::job_events))
+        .route("/v1/online/features", post(serving::features))
+        .route("/v1/feature-groups/{name}/online/rebuild", post(serving::rebuild))
+        .route("/v1/models/{name}/versions/{version}/invocations", post(serving::invoke_version))
+        .route("/v1/models/{target}/invocations", post(serving::invoke_alias))
+        .route("/v1/models/{name}/aliases/{alias}/canary", get(serving::get_canary).put(serving::start_canary).delete(serving::stop_canary))
+        .route("/v1/models/{name}/aliases/{alias}/canary/promote", post(serving::promote_canary))
+        .route("/v1/audit/entity-hash", post(serving::entity_hash))
         .route("/v1/spines", post(training_sets::upload_spine))
         .route("/v1/spines/{id}", get(training_sets::get_spine))
         .route("/v1/audit/records", get(audit::records))
@@ -102,6 +110,8 @@ pub fn routes() -> Router<AppState> {
         models::create, models::list, models::get, models::signing_key, models::versions, models::import, models::version,
         models::artifact, models::archive, models::delete_version, models::lineage, models::feature_group_lineage,
         models::move_alias, models::get_alias, models::delete_alias, models::alias_history,
+        serving::features, serving::rebuild, serving::invoke_version, serving::invoke_alias,
+        serving::get_canary, serving::start_canary, serving::stop_canary, serving::promote_canary, serving::entity_hash,
         models::create_job, models::list_jobs, models::get_job, models::cancel_job, models::job_events,
         audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,
         audit::public_key, audit::export,

@@ -119,6 +119,8 @@ pub struct FeatureGroupRecord {
     pub owner: String,
     pub tags: std::collections::BTreeMap<String, String>,
     pub online: bool,
+    /// Online values older than this (by event time) are served as `OUTSIDE_MAX_AGE`.
+    pub online_max_age_seconds: Option<i64>,
     pub location: String,
     pub state: GroupState,
     pub created_at: i64,
@@ -188,6 +190,22 @@ pub struct AliasMove {
     pub actor: String,
     pub reason: String,
     pub moved_at: i64,
+}
+
+/// A canary split of an alias: `percent` of its traffic goes to `version`.
+#[derive(Clone, Debug)]
+pub struct CanaryRecord {
+    pub alias: String,
+    pub seq: i64,
+    pub version: i64,
+    pub percent: f64,
+    pub guard_json: String,
+    pub started_at: i64,
+    pub started_by: String,
+    pub reason: String,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+    pub ended_by: Option<String>,
 }
 
 /// A training job as persisted.
@@ -269,6 +287,14 @@ pub trait Catalog: Send + Sync + 'static {
     async fn move_alias(&self, model_id: &str, alias: &str, to: Option<i64>, actor: &str, reason: &str, at: i64) -> Result<AliasMove>;
     async fn aliases(&self, model_id: &str) -> Result<Vec<(String, i64)>>;
     async fn alias_history(&self, model_id: &str, alias: &str) -> Result<Vec<AliasMove>>;
+
+    /// Opens a canary on an alias (`seq` is assigned); refused while one is open.
+    async fn start_canary(&self, model_id: &str, c: &CanaryRecord) -> Result<CanaryRecord>;
+    /// Closes the open canary of an alias; false when none was open.
+    async fn end_canary(&self, model_id: &str, alias: &str, at: i64, reason: &str, by: &str) -> Result<bool>;
+    /// Every canary of an alias, oldest first.
+    async fn canaries(&self, model_id: &str, alias: &str) -> Result<Vec<CanaryRecord>>;
+    async fn set_feature_group_online(&self, id: &str, online: bool, max_age_seconds: Option<i64>, at: i64) -> Result<()>;
 
     async fn insert_job(&self, j: &JobRecord) -> Result<()>;
     async fn job(&self, tenant_id: &str, id: &str) -> Result<Option<JobRecord>>;

@@ -23,7 +23,7 @@ fn role_of(s: &str) -> Result<Role> {
     Role::parse(s).ok_or_else(|| Error::Internal(format!("catalog holds an unknown role `{s}`")))
 }
 
-macro_rules! group_columns { () => { "id, tenant_id, name, schema_json, description, owner, tags_json, online, location, state, created_at, updated_at, created_by" }; }
+macro_rules! group_columns { () => { "id, tenant_id, name, schema_json, description, owner, tags_json, online, online_max_age_seconds, location, state, created_at, updated_at, created_by" }; }
 macro_rules! version_columns { () => { "version, committed_at, operation, rows_added, actor, request_id, recovered" }; }
 macro_rules! model_columns { () => { "id, tenant_id, name, description, owner, tags_json, created_at, updated_at, created_by" }; }
 macro_rules! model_version_columns { () => { "model_id, version, state, source, artifact_location, artifact_sha256, signature, signing_key_id, training_set_id, lineage_json, config_json, metrics_json, backend, build_id, job_id, created_at, created_by" }; }
@@ -54,6 +54,7 @@ macro_rules! sql_catalog {
                     owner: row.try_get("owner")?,
                     tags,
                     online: row.try_get("online")?,
+                    online_max_age_seconds: row.try_get("online_max_age_seconds")?,
                     location: row.try_get("location")?,
                     state: GroupState::parse(row.try_get("state")?),
                     created_at: row.try_get("created_at")?,
@@ -256,7 +257,7 @@ macro_rules! sql_catalog {
 
             async fn insert_feature_group(&self, g: &FeatureGroupRecord) -> Result<()> {
                 let sql = concat!(
-                    "INSERT INTO feature_groups (", group_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                    "INSERT INTO feature_groups (", group_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                 );
                 sqlx::query(sql)
                     .bind(&g.id)
@@ -267,6 +268,7 @@ macro_rules! sql_catalog {
                     .bind(&g.owner)
                     .bind(serde_json::to_string(&g.tags).expect("tags serialize"))
                     .bind(g.online)
+                    .bind(g.online_max_age_seconds)
                     .bind(&g.location)
                     .bind(g.state.as_str())
                     .bind(g.created_at)
@@ -565,6 +567,97 @@ macro_rules! sql_catalog {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(Self::alias_move_row).collect()
+            }
+
+            async fn set_feature_group_online(&self, id: &str, online: bool, max_age_seconds: Option<i64>, at: i64) -> Result<()> {
+                sqlx::query("UPDATE feature_groups SET online = $1, online_max_age_seconds = $2, updated_at = $3 WHERE id = $4")
+                    .bind(online)
+                    .bind(max_age_seconds)
+                    .bind(at)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn start_canary(&self, model_id: &str, c: &CanaryRecord) -> Result<CanaryRecord> {
+                let mut tx = self.pool.begin().await?;
+                let open: Option<i64> = sqlx::query("SELECT version FROM model_canaries WHERE model_id = $1 AND alias = $2 AND ended_at IS NULL")
+                    .bind(model_id)
+                    .bind(&c.alias)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get("version"))
+                    .transpose()?;
+                if let Some(v) = open {
+                    return Err(Error::Conflict(format!("alias `{}` already has a canary (version {v}); stop or promote it first", c.alias)));
+                }
+                let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM model_canaries WHERE model_id = $1 AND alias = $2")
+                    .bind(model_id)
+                    .bind(&c.alias)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("next")?;
+                sqlx::query(
+                    "INSERT INTO model_canaries (model_id, alias, seq, version, percent, guard_json, started_at, started_by, reason) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(model_id)
+                .bind(&c.alias)
+                .bind(seq)
+                .bind(c.version)
+                .bind(c.percent)
+                .bind(&c.guard_json)
+                .bind(c.started_at)
+                .bind(&c.started_by)
+                .bind(&c.reason)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(CanaryRecord { seq, ..c.clone() })
+            }
+
+            async fn end_canary(&self, model_id: &str, alias: &str, at: i64, reason: &str, by: &str) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE model_canaries SET ended_at = $1, end_reason = $2, ended_by = $3 \
+                     WHERE model_id = $4 AND alias = $5 AND ended_at IS NULL",
+                )
+                .bind(at)
+                .bind(reason)
+                .bind(by)
+                .bind(model_id)
+                .bind(alias)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn canaries(&self, model_id: &str, alias: &str) -> Result<Vec<CanaryRecord>> {
+                let rows = sqlx::query(
+                    "SELECT alias, seq, version, percent, guard_json, started_at, started_by, reason, ended_at, end_reason, ended_by \
+                     FROM model_canaries WHERE model_id = $1 AND alias = $2 ORDER BY seq",
+                )
+                .bind(model_id)
+                .bind(alias)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(CanaryRecord {
+                            alias: r.try_get("alias")?,
+                            seq: r.try_get("seq")?,
+                            version: r.try_get("version")?,
+                            percent: r.try_get("percent")?,
+                            guard_json: r.try_get("guard_json")?,
+                            started_at: r.try_get("started_at")?,
+                            started_by: r.try_get("started_by")?,
+                            reason: r.try_get("reason")?,
+                            ended_at: r.try_get("ended_at")?,
+                            end_reason: r.try_get("end_reason")?,
+                            ended_by: r.try_get("ended_by")?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn insert_job(&self, j: &JobRecord) -> Result<()> {

@@ -1,0 +1,339 @@
+//! Online serving through the server: the online store (latest values, max age, updates on
+//! every write mode, rebuilt at restart), Feast-shaped lookups with audited hashed keys,
+//! and model invocations: MLflow input formats, schema checks, predictions by entity,
+//! hot swap on alias moves, tamper checks at load, canaries rolled back by their guard.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, error_code};
+
+fn ago(seconds: i64) -> String {
+    (std::time::SystemTime::now() - Duration::from_secs(seconds as u64))
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| {
+            let secs = d.as_secs() as i64;
+            let days = secs.div_euclid(86_400);
+            let rem = secs.rem_euclid(86_400);
+            // Civil date from days since the epoch (Howard Hinnant's algorithm).
+            let z = days + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let d = doy - (153 * mp + 2) / 5 + 1;
+            let m = if mp < 10 { mp + 3 } else { mp - 9 };
+            let y = yoe + era * 400 + i64::from(m <= 2);
+            format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+        })
+        .unwrap()
+}
+
+async fn lookup(s: &Server, k: &str, body: Value) -> Value {
+    let r = s.post(k, "/v1/online/features").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+/// (values, statuses) of result column `i`.
+fn column(v: &Value, i: usize) -> (Vec<Value>, Vec<String>) {
+    let c = &v["results"][i];
+    (c["values"].as_array().unwrap().clone(), c["statuses"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect())
+}
+
+#[tokio::test]
+async fn online_features_follow_every_write_and_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(lakeledger::config::Config::embedded(dir.path()).unwrap(), None).await;
+    let k = s.admin_key.clone();
+    let r = s
+        .post(&k, "/v1/feature-groups")
+        .json(&json!({"name": "profiles", "entity_keys": [{"name": "user_id", "type": "int64"}], "event_time": "ts",
+                      "features": [{"name": "age", "type": "float64"}, {"name": "plan", "type": "string"}],
+                      "online": true, "online_max_age_seconds": 86400}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let (recent, older, stale) = (ago(60), ago(3600), ago(10 * 86400));
+    let r = s.ingest_json(&k, "profiles", "append", json!([
+        {"user_id": 1, "ts": recent, "age": 31.0, "plan": "pro"},
+        {"user_id": 2, "ts": older, "age": 45.0, "plan": null},
+        {"user_id": 3, "ts": stale, "age": 52.0, "plan": "free"},
+    ])).await;
+    assert_eq!(r.status(), 201);
+    // A later commit with an older event time does not replace the latest value.
+    let r = s.ingest_json(&k, "profiles", "append", json!([{"user_id": 1, "ts": older, "age": 30.0, "plan": "free"}])).await;
+    assert_eq!(r.status(), 201);
+
+    let ask = json!({"features": ["profiles:age", "profiles:plan"], "entities": {"user_id": [1, 2, 3, 4]}});
+    let v = lookup(&s, &k, ask.clone()).await;
+    assert_eq!(v["metadata"]["feature_names"], json!(["user_id", "age", "plan"]));
+    assert_eq!(v["metadata"]["versions"], json!({"profiles": 2}));
+    assert_eq!(column(&v, 0).0, vec![json!(1), json!(2), json!(3), json!(4)]);
+    let (ages, statuses) = column(&v, 1);
+    assert_eq!(ages, vec![json!(31.0), json!(45.0), Value::Null, Value::Null]);
+    assert_eq!(statuses, ["PRESENT", "PRESENT", "OUTSIDE_MAX_AGE", "NOT_FOUND"]);
+    assert_eq!(column(&v, 2).1, ["PRESENT", "NULL_VALUE", "OUTSIDE_MAX_AGE", "NOT_FOUND"]);
+    assert_eq!(v["results"][1]["event_timestamps"][0].as_str().unwrap()[..19], recent[..19]);
+    // Rows instead of columns, whole groups, full names: the same values.
+    let v = lookup(&s, &k, json!({"features": ["profiles"], "entities": [{"user_id": 1}], "full_feature_names": true})).await;
+    assert_eq!(v["metadata"]["feature_names"], json!(["user_id", "profiles__age", "profiles__plan"]));
+    assert_eq!(column(&v, 2).0, vec![json!("pro")]);
+
+    // Upsert on (key, event time) replaces the value; overwrite replaces everything.
+    let r = s.ingest_json(&k, "profiles", "upsert", json!([{"user_id": 1, "ts": recent, "age": 32.0, "plan": "team"}])).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(column(&lookup(&s, &k, ask.clone()).await, 1).0[0], json!(32.0));
+    let r = s.ingest_json(&k, "profiles", "overwrite", json!([{"user_id": 4, "ts": recent, "age": 20.0, "plan": "pro"},
+                                                               {"user_id": 1, "ts": older, "age": 33.0, "plan": "pro"}])).await;
+    assert_eq!(r.status(), 201);
+    let v = lookup(&s, &k, ask.clone()).await;
+    assert_eq!(column(&v, 1), (vec![json!(33.0), Value::Null, Value::Null, json!(20.0)],
+                               ["PRESENT", "NOT_FOUND", "NOT_FOUND", "PRESENT"].map(String::from).to_vec()));
+    assert_eq!(v["metadata"]["versions"], json!({"profiles": 4}));
+
+    // Clear errors for what cannot be answered.
+    let bad = |body: Value| s.post(&k, "/v1/online/features").json(&body).send();
+    let (_, m) = error_code(bad(json!({"features": ["profiles:age"], "entities": {"uid": [1]}})).await.unwrap(), 422).await;
+    assert!(m.contains("entity key `user_id`"), "{m}");
+    let (_, m) = error_code(bad(json!({"features": ["profiles:age"], "entities": {"user_id": ["1"]}})).await.unwrap(), 422).await;
+    assert!(m.contains("entities.user_id[0]: expected an integer"), "{m}");
+    let (_, m) = error_code(bad(json!({"features": ["profiles:height"], "entities": {"user_id": [1]}})).await.unwrap(), 422).await;
+    assert!(m.contains("no feature `height`"), "{m}");
+    s.create_clicks(&k).await;
+    let (_, m) = error_code(bad(json!({"features": ["clicks:ctr"], "entities": {"user_id": [1]}})).await.unwrap(), 422).await;
+    assert!(m.contains("not served online"), "{m}");
+    // Switching a group on loads it from its table.
+    s.ingest_json(&k, "clicks", "append", json!([{"user_id": 9, "ts": recent, "ctr": 0.5}])).await;
+    let r = s.client.patch(s.url("/v1/feature-groups/clicks")).bearer_auth(&k).json(&json!({"online": true})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v = lookup(&s, &k, json!({"features": ["clicks:ctr"], "entities": {"user_id": [9]}})).await;
+    assert_eq!(column(&v, 1).0, vec![json!(0.5)]);
+    // Other tenants see nothing.
+    let other = {
+        let r = s.post(&k, "/v1/tenants").json(&json!({"name": "acme"})).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        s.create_key("reader", Some("acme")).await
+    };
+    let r = s.post(&other, "/v1/online/features").json(&ask).send().await.unwrap();
+    assert_eq!(error_code(r, 422).await.0, "unprocessable");
+
+    // Audited: groups at versions served and keyed hashes of the keys, never the keys.
+    let r = s.post(&k, "/v1/online/features").header("x-request-id", "online-1").json(&ask).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    let all = crate::audit::wait_for_outcomes(&s, &["online-1".into()]).await;
+    let outcome = crate::audit::find(&all, "online-1", "outcome").unwrap();
+    assert_eq!(outcome["kind"], "online.features");
+    assert_eq!(outcome["details"]["served"], "profiles@4");
+    assert_eq!(outcome["resource"]["versions_read"], json!([4]));
+    let auditor = s.create_key("auditor", None).await;
+    let hash = |id: i64| {
+        let s = &s;
+        let auditor = auditor.clone();
+        async move {
+            let r = s.post(&auditor, "/v1/audit/entity-hash").json(&json!({"entity": {"user_id": id}})).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["hash"].as_str().unwrap().to_string()
+        }
+    };
+    let hashes = outcome["details"]["entity_key_hashes"].as_str().unwrap().split(',').map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(hashes, vec![hash(1).await, hash(2).await, hash(3).await, hash(4).await]);
+    assert!(!outcome.to_string().contains("user_id=1"));
+    let reader = s.create_key("reader", None).await;
+    assert_eq!(s.post(&reader, "/v1/audit/entity-hash").json(&json!({"entity": {"user_id": 1}})).send().await.unwrap().status(), 403);
+
+    // A restart rebuilds the store from the tables.
+    s.stop().await;
+    let s = Server::start_with(lakeledger::config::Config::embedded(dir.path()).unwrap(), Some(k.clone())).await;
+    let v = lookup(&s, &k, ask).await;
+    assert_eq!(column(&v, 1).0, vec![json!(33.0), Value::Null, Value::Null, json!(20.0)]);
+    assert_eq!(v["metadata"]["versions"], json!({"profiles": 4}));
+    let r = s.post(&k, "/v1/feature-groups/profiles/online/rebuild").send().await.unwrap();
+    let report: Value = r.json().await.unwrap();
+    assert_eq!((report["version"].as_i64(), report["entities"].as_u64()), (Some(4), Some(2)));
+}
+
+/// Wine as two feature groups (`wine_features` online), a model trained on all features
+/// (version 1) and one on three of them (version 2).
+async fn wine_models(s: &Server, k: &str) -> Vec<String> {
+    crate::models::ingest_dataset(s, k, "wine", "cultivar", "int64").await;
+    let r = s.client.patch(s.url("/v1/feature-groups/wine_features")).bearer_auth(k).json(&json!({"online": true})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ts = crate::models::training_set("wine", "cultivar");
+    let config = json!({"task": "classification", "hidden_layers": [16], "max_epochs": 60, "seed": 7});
+    crate::models::train(s, k, json!({"model": "wine", "training_set": ts, "label": "cultivar", "config": config})).await;
+    let few = ["wine_features__alcohol", "wine_features__flavanoids", "wine_features__color_intensity"];
+    crate::models::train(s, k, json!({"model": "wine", "training_set": ts, "label": "cultivar", "inputs": few, "config": config})).await;
+    let v: Value = s.get(k, "/v1/models/wine/versions/1").send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["state"], "active");
+    let text = std::fs::read_to_string(format!("{}/../trainer/tests/data/wine.csv", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    text.lines().map(str::to_string).collect()
+}
+
+async fn invoke(s: &Server, k: &str, path: &str, body: Value) -> Value {
+    let r = s.post(k, path).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn models_score_mlflow_inputs_and_entities_swap_on_alias_moves_and_refuse_tampering() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    let lines = wine_models(&s, &k).await;
+    let header: Vec<String> = lines[0].split(',').map(|h| format!("wine_features__{h}")).collect();
+    let label_at = header.iter().position(|h| h == "wine_features__cultivar").unwrap();
+    let rows: Vec<Vec<f64>> = lines[1..].iter().map(|l| l.split(',').map(|c| c.parse().unwrap()).collect()).collect();
+    let columns: Vec<&String> = header.iter().enumerate().filter(|(i, _)| *i != label_at && *i != 0).map(|(_, h)| h).collect();
+    let data: Vec<Vec<f64>> = rows.iter().map(|r| r.iter().enumerate().filter(|(i, _)| *i != label_at && *i != 0).map(|(_, v)| *v).collect()).collect();
+
+    // The same rows in every MLflow shape give the same predictions.
+    let split = invoke(&s, &k, "/v1/models/wine/versions/1/invocations", json!({"dataframe_split": {"columns": columns, "data": data}})).await;
+    let predictions = split["predictions"].as_array().unwrap().clone();
+    assert_eq!(predictions.len(), rows.len());
+    let correct = predictions.iter().zip(&rows).filter(|(p, r)| p.as_f64() == Some(r[label_at])).count();
+    assert!(correct as f64 / rows.len() as f64 > 0.9, "{correct} of {} right", rows.len());
+    assert_eq!(split["classes"], json!([0, 1, 2]));
+    let p0: f64 = split["probabilities"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+    assert!((p0 - 1.0).abs() < 1e-4);
+    assert_eq!((split["model"].as_str(), split["version"].as_i64()), (Some("wine"), Some(1)));
+    let records: Vec<Value> = data.iter().map(|r| Value::Object(columns.iter().zip(r).map(|(c, v)| (c.to_string(), json!(v))).collect())).collect();
+    for body in [json!({"dataframe_records": records}), json!({"instances": records}), json!({"inputs": records})] {
+        assert_eq!(invoke(&s, &k, "/v1/models/wine/versions/1/invocations", body).await["predictions"].as_array().unwrap(), &predictions);
+    }
+    let mut csv = columns.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",");
+    for r in &data {
+        csv.push('\n');
+        csv.push_str(&r.iter().map(f64::to_string).collect::<Vec<_>>().join(","));
+    }
+    let r = s.post(&k, "/v1/models/wine/versions/1/invocations").header("content-type", "text/csv").body(csv).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["predictions"].as_array().unwrap(), &predictions);
+
+    // Schema checks name the column.
+    let mut missing = records[0].clone();
+    missing.as_object_mut().unwrap().remove("wine_features__alcohol");
+    let r = s.post(&k, "/v1/models/wine/versions/1/invocations").json(&json!({"dataframe_records": [missing]})).send().await.unwrap();
+    assert!(error_code(r, 422).await.1.contains("input column `wine_features__alcohol` is missing"));
+    let mut text = records[0].clone();
+    text["wine_features__hue"] = json!("high");
+    let r = s.post(&k, "/v1/models/wine/versions/1/invocations").json(&json!({"dataframe_records": [records[1], text]})).send().await.unwrap();
+    assert!(error_code(r, 422).await.1.contains("column `wine_features__hue` row 1: expected a number"));
+    let r = s.post(&k, "/v1/models/wine/versions/1/invocations").body("{not json").send().await.unwrap();
+    assert_eq!(error_code(r, 400).await.0, "bad_request");
+    let r = s.post(&k, "/v1/models/wine/versions/9/invocations").json(&json!({"instances": records})).send().await.unwrap();
+    assert_eq!(error_code(r, 404).await.0, "model_version_not_found");
+
+    // By entity: the inputs come from the online store; the answer is the same.
+    let ids: Vec<i64> = rows.iter().map(|r| r[0] as i64).collect();
+    let by_entity = invoke(&s, &k, "/v1/models/wine/versions/1/invocations", json!({"entities": {"id": ids}})).await;
+    assert_eq!(by_entity["predictions"].as_array().unwrap(), &predictions);
+    let r = s.post(&k, "/v1/models/wine/versions/1/invocations").json(&json!({"entities": [{"wine_id": 1}]})).send().await.unwrap();
+    assert!(error_code(r, 422).await.1.contains("entity key `id`"));
+
+    // Aliases: a move swaps the model for the next request.
+    let put = |alias: &str, body: Value| s.client.put(s.url(&format!("/v1/models/wine/aliases/{alias}"))).bearer_auth(&k).json(&body).send();
+    assert_eq!(put("champion", json!({"version": 1})).await.unwrap().status(), 200);
+    let one = json!({"dataframe_records": [records[0]]});
+    assert_eq!(invoke(&s, &k, "/v1/models/wine@champion/invocations", one.clone()).await["version"], 1);
+    assert_eq!(put("champion", json!({"version": 2})).await.unwrap().status(), 200);
+    assert_eq!(invoke(&s, &k, "/v1/models/wine@champion/invocations", one.clone()).await["version"], 2);
+    let r = s.post(&k, "/v1/models/wine@nobody/invocations").json(&one).send().await.unwrap();
+    assert_eq!(error_code(r, 404).await.0, "alias_not_found");
+
+    // A tampered artifact is refused at load: no alias, no scores.
+    crate::models::train(&s, &k, json!({"model": "wine", "training_set": crate::models::training_set("wine", "cultivar"), "label": "cultivar",
+                                         "config": {"task": "classification", "hidden_layers": [], "max_epochs": 3, "seed": 3}})).await;
+    let v3: Value = s.get(&k, "/v1/models/wine/versions/3").send().await.unwrap().json().await.unwrap();
+    let sha = v3["artifact_sha256"].as_str().unwrap();
+    let path = walk(&s.data_dir).into_iter().find(|p| p.to_string_lossy().ends_with(&format!("{sha}.json"))).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.iter().position(|b| *b == b'[').unwrap();
+    bytes.insert(at + 1, b' ');
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(error_code(put("champion", json!({"version": 3})).await.unwrap(), 409).await.0, "integrity_check_failed");
+    let r = s.post(&k, "/v1/models/wine/versions/3/invocations").json(&one).send().await.unwrap();
+    assert_eq!(error_code(r, 409).await.0, "integrity_check_failed");
+    assert_eq!(invoke(&s, &k, "/v1/models/wine@champion/invocations", one.clone()).await["version"], 2);
+
+    // Audited with the version that answered and a hash of the input; metrics per model.
+    let r = s.post(&k, "/v1/models/wine@champion/invocations").header("x-request-id", "score-1").json(&one).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    let all = crate::audit::wait_for_outcomes(&s, &["score-1".into()]).await;
+    let outcome = crate::audit::find(&all, "score-1", "outcome").unwrap();
+    assert_eq!((outcome["kind"].as_str(), &outcome["resource"]["versions_read"]), (Some("model.invoke"), &json!([2])));
+    assert_eq!((outcome["details"]["alias"].as_str(), outcome["details"]["variant"].as_str()), (Some("champion"), Some("stable")));
+    assert_eq!(outcome["details"]["input_sha256"].as_str().unwrap().len(), 64);
+    let metrics = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("lakeledger_model_requests_total{model=\"default/wine\",version=\"2\",status=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains("lakeledger_model_batch_rows_bucket{model=\"default/wine\",version=\"1\""));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_failing_canary_is_rolled_back_by_its_guard_and_a_good_one_promoted() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    wine_models(&s, &k).await;
+    let put = |path: &str, body: Value| s.client.put(s.url(path)).bearer_auth(&k).json(&body).send();
+    assert_eq!(put("/v1/models/wine/aliases/champion", json!({"version": 2})).await.unwrap().status(), 200);
+    // Version 1 needs all thirteen inputs; these requests carry the three version 2 takes.
+    let three = json!({"dataframe_records": [{"wine_features__alcohol": 13.2, "wine_features__flavanoids": 2.7, "wine_features__color_intensity": 4.4}]});
+    let r = put("/v1/models/wine/aliases/champion/canary", json!({"version": 1, "percent": 50, "reason": "try all features",
+                                                                   "guard": {"max_error_rate": 0.2, "min_requests": 5, "window": 20}})).await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let again = put("/v1/models/wine/aliases/champion/canary", json!({"version": 1, "percent": 10})).await.unwrap();
+    assert_eq!(error_code(again, 409).await.0, "conflict");
+
+    let (mut stable, mut failed) = (0, 0);
+    for _ in 0..200 {
+        let r = s.post(&k, "/v1/models/wine@champion/invocations").json(&three).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => stable += 1,
+            422 => failed += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // The guard stops routing to the canary as soon as it judges: a handful failed, no more.
+    assert!((5..=6).contains(&failed), "{failed} canary requests failed");
+    assert_eq!(stable + failed, 200);
+    let mut history = Vec::new();
+    for _ in 0..400 {
+        history = s.get(&k, "/v1/models/wine/aliases/champion/canary").send().await.unwrap().json::<Vec<Value>>().await.unwrap();
+        if history[0]["ended_at"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let reason = history[0]["end_reason"].as_str().unwrap();
+    assert!(reason.starts_with("rolled back by guard: error rate 1.0000"), "{reason}");
+    assert_eq!(history[0]["ended_by"], "guard");
+
+    // A good canary is promoted: the alias moves and says why.
+    let r = put("/v1/models/wine/aliases/champion/canary", json!({"version": 1, "percent": 5})).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s.post(&k, "/v1/models/wine/aliases/champion/canary/promote?reason=looks+good").send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let moves: Vec<Value> = s.get(&k, "/v1/models/wine/aliases/champion/history").send().await.unwrap().json().await.unwrap();
+    assert_eq!((moves.last().unwrap()["to_version"].as_i64(), moves.last().unwrap()["reason"].as_str()), (Some(1), Some("canary promoted: looks good")));
+    let full = json!({"instances": [[13.2, 1.8, 2.4, 16.0, 100.0, 2.8, 2.7, 0.3, 1.9, 4.4, 1.0, 3.2, 1000.0]]});
+    let v = invoke(&s, &k, "/v1/models/wine@champion/invocations", full).await;
+    assert_eq!(v["version"], 1);
+    let (_, m) = error_code(put("/v1/models/wine/aliases/champion/canary", json!({"version": 1, "percent": 5})).await.unwrap(), 422).await;
+    assert!(m.contains("already points at version 1"), "{m}");
+    let (_, m) = error_code(put("/v1/models/wine/aliases/champion/canary", json!({"version": 2, "percent": 100})).await.unwrap(), 422).await;
+    assert!(m.contains("percent"), "{m}");
+}
