@@ -208,6 +208,7 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("POST", "/v1/online/features") => "online.features",
         ("POST", "/v1/feature-groups/{name}/online/rebuild") => "online.rebuild",
         ("POST", "/v1/models/{name}/versions/{version}/invocations" | "/v1/models/{target}/invocations") => "model.invoke",
+        ("GET", "/v1/models/{name}/versions/{version}/drift") => "model.drift",
         ("GET", "/v1/models/{name}/aliases/{alias}/canary") => "model_canary.get",
         ("PUT", "/v1/models/{name}/aliases/{alias}/canary") => "model_canary.start",
         ("DELETE", "/v1/models/{name}/aliases/{alias}/canary") => "model_canary.stop",

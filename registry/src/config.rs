@@ -50,6 +50,8 @@ pub struct Config {
     pub entity_hash_key_path: PathBuf,
     /// Model serving: batching and the inference log.
     pub serving: crate::serving::ServingConfig,
+    /// Drift checks run on a schedule, calling a webhook when inputs drift.
+    pub drift_checks: Vec<crate::drift::DriftCheck>,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -117,6 +119,8 @@ pub struct FileConfig {
     pub inference_log_sample_rate: Option<f64>,
     /// How often buffered inference-log rows are committed.
     pub inference_log_flush_ms: Option<u64>,
+    #[serde(default)]
+    pub drift_checks: Vec<crate::drift::DriftCheck>,
 }
 
 impl FileConfig {
@@ -205,6 +209,7 @@ impl Config {
             },
             model_key_path: file.model_key_path.unwrap_or_else(|| data_dir.join("keys/model-signing.key")),
             training_workers: file.training_workers.unwrap_or(2).max(1),
+            drift_checks: file.drift_checks,
             entity_hash_key_path: file.entity_hash_key_path.unwrap_or_else(|| data_dir.join("keys/entity-hash.key")),
             serving: {
                 let d = crate::serving::ServingConfig::default();

@@ -461,6 +461,49 @@ pub async fn ingest(
         staged.abort(&table).await;
         return Err(Error::Unprocessable("the upload holds no rows; nothing was written".into()));
     }
+    commit_staged(state, p, &g, table, staged, mode, online, ctx).await
+}
+
+/// Appends rows the server produced itself (inference logs) as one version, with the
+/// same commit path, catalog record and online update as an upload.
+pub async fn append_batches(state: &AppState, p: &Principal, g: &FeatureGroupRecord, batches: Vec<arrow::array::RecordBatch>, ctx: &AuditContext) -> Result<IngestResult> {
+    let table = state.tables.open(&state.tables.location(&g.location)?, None).await?;
+    let mut staged = state.tables.begin_write(&table, &g.schema, WriteMode::Append)?;
+    let mut online = g.online.then(|| crate::online::OnlineDelta::new(&g.schema));
+    let mut conformer = Conformer::new(g.schema.clone());
+    for batch in batches {
+        let batch = match conformer.conform(&batch) {
+            Ok(b) => b,
+            Err(e) => {
+                staged.abort(&table).await;
+                return Err(e.into());
+            }
+        };
+        if let Some(d) = online.as_mut() {
+            d.absorb(&batch)?;
+        }
+        if let Err(e) = staged.write(batch).await {
+            staged.abort(&table).await;
+            return Err(e.into());
+        }
+    }
+    commit_staged(state, p, g, table, staged, WriteMode::Append, online, ctx).await
+}
+
+/// Commits staged files as the group's next version under its lock, records the version
+/// and applies the rows to the online store.
+#[allow(clippy::too_many_arguments)]
+async fn commit_staged(
+    state: &AppState,
+    p: &Principal,
+    g: &FeatureGroupRecord,
+    table: lakeledger_query::deltalake::DeltaTable,
+    staged: lakeledger_query::tables::StagedWrite,
+    mode: WriteMode,
+    online: Option<crate::online::OnlineDelta>,
+    ctx: &AuditContext,
+) -> Result<IngestResult> {
+    let url = state.tables.location(&g.location)?;
     let rows = staged.rows();
     let lock = state.group_lock(&g.id);
     let _guard = lock.lock().await;
@@ -481,7 +524,7 @@ pub async fn ingest(
     record_commit(state, &g.id, commit_record(outcome.version, operation, Some(rows as i64), p, ctx)).await?;
     // Still under the group's lock, so online updates apply in version order.
     if let Some(delta) = online {
-        state.online.apply(&g, outcome.version, delta, mode == WriteMode::Overwrite);
+        state.online.apply(g, outcome.version, delta, mode == WriteMode::Overwrite);
     }
     metrics::counter!("lakeledger_rows_ingested_total", "mode" => mode.name()).increment(rows);
     Ok(IngestResult { version: outcome.version, rows, mode: mode.name().into() })

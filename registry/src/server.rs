@@ -135,6 +135,8 @@ pub async fn serve_until(
         }
         None => None,
     };
+    let inference_log = tokio::spawn(crate::inference_log::run(state.clone()));
+    let drift_checks: Vec<_> = state.config.drift_checks.iter().map(|c| tokio::spawn(crate::drift::run_check(state.clone(), c.clone()))).collect();
     on_bound(addr);
     let shutdown_state = state.clone();
     let served = axum::serve(listener, app(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
@@ -145,6 +147,10 @@ pub async fn serve_until(
         })
         .await
         .map_err(|e| Error::Internal(format!("server error: {e}")));
+    // Scored rows still buffered are committed while the ledger can record the commit.
+    inference_log.abort();
+    drift_checks.iter().for_each(|t| t.abort());
+    crate::inference_log::flush(&state).await;
     // Records the shutdown and signs a final checkpoint.
     let ledger = state.audit.ledger.clone();
     let _ = tokio::task::spawn_blocking(move || ledger.close()).await;

@@ -382,11 +382,22 @@ impl LoadedModel {
         rx.await.map_err(|_| Error::Internal(format!("model {}/{}: scoring failed", self.model, self.version)))
     }
 
-    /// Encodes rows with the artifact's preprocessing, checking every column.
-    pub fn encode(&self, input: &ScoringInput) -> Result<Vec<f32>> {
-        let columns = self.columns(input)?;
+    /// Encodes rows with the artifact's preprocessing, checking every column. Also
+    /// returns the rows narrowed to the model's inputs, in its order.
+    pub fn encode(&self, input: ScoringInput) -> Result<(Vec<f32>, ScoringInput)> {
+        let columns = self.columns(&input)?;
         let rows: Vec<usize> = (0..input.rows).collect();
-        lakeledger_trainer::data::encode(&self.artifact.inputs, &columns, &rows).map_err(|e| Error::Unprocessable(e.to_string()))
+        let matrix = lakeledger_trainer::data::encode(&self.artifact.inputs, &columns, &rows).map_err(|e| Error::Unprocessable(e.to_string()))?;
+        let names: Vec<String> = self.artifact.inputs.iter().map(|c| c.name.clone()).collect();
+        let narrowed = if input.columns == names {
+            input
+        } else {
+            let at: Vec<usize> = names.iter().map(|n| input.columns.iter().position(|c| c == n).expect("checked above")).collect();
+            let width = input.columns.len();
+            let values = (0..input.rows).flat_map(|r| at.iter().map(move |&i| r * width + i)).map(|i| input.values[i].clone()).collect();
+            ScoringInput { columns: names, values, rows: input.rows }
+        };
+        Ok((matrix, narrowed))
     }
 
     fn columns(&self, input: &ScoringInput) -> Result<Vec<RawColumn>> {

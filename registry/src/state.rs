@@ -39,6 +39,8 @@ pub struct Inner {
     pub entity_hasher: crate::online::EntityHasher,
     /// Loaded models, alias routes and batchers.
     pub serving: crate::serving::Serving,
+    /// Scored rows waiting to be committed to the models' inference logs.
+    pub inference_log: crate::inference_log::InferenceLog,
 }
 
 impl AppState {
@@ -54,6 +56,7 @@ impl AppState {
     ) -> Self {
         AppState(Arc::new(Inner {
             online: Default::default(),
+            inference_log: Default::default(),
             entity_hasher,
             serving: crate::serving::Serving::new(config.serving.clone()),
             jobs: crate::jobs::Jobs::new(config.training_workers),

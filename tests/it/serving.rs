@@ -337,3 +337,109 @@ async fn a_failing_canary_is_rolled_back_by_its_guard_and_a_good_one_promoted() 
     let (_, m) = error_code(put("/v1/models/wine/aliases/champion/canary", json!({"version": 2, "percent": 100})).await.unwrap(), 422).await;
     assert!(m.contains("percent"), "{m}");
 }
+
+#[tokio::test]
+async fn inference_logs_are_queryable_and_drift_is_measured_and_signalled() {
+    // A webhook receiver for the scheduled drift check.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(axum::http::HeaderMap, bytes::Bytes)>();
+    let hook = axum::Router::new().route(
+        "/drift",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((headers, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hook.secret"), "s3cret\n").unwrap();
+    let mut config = lakeledger::config::Config::embedded(dir.path().join("data")).unwrap();
+    config.serving.inference_log_flush = Duration::from_millis(50);
+    config.drift_checks = vec![lakeledger::drift::DriftCheck {
+        tenant: "default".into(),
+        model: "wine".into(),
+        alias: "champion".into(),
+        every_seconds: 1,
+        window_seconds: 3600,
+        psi_threshold: None,
+        ks_threshold: None,
+        webhook_url: format!("http://{hook_addr}/drift"),
+        secret_env: None,
+        secret_file: Some(dir.path().join("hook.secret")),
+    }];
+    let s = Server::start_with(config, None).await;
+    let k = s.admin_key.clone();
+    let lines = wine_models(&s, &k).await;
+    let header: Vec<String> = lines[0].split(',').map(|h| format!("wine_features__{h}")).collect();
+    let records = |shift: f64| -> Vec<Value> {
+        lines[1..]
+            .iter()
+            .map(|l| {
+                let cells: Vec<f64> = l.split(',').map(|c| c.parse().unwrap()).collect();
+                let mut row = serde_json::Map::new();
+                for (h, v) in header.iter().zip(cells).skip(1).take(13) {
+                    row.insert(h.clone(), json!(if h.ends_with("__alcohol") { v + shift } else { v }));
+                }
+                Value::Object(row)
+            })
+            .collect()
+    };
+    let put = s.client.put(s.url("/v1/models/wine/aliases/champion")).bearer_auth(&k).json(&json!({"version": 1})).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+
+    // The training rows themselves: no drift.
+    let r = s.post(&k, "/v1/models/wine@champion/invocations").header("x-request-id", "logged-1").json(&json!({"dataframe_records": records(0.0)})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let count = |sql: &'static str| {
+        let s = &s;
+        let k = k.clone();
+        async move {
+            for _ in 0..400 {
+                let r = s.post(&k, "/v1/sql").json(&json!({"sql": sql, "format": "json"})).send().await.unwrap();
+                if r.status() == 200 {
+                    let rows: Value = r.json().await.unwrap();
+                    if rows[0]["n"].as_i64().unwrap_or(0) > 0 {
+                        return rows[0]["n"].as_i64().unwrap();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("nothing logged: {sql}");
+        }
+    };
+    let n = count("SELECT count(*) AS n FROM inference_wine WHERE request_id = 'logged-1' AND model_version = 1 AND alias = 'champion'").await;
+    assert_eq!(n as usize, lines.len() - 1);
+    let drift: Value = s.get(&k, "/v1/models/wine/versions/1/drift").send().await.unwrap().json().await.unwrap();
+    assert_eq!(drift["current_rows"].as_u64(), Some(lines.len() as u64 - 1), "{drift}");
+    assert_eq!(drift["drifted"], json!([]), "{drift}");
+    assert!(drift["features"].as_array().unwrap().iter().all(|f| f["ks"].as_f64().unwrap() < 1e-9));
+
+    // Alcohol five points up: that input drifts, the others do not.
+    let r = s.post(&k, "/v1/models/wine@champion/invocations").header("x-request-id", "logged-2").json(&json!({"dataframe_records": records(5.0)})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    count("SELECT count(*) AS n FROM inference_wine WHERE request_id = 'logged-2'").await;
+    // Half the logged rows are shifted: enough for both measures to flag it.
+    let drift: Value = s.get(&k, "/v1/models/wine/versions/1/drift").send().await.unwrap().json().await.unwrap();
+    assert_eq!(drift["drifted"], json!(["wine_features__alcohol"]), "{drift}");
+    let alcohol = drift["features"].as_array().unwrap().iter().find(|f| f["name"] == "wine_features__alcohol").unwrap();
+    assert!(alcohol["psi"].as_f64().unwrap() > 0.5 && alcohol["ks"].as_f64().unwrap() > 0.4 && alcohol["ks_p_value"].as_f64().unwrap() < 1e-6, "{alcohol}");
+    let later: Value = s.get(&k, "/v1/models/wine/versions/1/drift?since=2999-01-01T00:00:00Z").send().await.unwrap().json().await.unwrap();
+    assert_eq!((later["current_rows"].as_u64(), &later["drifted"]), (Some(0), &json!([])), "a window with no rows");
+    let r = s.get(&k, "/v1/models/wine/versions/1/drift?since=yesterday").send().await.unwrap();
+    assert_eq!(error_code(r, 400).await.0, "bad_request");
+
+    // The scheduled check calls the webhook with a body signed over its timestamp.
+    let (headers, body) = loop {
+        let (h, b) = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("the drift webhook is called").unwrap();
+        if serde_json::from_slice::<Value>(&b).unwrap()["report"]["drifted"] == json!(["wine_features__alcohol"]) {
+            break (h, b);
+        }
+    };
+    let ts: i64 = headers["x-lakeledger-timestamp"].to_str().unwrap().parse().unwrap();
+    assert_eq!(headers["x-lakeledger-signature"].to_str().unwrap(), lakeledger::drift::sign_webhook(b"s3cret", ts, &body));
+}

@@ -82,6 +82,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/feature-groups/{name}/online/rebuild", post(serving::rebuild))
         .route("/v1/models/{name}/versions/{version}/invocations", post(serving::invoke_version))
         .route("/v1/models/{target}/invocations", post(serving::invoke_alias))
+        .route("/v1/models/{name}/versions/{version}/drift", get(serving::drift))
         .route("/v1/models/{name}/aliases/{alias}/canary", get(serving::get_canary).put(serving::start_canary).delete(serving::stop_canary))
         .route("/v1/models/{name}/aliases/{alias}/canary/promote", post(serving::promote_canary))
         .route("/v1/audit/entity-hash", post(serving::entity_hash))
@@ -110,7 +111,7 @@ pub fn routes() -> Router<AppState> {
         models::create, models::list, models::get, models::signing_key, models::versions, models::import, models::version,
         models::artifact, models::archive, models::delete_version, models::lineage, models::feature_group_lineage,
         models::move_alias, models::get_alias, models::delete_alias, models::alias_history,
-        serving::features, serving::rebuild, serving::invoke_version, serving::invoke_alias,
+        serving::features, serving::rebuild, serving::invoke_version, serving::invoke_alias, serving::drift,
         serving::get_canary, serving::start_canary, serving::stop_canary, serving::promote_canary, serving::entity_hash,
         models::create_job, models::list_jobs, models::get_job, models::cancel_job, models::job_events,
         audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiJson;
-use crate::audit::AuditFacts;
+use crate::audit::{AuditFacts, RequestId};
 use crate::auth::{Caller, Principal};
 use crate::catalog::Role;
 use crate::error::{Error, ErrorBody, Result};
@@ -90,8 +90,8 @@ enum Target {
 #[utoipa::path(post, path = "/v1/models/{name}/versions/{version}/invocations", params(("name" = String, Path), ("version" = i64, Path)),
     request_body(content = Object, description = "MLflow scoring input, CSV, or {\"entities\": [...]}"),
     responses((status = 200, body = ScoringResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn invoke_version(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>, headers: HeaderMap, body: Bytes) -> Result<(Extension<AuditFacts>, axum::Json<ScoringResponse>)> {
-    invoke(&state, &p, &name, Target::Version(version), &headers, body).await
+pub async fn invoke_version(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path((name, version)): Path<(String, i64)>, headers: HeaderMap, body: Bytes) -> Result<(Extension<AuditFacts>, axum::Json<ScoringResponse>)> {
+    invoke(&state, &p, &id.0, &name, Target::Version(version), &headers, body).await
 }
 
 /// Scores rows with the version an alias points at (`name@alias`), following its canary
@@ -99,17 +99,17 @@ pub async fn invoke_version(State(state): State<AppState>, Caller(p): Caller, Pa
 #[utoipa::path(post, path = "/v1/models/{target}/invocations", params(("target" = String, Path, description = "`model@alias`")),
     request_body(content = Object, description = "MLflow scoring input, CSV, or {\"entities\": [...]}"),
     responses((status = 200, body = ScoringResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn invoke_alias(State(state): State<AppState>, Caller(p): Caller, Path(target): Path<String>, headers: HeaderMap, body: Bytes) -> Result<(Extension<AuditFacts>, axum::Json<ScoringResponse>)> {
+pub async fn invoke_alias(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path(target): Path<String>, headers: HeaderMap, body: Bytes) -> Result<(Extension<AuditFacts>, axum::Json<ScoringResponse>)> {
     let Some((name, alias)) = target.split_once('@') else {
         return Err(Error::NotFound {
             kind: "route",
             name: format!("score with /v1/models/{target}@<alias>/invocations or /v1/models/{target}/versions/<n>/invocations"),
         });
     };
-    invoke(&state, &p, name, Target::Alias(alias.to_string()), &headers, body).await
+    invoke(&state, &p, &id.0, name, Target::Alias(alias.to_string()), &headers, body).await
 }
 
-async fn invoke(state: &AppState, p: &Principal, name: &str, target: Target, headers: &HeaderMap, body: Bytes) -> Result<(Extension<AuditFacts>, axum::Json<ScoringResponse>)> {
+async fn invoke(state: &AppState, p: &Principal, request_id: &str, name: &str, target: Target, headers: &HeaderMap, body: Bytes) -> Result<(Extension<AuditFacts>, axum::Json<ScoringResponse>)> {
     p.require(READ, "score with models")?;
     let started = Instant::now();
     let csv = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("text/csv"));
@@ -146,15 +146,52 @@ async fn invoke(state: &AppState, p: &Principal, name: &str, target: Target, hea
         let model_id = serving::model_id(state, p, name).await?;
         serving::observe_canary(state, p, name, &model_id, c, outcome.is_err(), elapsed);
     }
-    let response = outcome?;
+    let (response, input, entities) = outcome?;
     facts.rows = Some(response.predictions.len() as u64);
+    let rate = state.serving.config.inference_log_sample_rate;
+    if rate > 0.0 && (rate >= 1.0 || rand::random::<f64>() < rate) {
+        let variant = alias.as_ref().map(|_| if canary.is_some() { "canary" } else { "stable" });
+        let rows = log_rows(request_id, &response, &input, entities.as_ref(), alias, variant);
+        state.inference_log.push(p, name, rows);
+    }
     Ok((Extension(facts), axum::Json(response)))
 }
 
-/// `json` is `None` for a CSV body.
-async fn score(state: &AppState, p: &Principal, name: &str, version: i64, json: Option<Value>, body: &[u8], facts: &mut AuditFacts) -> Result<ScoringResponse> {
+/// One inference-log row per scored row: inputs, entity keys, prediction.
+fn log_rows(request_id: &str, response: &ScoringResponse, input: &ScoringInput, entities: Option<&EntityRows>, alias: Option<String>, variant: Option<&'static str>) -> Vec<crate::inference_log::LogRow> {
+    let served_at = crate::catalog::now_micros();
+    (0..input.rows)
+        .map(|r| {
+            let row_of = |columns: &[String], values: &[Value]| -> String {
+                let width = columns.len();
+                let object: serde_json::Map<String, Value> = columns.iter().cloned().zip(values[r * width..(r + 1) * width].iter().cloned()).collect();
+                Value::Object(object).to_string()
+            };
+            let mut prediction = serde_json::json!({"prediction": response.predictions[r]});
+            if let Some(p) = &response.probabilities {
+                prediction["probabilities"] = Value::Array(p[r].clone());
+            }
+            crate::inference_log::LogRow {
+                request_id: request_id.to_string(),
+                row: r as i32,
+                served_at,
+                version: response.version,
+                alias: alias.clone(),
+                variant,
+                inputs: row_of(&input.columns, &input.values),
+                entity: entities.map(|e| row_of(&e.columns, &e.values)),
+                prediction: prediction.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// `json` is `None` for a CSV body. Returns the answer, the rows scored (model inputs
+/// only) and the entity rows when the request named entities.
+async fn score(state: &AppState, p: &Principal, name: &str, version: i64, json: Option<Value>, body: &[u8], facts: &mut AuditFacts) -> Result<(ScoringResponse, ScoringInput, Option<EntityRows>)> {
     let model = serving::loaded(state, p, name, version).await?;
     let inputs: Vec<String> = model.artifact.inputs.iter().map(|c| c.name.clone()).collect();
+    let mut entity_rows = None;
     let input = match json {
         None => ScoringInput::from_csv(body)?,
         Some(Value::Object(mut map)) if map.contains_key("entities") => {
@@ -169,6 +206,7 @@ async fn score(state: &AppState, p: &Principal, name: &str, version: i64, json: 
             if !missing.is_empty() {
                 facts.details.push(("features_not_present".into(), missing.join(",")));
             }
+            entity_rows = Some(entities);
             input
         }
         Some(v) => ScoringInput::from_mlflow_json(&v, &inputs)?,
@@ -176,9 +214,50 @@ async fn score(state: &AppState, p: &Principal, name: &str, version: i64, json: 
     if input.rows == 0 {
         return Err(Error::Unprocessable("there are no rows to score".into()));
     }
-    let matrix = model.encode(&input)?;
+    let (matrix, input) = model.encode(input)?;
     let predictions = model.score(matrix, input.rows).await?;
-    Ok(model.response(&predictions))
+    Ok((model.response(&predictions), input, entity_rows))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct DriftParams {
+    /// RFC 3339: inference-log rows at or after (default: all).
+    pub since: Option<String>,
+    /// RFC 3339: rows before (default: now).
+    pub until: Option<String>,
+    /// Default 0.2.
+    pub psi_threshold: Option<f64>,
+    /// Default 0.2 (the KS statistic, not its p-value).
+    pub ks_threshold: Option<f64>,
+}
+
+fn micros(name: &str, t: Option<&str>) -> Result<Option<i64>> {
+    t.map(|t| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|d| d.timestamp_micros())
+            .map_err(|e| Error::BadRequest(format!("`{name}` must be an RFC 3339 time such as 2026-03-01T00:00:00Z: {e}")))
+    })
+    .transpose()
+}
+
+/// Drift of each input between the version's training set and its inference log in a
+/// window: PSI, and for numbers the Kolmogorov–Smirnov statistic and p-value.
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}/drift", params(("name" = String, Path), ("version" = i64, Path), DriftParams),
+    responses((status = 200, body = crate::drift::DriftReport), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn drift(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>, Query(q): Query<DriftParams>) -> Result<(Extension<AuditFacts>, axum::Json<crate::drift::DriftReport>)> {
+    p.require(READ, "read model drift")?;
+    let (since, until) = (micros("since", q.since.as_deref())?, micros("until", q.until.as_deref())?);
+    let psi = q.psi_threshold.unwrap_or(crate::drift::DEFAULT_PSI_THRESHOLD);
+    let ks = q.ks_threshold.unwrap_or(crate::drift::DEFAULT_KS_THRESHOLD);
+    let report = crate::drift::report(&state, &p, &name, version, since, until, psi, ks).await?;
+    let facts = AuditFacts {
+        resource_name: Some(name),
+        versions_read: vec![version],
+        rows: Some(report.current_rows),
+        details: vec![("training_set_id".into(), report.training_set_id.clone()), ("drifted".into(), report.drifted.join(","))],
+        ..Default::default()
+    };
+    Ok((Extension(facts), axum::Json(report)))
 }
 
 /// The alias's canaries, open and past.

@@ -1,0 +1,414 @@
+//! Drift: how far the inputs a model version is being asked about have moved from the
+//! training set it learned from. Per input: the population stability index (PSI; numbers
+//! in ten bins at the training deciles, text by category) and, for numbers, the
+//! two-sample Kolmogorov–Smirnov statistic with its asymptotic p-value.
+//!
+//! The current window comes from the model's inference log. Checks can also run on a
+//! schedule (`[[drift_checks]]` in the config file) and call a webhook with an
+//! HMAC-SHA256-signed body when a threshold is crossed.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use lakeledger_trainer::data::{Encoding, RawColumn};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::feature_groups::rfc3339;
+use crate::state::AppState;
+
+/// PSI above this is commonly read as a significant shift.
+pub const DEFAULT_PSI_THRESHOLD: f64 = 0.2;
+pub const DEFAULT_KS_THRESHOLD: f64 = 0.2;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DriftReport {
+    pub model: String,
+    pub version: i64,
+    pub training_set_id: String,
+    pub baseline_rows: u64,
+    /// Inference-log rows of this version in the window.
+    pub current_rows: u64,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub psi_threshold: f64,
+    pub ks_threshold: f64,
+    pub features: Vec<FeatureDrift>,
+    /// Inputs whose PSI or KS statistic crossed its threshold.
+    pub drifted: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeatureDrift {
+    pub name: String,
+    /// `numeric` or `categorical`.
+    pub kind: &'static str,
+    pub psi: Option<f64>,
+    /// Kolmogorov–Smirnov statistic (numbers only).
+    pub ks: Option<f64>,
+    pub ks_p_value: Option<f64>,
+    pub baseline_nulls: u64,
+    pub current_nulls: u64,
+}
+
+/// Compares the version's training set with its inference log in `[since, until)`
+/// (microseconds; open ends when `None`).
+pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, since: Option<i64>, until: Option<i64>, psi_threshold: f64, ks_threshold: f64) -> Result<DriftReport> {
+    let v = crate::models::version(state, p, name, version).await?;
+    let Some(set_id) = v.training_set_id.clone() else {
+        return Err(Error::Unprocessable(format!("version {version} of `{name}` was imported: it has no training set to compare with")));
+    };
+    let model = crate::serving::loaded(state, p, name, version).await?;
+    let inputs = model.artifact.inputs.clone();
+
+    let (_, bytes) = crate::training_sets::data(state, p, &set_id).await?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
+    let mut baseline: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
+        for (i, c) in inputs.iter().enumerate() {
+            match RawColumn::read(&batch, &c.name).map_err(|e| Error::Internal(e.to_string()))? {
+                RawColumn::Numeric(v) => baseline[i].extend(v.into_iter().map(|x| x.map_or(Value::Null, Value::from))),
+                RawColumn::Text(v) => baseline[i].extend(v.into_iter().map(|x| x.map_or(Value::Null, Value::from))),
+            }
+        }
+    }
+
+    let mut current: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
+    let log = state.catalog.feature_group(&p.tenant_id, &crate::inference_log::group_name(name)).await?;
+    if let Some(g) = log.filter(|g| g.tags.get(crate::inference_log::LOG_TAG).map(String::as_str) == Some(name)) {
+        let table = state.tables.open(&state.tables.location(&g.location)?, None).await?;
+        let mut stream = lakeledger_query::tables::scan(&table, &g.schema, &[], None).await?;
+        use arrow::array::AsArray;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| Error::Internal(format!("reading the inference log: {e}")))?;
+            let (Some(versions), Some(times), Some(rows)) = (batch.column_by_name("model_version"), batch.column_by_name("served_at"), batch.column_by_name("inputs")) else {
+                continue;
+            };
+            let versions = versions.as_primitive::<arrow::datatypes::Int64Type>();
+            let times = times.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            let rows = arrow::compute::cast(rows, &arrow::datatypes::DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?;
+            let rows = rows.as_string::<i32>();
+            for r in 0..batch.num_rows() {
+                let t = times.value(r);
+                if versions.value(r) != version || since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
+                    continue;
+                }
+                let Ok(Value::Object(row)) = serde_json::from_str::<Value>(rows.value(r)) else { continue };
+                for (i, c) in inputs.iter().enumerate() {
+                    current[i].push(row.get(&c.name).cloned().unwrap_or(Value::Null));
+                }
+            }
+        }
+    }
+
+    let mut features = Vec::new();
+    let mut drifted = Vec::new();
+    for (i, c) in inputs.iter().enumerate() {
+        let f = match &c.encoding {
+            Encoding::Standardized { .. } => {
+                let (b, bn) = numbers(&baseline[i]);
+                let (cur, cn) = numbers(&current[i]);
+                let (ks, p_value) = ks_test(&b, &cur).map_or((None, None), |(d, p)| (Some(d), Some(p)));
+                FeatureDrift { name: c.name.clone(), kind: "numeric", psi: psi_numeric(&b, bn, &cur, cn), ks, ks_p_value: p_value, baseline_nulls: bn, current_nulls: cn }
+            }
+            Encoding::OneHot { .. } => {
+                let bn = baseline[i].iter().filter(|v| v.is_null()).count() as u64;
+                let cn = current[i].iter().filter(|v| v.is_null()).count() as u64;
+                FeatureDrift { name: c.name.clone(), kind: "categorical", psi: psi_categorical(&baseline[i], &current[i]), ks: None, ks_p_value: None, baseline_nulls: bn, current_nulls: cn }
+            }
+        };
+        if f.psi.is_some_and(|x| x > psi_threshold) || f.ks.is_some_and(|x| x > ks_threshold) {
+            drifted.push(f.name.clone());
+        }
+        features.push(f);
+    }
+    Ok(DriftReport {
+        model: name.to_string(),
+        version,
+        training_set_id: set_id,
+        baseline_rows: baseline.first().map_or(0, |b| b.len() as u64),
+        current_rows: current.first().map_or(0, |c| c.len() as u64),
+        since: since.map(rfc3339),
+        until: until.map(rfc3339),
+        psi_threshold,
+        ks_threshold,
+        features,
+        drifted,
+    })
+}
+
+fn numbers(values: &[Value]) -> (Vec<f64>, u64) {
+    let mut out = Vec::with_capacity(values.len());
+    let mut nulls = 0;
+    for v in values {
+        match v.as_f64().or_else(|| v.as_bool().map(|b| if b { 1.0 } else { 0.0 })) {
+            Some(x) if x.is_finite() => out.push(x),
+            _ => nulls += 1,
+        }
+    }
+    (out, nulls)
+}
+
+/// Fractions are floored at this so an empty bin does not make the PSI infinite.
+const EPS: f64 = 1e-4;
+
+fn psi_of(expected: &[f64], actual: &[f64]) -> f64 {
+    expected
+        .iter()
+        .zip(actual)
+        .map(|(&e, &a)| {
+            let (e, a) = (e.max(EPS), a.max(EPS));
+            (a - e) * (a / e).ln()
+        })
+        .sum()
+}
+
+/// Ten bins at the baseline's deciles (fewer when values repeat), plus one for nulls.
+pub fn psi_numeric(baseline: &[f64], baseline_nulls: u64, current: &[f64], current_nulls: u64) -> Option<f64> {
+    let (bt, ct) = (baseline.len() as u64 + baseline_nulls, current.len() as u64 + current_nulls);
+    if bt == 0 || ct == 0 {
+        return None;
+    }
+    let mut sorted = baseline.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mut edges: Vec<f64> = (1..10).filter_map(|q| sorted.get(q * sorted.len() / 10).copied()).collect();
+    edges.dedup();
+    let bins = |values: &[f64], nulls: u64, total: u64| -> Vec<f64> {
+        let mut counts = vec![0u64; edges.len() + 2];
+        for &v in values {
+            counts[edges.partition_point(|&e| e <= v)] += 1;
+        }
+        counts[edges.len() + 1] = nulls;
+        counts.iter().map(|&c| c as f64 / total as f64).collect()
+    };
+    Some(psi_of(&bins(baseline, baseline_nulls, bt), &bins(current, current_nulls, ct)))
+}
+
+/// One bin per baseline category, one for values the baseline never had, one for nulls.
+pub fn psi_categorical(baseline: &[Value], current: &[Value]) -> Option<f64> {
+    if baseline.is_empty() || current.is_empty() {
+        return None;
+    }
+    let key = |v: &Value| match v {
+        Value::Null => "\u{0}null".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut categories: BTreeMap<String, usize> = BTreeMap::new();
+    for v in baseline {
+        let n = categories.len();
+        categories.entry(key(v)).or_insert(n);
+    }
+    let other = categories.len();
+    let fractions = |values: &[Value]| {
+        let mut counts = vec![0u64; other + 1];
+        for v in values {
+            counts[categories.get(&key(v)).copied().unwrap_or(other)] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / values.len() as f64).collect::<Vec<_>>()
+    };
+    Some(psi_of(&fractions(baseline), &fractions(current)))
+}
+
+/// The two-sample KS statistic and its asymptotic p-value.
+pub fn ks_test(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let (n, m) = (a.len() as f64, b.len() as f64);
+    let (mut i, mut j, mut d) = (0usize, 0usize, 0f64);
+    while i < a.len() && j < b.len() {
+        let x = a[i].min(b[j]);
+        while i < a.len() && a[i] <= x {
+            i += 1;
+        }
+        while j < b.len() && b[j] <= x {
+            j += 1;
+        }
+        d = d.max((i as f64 / n - j as f64 / m).abs());
+    }
+    let en = (n * m / (n + m)).sqrt();
+    let lambda = (en + 0.12 + 0.11 / en) * d;
+    let p: f64 = (1..=100).map(|k| {
+        let k = k as f64;
+        2.0 * (if k as u64 % 2 == 1 { 1.0 } else { -1.0 }) * (-2.0 * k * k * lambda * lambda).exp()
+    }).sum();
+    Some((d, p.clamp(0.0, 1.0)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Scheduled checks.
+
+/// A drift check the server runs on a schedule (config file, `[[drift_checks]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftCheck {
+    pub tenant: String,
+    pub model: String,
+    /// The alias whose current version is checked.
+    pub alias: String,
+    /// Seconds between checks; each looks at the inference log of the last window.
+    pub every_seconds: u64,
+    pub window_seconds: u64,
+    #[serde(default)]
+    pub psi_threshold: Option<f64>,
+    #[serde(default)]
+    pub ks_threshold: Option<f64>,
+    /// Called with the report (JSON) when an input crosses a threshold.
+    pub webhook_url: String,
+    /// The environment variable holding the webhook's HMAC secret (never the secret
+    /// itself in the file)...
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// ...or a file holding it (a mounted secret).
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+}
+
+impl DriftCheck {
+    fn secret(&self) -> Result<Vec<u8>> {
+        match (&self.secret_env, &self.secret_file) {
+            (Some(var), None) => std::env::var(var)
+                .map(String::into_bytes)
+                .map_err(|_| Error::Unprocessable(format!("environment variable {var} (the drift webhook secret) is not set"))),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end().as_bytes().to_vec())
+                .map_err(|e| Error::Unprocessable(format!("drift webhook secret {}: {e}", path.display()))),
+            _ => Err(Error::Unprocessable(format!("drift check of `{}`: give exactly one of secret_env, secret_file", self.model))),
+        }
+    }
+}
+
+/// `X-Lakeledger-Signature: sha256=<hex>`: HMAC-SHA256 over `<timestamp>.<body>`, where
+/// the timestamp is the `X-Lakeledger-Timestamp` header (seconds), so a captured call
+/// cannot be replayed later under a new time.
+pub fn sign_webhook(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(timestamp.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    format!("sha256={}", hex::encode(ctx.sign().as_ref()))
+}
+
+/// Runs one configured check forever.
+pub async fn run_check(state: AppState, check: DriftCheck) {
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap_or_default();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(check.every_seconds.max(1))).await;
+        if let Err(e) = check_once(&state, &client, &check).await {
+            metrics::counter!("lakeledger_drift_check_failures_total", "model" => format!("{}/{}", check.tenant, check.model)).increment(1);
+            tracing::warn!(error = %e, model = %check.model, alias = %check.alias, "drift check failed");
+        }
+    }
+}
+
+async fn check_once(state: &AppState, client: &reqwest::Client, check: &DriftCheck) -> Result<()> {
+    let tenant = state.catalog.tenant_by_name(&check.tenant).await?.ok_or_else(|| Error::NotFound { kind: "tenant", name: check.tenant.clone() })?;
+    let p = Principal {
+        key_id: "system:drift-check".into(),
+        key_name: "drift check".into(),
+        role: crate::catalog::Role::Reader,
+        tenant_id: tenant.id,
+        tenant: tenant.name,
+        auth_method: "internal",
+    };
+    let version = crate::models::resolve_alias(state, &p, &check.model, &check.alias, None).await?;
+    let now = crate::catalog::now_micros();
+    let since = now - (check.window_seconds as i64).saturating_mul(1_000_000);
+    let report = report(
+        state,
+        &p,
+        &check.model,
+        version,
+        Some(since),
+        Some(now),
+        check.psi_threshold.unwrap_or(DEFAULT_PSI_THRESHOLD),
+        check.ks_threshold.unwrap_or(DEFAULT_KS_THRESHOLD),
+    )
+    .await?;
+    let mut e = lakeledger_audit::Event::new("model.drift_check", lakeledger_audit::Phase::Intent);
+    e.actor.principal = Some(p.key_id.clone());
+    e.actor.principal_type = "system".into();
+    e.actor.tenant = Some(p.tenant.clone());
+    e.resource.kind = Some("model".into());
+    e.resource.name = Some(format!("{}@{}", check.model, check.alias));
+    e.resource.tenant = Some(p.tenant.clone());
+    e.resource.versions_read = vec![version];
+    e.details.push(("current_rows".into(), report.current_rows.to_string()));
+    e.details.push(("drifted".into(), report.drifted.join(",")));
+    state.audit.record(&e).await?;
+    if report.drifted.is_empty() || report.current_rows == 0 {
+        return Ok(());
+    }
+    let secret = check.secret()?;
+    let body = serde_json::to_vec(&serde_json::json!({"event": "drift", "alias": check.alias, "report": report})).map_err(|e| Error::Internal(e.to_string()))?;
+    let ts = now / 1_000_000;
+    let r = client
+        .post(&check.webhook_url)
+        .header("content-type", "application/json")
+        .header("x-lakeledger-timestamp", ts.to_string())
+        .header("x-lakeledger-signature", sign_webhook(&secret, ts, &body))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| Error::Unavailable(format!("drift webhook {}: {e}", check.webhook_url)))?;
+    if !r.status().is_success() {
+        return Err(Error::Unavailable(format!("drift webhook {} answered {}", check.webhook_url, r.status())));
+    }
+    metrics::counter!("lakeledger_drift_alerts_total", "model" => format!("{}/{}", check.tenant, check.model)).increment(1);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_samples_do_not_drift_and_shifted_ones_do() {
+        let a: Vec<f64> = (0..1000).map(|i| f64::from(i) / 10.0).collect();
+        assert!(psi_numeric(&a, 0, &a, 0).unwrap() < 1e-9);
+        assert_eq!(ks_test(&a, &a).unwrap().0, 0.0);
+        let shifted: Vec<f64> = a.iter().map(|x| x + 30.0).collect();
+        assert!(psi_numeric(&a, 0, &shifted, 0).unwrap() > 1.0);
+        let (d, p) = ks_test(&a, &shifted).unwrap();
+        assert!((d - 0.3).abs() < 1e-9, "{d}");
+        assert!(p < 1e-6, "{p}");
+    }
+
+    #[test]
+    fn ks_p_values_match_the_reference() {
+        // D = 0.5; Q_KS((√25 + 0.12 + 0.11/√25)·0.5) = 2·exp(−2·2.571²) ≈ 3.6e-6 (Stephens'
+        // approximation, as in Numerical Recipes' kstwo).
+        let a: Vec<f64> = (1..=50).map(f64::from).collect();
+        let b: Vec<f64> = (26..=75).map(f64::from).collect();
+        let (d, p) = ks_test(&a, &b).unwrap();
+        assert_eq!(d, 0.5);
+        assert!(p > 3.4e-6 && p < 3.8e-6, "{p}");
+    }
+
+    #[test]
+    fn categories_unseen_in_training_count_as_drift() {
+        let base: Vec<Value> = ["a", "b"].iter().cycle().take(100).map(|s| Value::from(*s)).collect();
+        assert!(psi_categorical(&base, &base).unwrap() < 1e-9);
+        let new: Vec<Value> = ["c"].iter().cycle().take(100).map(|s| Value::from(*s)).collect();
+        assert!(psi_categorical(&base, &new).unwrap() > 1.0);
+    }
+
+    #[test]
+    fn webhook_signatures_cover_time_and_body() {
+        let s = sign_webhook(b"k", 1, b"{}");
+        assert!(s.starts_with("sha256=") && s.len() == 7 + 64);
+        assert_ne!(s, sign_webhook(b"k", 2, b"{}"));
+        assert_ne!(s, sign_webhook(b"k", 1, b"{ }"));
+    }
+}
