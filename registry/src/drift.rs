@@ -54,9 +54,20 @@ pub struct FeatureDrift {
     pub current_nulls: u64,
 }
 
-/// Compares the version's training set with its inference log in `[since, until)`
-/// (microseconds; open ends when `None`).
-pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, since: Option<i64>, until: Option<i64>, psi_threshold: f64, ks_threshold: f64) -> Result<DriftReport> {
+/// Which inference-log rows to compare, and when to call an input drifted.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    /// Microseconds; rows at or after. `None`: from the start.
+    pub since: Option<i64>,
+    /// Microseconds; rows before. `None`: up to now.
+    pub until: Option<i64>,
+    pub psi_threshold: f64,
+    pub ks_threshold: f64,
+}
+
+/// Compares the version's training set with its inference log in the window.
+pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, window: Window) -> Result<DriftReport> {
+    let Window { since, until, psi_threshold, ks_threshold } = window;
     let v = crate::models::version(state, p, name, version).await?;
     let Some(set_id) = v.training_set_id.clone() else {
         return Err(Error::Unprocessable(format!("version {version} of `{name}` was imported: it has no training set to compare with")));
@@ -325,17 +336,13 @@ async fn check_once(state: &AppState, client: &reqwest::Client, check: &DriftChe
     let version = crate::models::resolve_alias(state, &p, &check.model, &check.alias, None).await?;
     let now = crate::catalog::now_micros();
     let since = now - (check.window_seconds as i64).saturating_mul(1_000_000);
-    let report = report(
-        state,
-        &p,
-        &check.model,
-        version,
-        Some(since),
-        Some(now),
-        check.psi_threshold.unwrap_or(DEFAULT_PSI_THRESHOLD),
-        check.ks_threshold.unwrap_or(DEFAULT_KS_THRESHOLD),
-    )
-    .await?;
+    let window = Window {
+        since: Some(since),
+        until: Some(now),
+        psi_threshold: check.psi_threshold.unwrap_or(DEFAULT_PSI_THRESHOLD),
+        ks_threshold: check.ks_threshold.unwrap_or(DEFAULT_KS_THRESHOLD),
+    };
+    let report = report(state, &p, &check.model, version, window).await?;
     let mut e = lakeledger_audit::Event::new("model.drift_check", lakeledger_audit::Phase::Intent);
     e.actor.principal = Some(p.key_id.clone());
     e.actor.principal_type = "system".into();

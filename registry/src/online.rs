@@ -442,9 +442,16 @@ pub struct Lookup {
     pub event_time: Option<i64>,
 }
 
-/// Looks up every feature for every entity row. Also returns, per group, the version
-/// served and the keys looked up (for the audit record).
-pub fn lookup(features: &[FeatureRef], entities: &EntityRows, now: i64) -> Result<(Vec<Vec<Lookup>>, Vec<(String, i64)>)> {
+/// What a lookup found.
+pub struct Found {
+    /// Per feature reference, per entity row.
+    pub values: Vec<Vec<Lookup>>,
+    /// Per group: the Delta version served.
+    pub versions: Vec<(String, i64)>,
+}
+
+/// Looks up every feature for every entity row.
+pub fn lookup(features: &[FeatureRef], entities: &EntityRows, now: i64) -> Result<Found> {
     // One pass per group: its keys, then its features for each row.
     let mut out: Vec<Vec<Lookup>> = (0..features.len()).map(|_| Vec::with_capacity(entities.rows)).collect();
     let mut versions: Vec<(String, i64)> = Vec::new();
@@ -478,7 +485,7 @@ pub fn lookup(features: &[FeatureRef], entities: &EntityRows, now: i64) -> Resul
             done[j] = true;
         }
     }
-    Ok((out, versions))
+    Ok(Found { values: out, versions })
 }
 
 /// Answers a Feast-shaped request. Returns the response and the audit facts: groups at
@@ -486,7 +493,7 @@ pub fn lookup(features: &[FeatureRef], entities: &EntityRows, now: i64) -> Resul
 pub fn get_online_features(state: &AppState, tenant_id: &str, req: &OnlineFeaturesRequest) -> Result<(OnlineFeaturesResponse, Vec<(String, String)>)> {
     let features = resolve_features(&state.online, tenant_id, &req.features)?;
     let entities = EntityRows::parse(&req.entities)?;
-    let (found, versions) = lookup(&features, &entities, now_micros())?;
+    let Found { values: found, versions } = lookup(&features, &entities, now_micros())?;
     let mut names = Vec::new();
     let mut results = Vec::new();
     // Entity key columns first, as Feast returns them.

@@ -60,8 +60,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     let tables = TableStore::new(config.data_root.clone(), config.storage_options.clone())?;
     let query_runtime = std::sync::Arc::new(crate::sql::QueryRuntime::new(config.sql.threads)?);
     let (model_signer, _) = crate::models::ModelSigner::load(&config.model_key_path)?;
-    let entity_hasher = crate::online::EntityHasher::load(&config.entity_hash_key_path)?;
-    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit), query_runtime, model_signer, entity_hasher);
+    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit), query_runtime, model_signer)?;
     let first_admin_key = bootstrap(&state).await?;
     let failed = crate::jobs::fail_unfinished(&state).await?;
     if failed > 0 {

@@ -669,10 +669,18 @@ pub fn online_inputs(store: &OnlineStore, tenant_id: &str, inputs: &[String]) ->
         .collect()
 }
 
+/// Scoring rows built from entity keys.
+pub struct EntityInput {
+    pub input: ScoringInput,
+    /// The online groups and the Delta versions served.
+    pub served: Vec<(String, i64)>,
+    /// `input[row]=STATUS` for every looked-up value that was not present.
+    pub missing: Vec<String>,
+}
+
 /// Builds scoring rows from entity keys: online features looked up, other inputs taken
-/// from the entity rows. Returns the rows, the groups@versions served and per-input
-/// statuses.
-pub fn input_from_entities(state: &AppState, tenant_id: &str, inputs: &[String], entities: &EntityRows) -> Result<(ScoringInput, Vec<(String, i64)>, Vec<String>)> {
+/// from the entity rows.
+pub fn input_from_entities(state: &AppState, tenant_id: &str, inputs: &[String], entities: &EntityRows) -> Result<EntityInput> {
     let refs = online_inputs(&state.online, tenant_id, inputs);
     let mut lookups = Vec::new();
     let mut positions = Vec::new();
@@ -690,7 +698,7 @@ pub fn input_from_entities(state: &AppState, tenant_id: &str, inputs: &[String],
             }
         }
     }
-    let (found, versions) = crate::online::lookup(&lookups, entities, now_micros())?;
+    let crate::online::Found { values: found, versions } = crate::online::lookup(&lookups, entities, now_micros())?;
     let mut values = vec![Value::Null; entities.rows * inputs.len()];
     let mut missing = Vec::new();
     for (i, name) in inputs.iter().enumerate() {
@@ -707,7 +715,7 @@ pub fn input_from_entities(state: &AppState, tenant_id: &str, inputs: &[String],
             }
         }
     }
-    Ok((ScoringInput { columns: inputs.to_vec(), values, rows: entities.rows }, versions, missing))
+    Ok(EntityInput { input: ScoringInput { columns: inputs.to_vec(), values, rows: entities.rows }, served: versions, missing })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -875,9 +883,7 @@ mod tests {
         w.recent.push_back((false, 100));
         assert!(w.verdict(&guard).unwrap().contains("error rate 0.5000"));
         let latency = Guard { max_error_rate: None, max_p99_ms: Some(0.05), min_requests: Some(1), window: None };
-        let mut w = GuardWindow::default();
-        w.seen = 1;
-        w.recent.push_back((false, 100));
+        let w = GuardWindow { seen: 1, recent: [(false, 100)].into() };
         assert!(w.verdict(&latency).unwrap().contains("p99 latency 0.100 ms"));
     }
 }

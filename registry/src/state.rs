@@ -52,9 +52,9 @@ impl AppState {
         audit: Arc<AuditLog>,
         query_runtime: Arc<crate::sql::QueryRuntime>,
         model_signer: crate::models::ModelSigner,
-        entity_hasher: crate::online::EntityHasher,
-    ) -> Self {
-        AppState(Arc::new(Inner {
+    ) -> crate::error::Result<Self> {
+        let entity_hasher = crate::online::EntityHasher::load(&config.entity_hash_key_path)?;
+        Ok(AppState(Arc::new(Inner {
             online: Default::default(),
             inference_log: Default::default(),
             entity_hasher,
@@ -70,7 +70,7 @@ impl AppState {
             accepting: AtomicBool::new(true),
             group_locks: Default::default(),
             pins: Default::default(),
-        }))
+        })))
     }
 
     pub fn group_lock(&self, group_id: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -199,7 +199,7 @@ async fn score(state: &AppState, p: &Principal, name: &str, version: i64, json: 
                 return Err(Error::Unprocessable("with `entities`, give nothing else: the inputs come from the online store".into()));
             }
             let entities = EntityRows::parse(&map.remove("entities").unwrap_or(Value::Null))?;
-            let (input, served, missing) = serving::input_from_entities(state, &p.tenant_id, &inputs, &entities)?;
+            let serving::EntityInput { input, served, missing } = serving::input_from_entities(state, &p.tenant_id, &inputs, &entities)?;
             facts.details.push(("served".into(), served.iter().map(|(g, v)| format!("{g}@{v}")).collect::<Vec<_>>().join(",")));
             let keys: Vec<String> = entities.columns.iter().filter(|c| !inputs.contains(c)).cloned().collect();
             facts.details.push(("entity_key_hashes".into(), state.entity_hasher.hash_rows(&entities, &keys)));
@@ -247,9 +247,13 @@ fn micros(name: &str, t: Option<&str>) -> Result<Option<i64>> {
 pub async fn drift(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>, Query(q): Query<DriftParams>) -> Result<(Extension<AuditFacts>, axum::Json<crate::drift::DriftReport>)> {
     p.require(READ, "read model drift")?;
     let (since, until) = (micros("since", q.since.as_deref())?, micros("until", q.until.as_deref())?);
-    let psi = q.psi_threshold.unwrap_or(crate::drift::DEFAULT_PSI_THRESHOLD);
-    let ks = q.ks_threshold.unwrap_or(crate::drift::DEFAULT_KS_THRESHOLD);
-    let report = crate::drift::report(&state, &p, &name, version, since, until, psi, ks).await?;
+    let window = crate::drift::Window {
+        since,
+        until,
+        psi_threshold: q.psi_threshold.unwrap_or(crate::drift::DEFAULT_PSI_THRESHOLD),
+        ks_threshold: q.ks_threshold.unwrap_or(crate::drift::DEFAULT_KS_THRESHOLD),
+    };
+    let report = crate::drift::report(&state, &p, &name, version, window).await?;
     let facts = AuditFacts {
         resource_name: Some(name),
         versions_read: vec![version],
