@@ -20,7 +20,7 @@ use http_body::{Body as _, Frame};
 use lakeledger_audit::{Event, Ledger, LedgerConfig, OpenReport, Phase, Receipt};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{AuthFailure, AuthOutcome, Principal, authenticate};
+use crate::auth::{AuthFailure, AuthOutcome, Principal};
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::state::AppState;
@@ -277,7 +277,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         None
     } else {
         let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let outcome = match authenticate(&state.catalog, header).await {
+        let outcome = match state.keys.authenticate(&state.catalog, header).await {
             Ok(p) => AuthOutcome::Ok(p),
             Err(Error::Unauthenticated) => AuthOutcome::Failed(AuthFailure::Missing),
             Err(Error::InvalidKey) => AuthOutcome::Failed(AuthFailure::Invalid),

@@ -102,8 +102,45 @@ pub async fn create_tenant(catalog: &SharedCatalog, name: &str) -> Result<Tenant
     Ok(tenant)
 }
 
-/// Resolves the caller from `Authorization: Bearer …`.
-pub async fn authenticate(catalog: &SharedCatalog, header: Option<&str>) -> Result<Principal> {
+/// How long a verified key is trusted without asking the catalog again. Revocations made
+/// through this server apply at once (the cache is cleared); through another replica, within
+/// this time.
+const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// Keys verified recently, by the SHA-256 of the secret, so the hot serving paths do not
+/// read the catalog on every request. Unknown keys are never cached.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: std::sync::RwLock<std::collections::HashMap<String, (Principal, std::time::Instant)>>,
+}
+
+impl KeyCache {
+    /// Resolves the caller from `Authorization: Bearer …`.
+    pub async fn authenticate(&self, catalog: &SharedCatalog, header: Option<&str>) -> Result<Principal> {
+        let token = bearer(header)?;
+        let hash = hash_secret(token);
+        if let Some((p, at)) = self.entries.read().expect("key cache lock").get(&hash)
+            && at.elapsed() < KEY_CACHE_TTL
+        {
+            return Ok(p.clone());
+        }
+        let p = lookup(catalog, &hash).await?;
+        let mut entries = self.entries.write().expect("key cache lock");
+        if entries.len() >= KEY_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (p.clone(), std::time::Instant::now()));
+        Ok(p)
+    }
+
+    /// Forgets every key (after a revocation).
+    pub fn clear(&self) {
+        self.entries.write().expect("key cache lock").clear();
+    }
+}
+
+fn bearer(header: Option<&str>) -> Result<&str> {
     let token = header
         .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         .map(str::trim)
@@ -112,7 +149,16 @@ pub async fn authenticate(catalog: &SharedCatalog, header: Option<&str>) -> Resu
     if !token.starts_with(KEY_PREFIX) {
         return Err(Error::InvalidKey);
     }
-    let (key, tenant) = catalog.key_by_hash(&hash_secret(token)).await?.ok_or(Error::InvalidKey)?;
+    Ok(token)
+}
+
+/// Resolves the caller from `Authorization: Bearer …`, asking the catalog.
+pub async fn authenticate(catalog: &SharedCatalog, header: Option<&str>) -> Result<Principal> {
+    lookup(catalog, &hash_secret(bearer(header)?)).await
+}
+
+async fn lookup(catalog: &SharedCatalog, hash: &str) -> Result<Principal> {
+    let (key, tenant) = catalog.key_by_hash(hash).await?.ok_or(Error::InvalidKey)?;
     Ok(Principal {
         key_id: key.id,
         key_name: key.name,

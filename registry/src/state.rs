@@ -39,6 +39,8 @@ pub struct Inner {
     pub entity_hasher: crate::online::EntityHasher,
     /// Loaded models, alias routes and batchers.
     pub serving: crate::serving::Serving,
+    /// API keys verified recently.
+    pub keys: crate::auth::KeyCache,
     /// Scored rows waiting to be committed to the models' inference logs.
     pub inference_log: crate::inference_log::InferenceLog,
 }
@@ -57,6 +59,7 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             online: Default::default(),
             inference_log: Default::default(),
+            keys: Default::default(),
             entity_hasher,
             serving: crate::serving::Serving::new(config.serving.clone()),
             jobs: crate::jobs::Jobs::new(config.training_workers),

@@ -98,6 +98,7 @@ pub async fn list_keys(State(state): State<AppState>, Caller(p): Caller, Query(q
 pub async fn revoke_key(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>, Query(q): Query<TenantParam>) -> Result<StatusCode> {
     let tenant = target_tenant(&state, &p, q.tenant.as_deref(), "revoke keys").await?;
     if state.catalog.revoke_key(&tenant.id, &id, now_micros()).await? {
+        state.keys.clear();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::NotFound { kind: "key", name: id })
