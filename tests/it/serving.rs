@@ -443,3 +443,44 @@ async fn inference_logs_are_queryable_and_drift_is_measured_and_signalled() {
     let ts: i64 = headers["x-lakeledger-timestamp"].to_str().unwrap().parse().unwrap();
     assert_eq!(headers["x-lakeledger-signature"].to_str().unwrap(), lakeledger::drift::sign_webhook(b"s3cret", ts, &body));
 }
+
+#[tokio::test]
+async fn alias_moves_under_load_drop_no_request() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    wine_models(&s, &k).await;
+    let put = |v: i64| s.client.put(s.url("/v1/models/wine/aliases/champion")).bearer_auth(&k).json(&json!({"version": v})).send();
+    assert_eq!(put(2).await.unwrap().status(), 200);
+    // All thirteen inputs: version 1 takes them all, version 2 the three it was trained on.
+    let body = json!({"instances": [[13.2, 1.8, 2.4, 16.0, 100.0, 2.8, 2.7, 0.3, 1.9, 4.4, 1.0, 3.2, 1000.0]]});
+    let full = {
+        let names: Vec<String> = std::fs::read_to_string(format!("{}/../trainer/tests/data/wine.csv", env!("CARGO_MANIFEST_DIR"))).unwrap()
+            .lines().next().unwrap().split(',').skip(1).take(13).map(|h| format!("wine_features__{h}")).collect();
+        let row: serde_json::Map<String, Value> = names.into_iter().zip(body["instances"][0].as_array().unwrap().iter().cloned()).collect();
+        json!({"dataframe_records": [row]})
+    };
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, k, full) = (s.client.clone(), s.url("/v1/models/wine@champion/invocations"), k.clone(), full.clone());
+            tokio::spawn(async move {
+                let mut versions = Vec::new();
+                for _ in 0..60 {
+                    let r = client.post(&url).bearer_auth(&k).json(&full).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    versions.push(r.json::<Value>().await.unwrap()["version"].as_i64().unwrap());
+                }
+                versions
+            })
+        })
+        .collect();
+    for i in 0..10 {
+        assert_eq!(put(1 + i % 2).await.unwrap().status(), 200);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in clients {
+        seen.extend(c.await.unwrap());
+    }
+    assert!(seen.iter().all(|v| [1, 2].contains(v)), "{seen:?}");
+    // After the last move every request is answered by the version it points at.
+    assert_eq!(invoke(&s, &k, "/v1/models/wine@champion/invocations", full).await["version"], 2);
+}
