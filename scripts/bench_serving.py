@@ -10,7 +10,8 @@
    `POST /v1/models/bc@champion/invocations` (audited) against `mlflow models serve`
    (scikit-learn LogisticRegression, 2 workers).
 3. Batching: lakeledger scoring at 64 and 256 connections with dynamic batching as
-   configured (greedy: whatever is queued) and with batches capped at one row.
+   configured (greedy: whatever is queued) and with batches capped at one row, for the
+   logistic regression and for an MLP with three 512-wide hidden layers.
 
     cargo build --release -p lakeledger
     python3 scripts/bench_serving.py [--duration 10] [--bin target/release/lakeledger] [--skip-feast] [--skip-mlflow]
@@ -176,7 +177,7 @@ def breast_cancer():
     return header, rows
 
 
-def lakeledger_scoring(binary, duration, conns, extra_config=""):
+def lakeledger_scoring(binary, duration, conns, extra_config="", hidden_layers=()):
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = os.path.join(tmp, "server")
         os.makedirs(data_dir)
@@ -197,12 +198,12 @@ def lakeledger_scoring(binary, duration, conns, extra_config=""):
             fcsv = ",".join(h for h in header if h != "benign") + ",ts\n"
             lcsv = "id,ts,benign\n"
             for r in rows:
-                fcsv += ",".join(repr(v) for i, v in enumerate(r) if i != at) + ",2026-01-01T00:00:00Z\n"
+                fcsv += ",".join(str(int(v)) if i == 0 else repr(v) for i, v in enumerate(r) if i != at) + ",2026-01-01T00:00:00Z\n"
                 lcsv += f"{int(r[0])},2026-01-02T00:00:00Z,{int(r[at])}\n"
             server.request("POST", "/v1/feature-groups/bc_features/data", fcsv, {"Content-Type": "text/csv"})
             server.request("POST", "/v1/feature-groups/bc_labels/data", lcsv, {"Content-Type": "text/csv"})
             _, body = server.request("POST", "/v1/training-jobs", json.dumps({
-                "model": "bc", "label": "benign", "config": {"task": "classification", "hidden_layers": [], "max_epochs": 50},
+                "model": "bc", "label": "benign", "config": {"task": "classification", "hidden_layers": list(hidden_layers), "max_epochs": 50},
                 "training_set": {"name": "bc", "spine_sql": "SELECT id, ts, benign FROM bc_labels", "spine_time": "ts", "features": ["bc_features"]}}), j)
             job = json.loads(body)["id"]
             while json.loads(server.request("GET", f"/v1/training-jobs/{job}")[1])["state"] in ("queued", "running"):
@@ -260,18 +261,25 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/lakeledger")
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--skip-features", action="store_true")
     ap.add_argument("--skip-feast", action="store_true")
     ap.add_argument("--skip-mlflow", action="store_true")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed (apt-get install wrk)")
-    report("lakeledger /v1/online/features (audited):", lakeledger_features(args.bin, args.duration, [1, 16]))
+    if not args.skip_features:
+        report("lakeledger /v1/online/features (audited):", lakeledger_features(args.bin, args.duration, [1, 16]))
     if not args.skip_feast:
         report("feast serve /get-online-features (2 workers, sqlite online store):", feast_features(args.duration, [1, 16]))
     report("lakeledger /v1/models/bc@champion/invocations (audited, greedy batching):",
            lakeledger_scoring(args.bin, args.duration, [1, 16, 64, 256]))
     report("lakeledger invocations with batches of one row (serving_max_batch_rows = 1):",
            lakeledger_scoring(args.bin, args.duration, [64, 256], "serving_max_batch_rows = 1\n"))
+    big = (512, 512, 512)
+    report("lakeledger invocations, MLP 512x512x512, greedy batching:",
+           lakeledger_scoring(args.bin, args.duration, [1, 64, 256], hidden_layers=big))
+    report("lakeledger invocations, MLP 512x512x512, batches of one row:",
+           lakeledger_scoring(args.bin, args.duration, [64, 256], "serving_max_batch_rows = 1\n", hidden_layers=big))
     if not args.skip_mlflow:
         report("mlflow models serve /invocations (sklearn LogisticRegression, 2 workers):", mlflow_scoring(args.duration, [1, 16]))
 
