@@ -30,8 +30,10 @@ pub struct DriftReport {
     pub version: i64,
     pub training_set_id: String,
     pub baseline_rows: u64,
-    /// Inference-log rows of this version in the window.
+    /// Rows compared with the training set: inference-log rows of this version in the
+    /// window, or rows a feature group's commits wrote.
     pub current_rows: u64,
+    pub current_source: String,
     pub since: Option<String>,
     pub until: Option<String>,
     pub psi_threshold: f64,
@@ -54,9 +56,20 @@ pub struct FeatureDrift {
     pub current_nulls: u64,
 }
 
-/// Which inference-log rows to compare, and when to call an input drifted.
-#[derive(Clone, Copy, Debug)]
+/// Where the current values come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// The model's inference log (rows of the version, in the time window).
+    InferenceLog,
+    /// Rows written to a feature group by its commits after `from_version` up to
+    /// `to_version` (default the latest); inputs named `<group>__<feature>` are compared.
+    FeatureGroup { name: String, from_version: i64, to_version: Option<i64> },
+}
+
+/// Which rows to compare, and when to call an input drifted.
+#[derive(Clone, Debug)]
 pub struct Window {
+    pub source: Source,
     /// Microseconds; rows at or after. `None`: from the start.
     pub since: Option<i64>,
     /// Microseconds; rows before. `None`: up to now.
@@ -67,7 +80,7 @@ pub struct Window {
 
 /// Compares the version's training set with its inference log in the window.
 pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, window: Window) -> Result<DriftReport> {
-    let Window { since, until, psi_threshold, ks_threshold } = window;
+    let Window { source, since, until, psi_threshold, ks_threshold } = window;
     let v = crate::models::version(state, p, name, version).await?;
     let Some(set_id) = v.training_set_id.clone() else {
         return Err(Error::Unprocessable(format!("version {version} of `{name}` was imported: it has no training set to compare with")));
@@ -90,33 +103,11 @@ pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, w
         }
     }
 
-    let mut current: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
-    let log = state.catalog.feature_group(&p.tenant_id, &crate::inference_log::group_name(name)).await?;
-    if let Some(g) = log.filter(|g| g.tags.get(crate::inference_log::LOG_TAG).map(String::as_str) == Some(name)) {
-        let table = state.tables.open(&state.tables.location(&g.location)?, None).await?;
-        let mut stream = lakeledger_query::tables::scan(&table, &g.schema, &[], None).await?;
-        use arrow::array::AsArray;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| Error::Internal(format!("reading the inference log: {e}")))?;
-            let (Some(versions), Some(times), Some(rows)) = (batch.column_by_name("model_version"), batch.column_by_name("served_at"), batch.column_by_name("inputs")) else {
-                continue;
-            };
-            let versions = versions.as_primitive::<arrow::datatypes::Int64Type>();
-            let times = times.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-            let rows = arrow::compute::cast(rows, &arrow::datatypes::DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?;
-            let rows = rows.as_string::<i32>();
-            for r in 0..batch.num_rows() {
-                let t = times.value(r);
-                if versions.value(r) != version || since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
-                    continue;
-                }
-                let Ok(Value::Object(row)) = serde_json::from_str::<Value>(rows.value(r)) else { continue };
-                for (i, c) in inputs.iter().enumerate() {
-                    current[i].push(row.get(&c.name).cloned().unwrap_or(Value::Null));
-                }
-            }
-        }
-    }
+    let names: Vec<String> = inputs.iter().map(|c| c.name.clone()).collect();
+    let current = match &source {
+        Source::InferenceLog => log_values(state, p, name, version, &names, since, until).await?,
+        Source::FeatureGroup { name: group, from_version, to_version } => group_values(state, p, &names, group, *from_version, *to_version).await?,
+    };
 
     let mut features = Vec::new();
     let mut drifted = Vec::new();
@@ -144,7 +135,13 @@ pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, w
         version,
         training_set_id: set_id,
         baseline_rows: baseline.first().map_or(0, |b| b.len() as u64),
-        current_rows: current.first().map_or(0, |c| c.len() as u64),
+        current_rows: current.iter().map(|c| c.len() as u64).max().unwrap_or(0),
+        current_source: match source {
+            Source::InferenceLog => "inference_log".to_string(),
+            Source::FeatureGroup { name, from_version, to_version } => {
+                format!("{name}: versions after {from_version} up to {}", to_version.map_or("the latest".to_string(), |v| v.to_string()))
+            }
+        },
         since: since.map(rfc3339),
         until: until.map(rfc3339),
         psi_threshold,
@@ -152,6 +149,79 @@ pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, w
         features,
         drifted,
     })
+}
+
+/// Per input, the values logged for `version` in `[since, until)`.
+async fn log_values(state: &AppState, p: &Principal, model: &str, version: i64, inputs: &[String], since: Option<i64>, until: Option<i64>) -> Result<Vec<Vec<Value>>> {
+    use arrow::array::AsArray;
+    let mut current: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
+    let log = state.catalog.feature_group(&p.tenant_id, &crate::inference_log::group_name(model)).await?;
+    let Some(g) = log.filter(|g| g.tags.get(crate::inference_log::LOG_TAG).map(String::as_str) == Some(model)) else {
+        return Ok(current);
+    };
+    let table = state.tables.open(&state.tables.location(&g.location)?, None).await?;
+    let mut stream = lakeledger_query::tables::scan(&table, &g.schema, &[], None).await?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| Error::Internal(format!("reading the inference log: {e}")))?;
+        let (Some(versions), Some(times), Some(rows)) = (batch.column_by_name("model_version"), batch.column_by_name("served_at"), batch.column_by_name("inputs")) else {
+            continue;
+        };
+        let versions = versions.as_primitive::<arrow::datatypes::Int64Type>();
+        let times = times.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let rows = arrow::compute::cast(rows, &arrow::datatypes::DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?;
+        let rows = rows.as_string::<i32>();
+        for r in 0..batch.num_rows() {
+            let t = times.value(r);
+            if versions.value(r) != version || since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
+                continue;
+            }
+            let Ok(Value::Object(row)) = serde_json::from_str::<Value>(rows.value(r)) else { continue };
+            for (i, c) in inputs.iter().enumerate() {
+                current[i].push(row.get(c).cloned().unwrap_or(Value::Null));
+            }
+        }
+    }
+    Ok(current)
+}
+
+/// Per input `<group>__<feature>`, the values the group's commits after `from` up to `to`
+/// wrote; other inputs get none.
+async fn group_values(state: &AppState, p: &Principal, inputs: &[String], group: &str, from: i64, to: Option<i64>) -> Result<Vec<Vec<Value>>> {
+    use lakeledger_query::feature_rows::{FileSet, file_lineage, read_rows};
+    let g = crate::feature_groups::find(state, p, group).await?;
+    let spec = crate::feature_groups::ReadSpec { version: to, ..Default::default() };
+    let to = crate::feature_groups::resolve_version(state, &g, &spec).await?.version;
+    if from >= to {
+        return Err(Error::Unprocessable(format!("from_version {from} must be below to_version {to}")));
+    }
+    let table = state.tables.open(&state.tables.location(&g.location)?, Some(to)).await?;
+    let (schema, arrow_schema) = crate::training_sets::schema_at(&table, &g.schema).await?;
+    let prefix = format!("{group}__");
+    let wanted: Vec<Option<String>> = inputs
+        .iter()
+        .map(|n| n.strip_prefix(&prefix).filter(|f| schema.features.iter().any(|c| c.name == *f)).map(str::to_string))
+        .collect();
+    let columns: Vec<String> = wanted.iter().flatten().cloned().collect();
+    if columns.is_empty() {
+        return Err(Error::Unprocessable(format!("no input of this model comes from feature group `{group}` (inputs are named `{group}__<feature>`)")));
+    }
+    let threads = state.config.sql.threads.max(1);
+    let read = columns.clone();
+    let rows = crate::training_sets::on_query_runtime(state, async move {
+        let files: Vec<_> = file_lineage(&table, to, FileSet::Live).await?.into_iter().filter(|f| f.added.is_some_and(|a| a > from)).collect();
+        Ok(read_rows(&table, &arrow_schema, &read, files, threads).await?)
+    })
+    .await?;
+    wanted
+        .iter()
+        .map(|w| match w {
+            None => Ok(Vec::new()),
+            Some(f) => Ok(match RawColumn::read(&rows.batch, f).map_err(|e| Error::Unprocessable(e.to_string()))? {
+                RawColumn::Numeric(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
+                RawColumn::Text(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
+            }),
+        })
+        .collect()
 }
 
 fn numbers(values: &[Value]) -> (Vec<f64>, u64) {
@@ -337,6 +407,7 @@ async fn check_once(state: &AppState, client: &reqwest::Client, check: &DriftChe
     let now = crate::catalog::now_micros();
     let since = now - (check.window_seconds as i64).saturating_mul(1_000_000);
     let window = Window {
+        source: Source::InferenceLog,
         since: Some(since),
         until: Some(now),
         psi_threshold: check.psi_threshold.unwrap_or(DEFAULT_PSI_THRESHOLD),

@@ -433,6 +433,20 @@ async fn inference_logs_are_queryable_and_drift_is_measured_and_signalled() {
     let r = s.get(&k, "/v1/models/wine/versions/1/drift?since=yesterday").send().await.unwrap();
     assert_eq!(error_code(r, 400).await.0, "bad_request");
 
+    // Or against what a feature group's later commits wrote: new wines, alcohol shifted.
+    let mut csv = String::from("id,ts,") + &lines[0].split(',').skip(1).take(13).collect::<Vec<_>>().join(",") + "\n";
+    for l in &lines[1..] {
+        let cells: Vec<f64> = l.split(',').map(|c| c.parse().unwrap()).collect();
+        let rest: Vec<String> = cells[1..14].iter().enumerate().map(|(i, v)| if i == 0 { (v + 5.0).to_string() } else { v.to_string() }).collect();
+        csv.push_str(&format!("{},2026-02-01T00:00:00Z,{}\n", cells[0] as i64 + 1000, rest.join(",")));
+    }
+    let r = s.post(&k, "/v1/feature-groups/wine_features/data").header("content-type", "text/csv").body(csv).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let by_group: Value = s.get(&k, "/v1/models/wine/versions/1/drift?feature_group=wine_features&from_version=1").send().await.unwrap().json().await.unwrap();
+    assert_eq!((by_group["current_rows"].as_u64(), &by_group["drifted"]), (Some(lines.len() as u64 - 1), &json!(["wine_features__alcohol"])), "{by_group}");
+    let r = s.get(&k, "/v1/models/wine/versions/1/drift?feature_group=wine_features").send().await.unwrap();
+    assert_eq!(error_code(r, 400).await.0, "bad_request");
+
     // The scheduled check calls the webhook with a body signed over its timestamp.
     let (headers, body) = loop {
         let (h, b) = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("the drift webhook is called").unwrap();

@@ -229,6 +229,12 @@ pub struct DriftParams {
     pub psi_threshold: Option<f64>,
     /// Default 0.2 (the KS statistic, not its p-value).
     pub ks_threshold: Option<f64>,
+    /// Compare with rows this feature group's commits wrote instead of the inference log
+    /// (inputs named `<group>__<feature>`), from `from_version` (exclusive) ...
+    pub feature_group: Option<String>,
+    pub from_version: Option<i64>,
+    /// ... to `to_version` (inclusive; default the latest).
+    pub to_version: Option<i64>,
 }
 
 fn micros(name: &str, t: Option<&str>) -> Result<Option<i64>> {
@@ -247,7 +253,13 @@ fn micros(name: &str, t: Option<&str>) -> Result<Option<i64>> {
 pub async fn drift(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>, Query(q): Query<DriftParams>) -> Result<(Extension<AuditFacts>, axum::Json<crate::drift::DriftReport>)> {
     p.require(READ, "read model drift")?;
     let (since, until) = (micros("since", q.since.as_deref())?, micros("until", q.until.as_deref())?);
+    let source = match (q.feature_group, q.from_version) {
+        (Some(name), Some(from_version)) => crate::drift::Source::FeatureGroup { name, from_version, to_version: q.to_version },
+        (None, None) if q.to_version.is_none() => crate::drift::Source::InferenceLog,
+        _ => return Err(Error::BadRequest("give `feature_group` with `from_version` (and optionally `to_version`), or neither".into())),
+    };
     let window = crate::drift::Window {
+        source,
         since,
         until,
         psi_threshold: q.psi_threshold.unwrap_or(crate::drift::DEFAULT_PSI_THRESHOLD),
