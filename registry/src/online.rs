@@ -55,6 +55,7 @@ pub struct GroupTable {
 #[derive(Debug)]
 pub struct OnlineGroup {
     pub id: String,
+    pub tenant_id: String,
     pub name: String,
     pub keys: Vec<(String, ColumnType)>,
     pub max_age_micros: Option<i64>,
@@ -65,6 +66,7 @@ impl OnlineGroup {
     fn new(g: &FeatureGroupRecord) -> OnlineGroup {
         OnlineGroup {
             id: g.id.clone(),
+            tenant_id: g.tenant_id.clone(),
             name: g.name.clone(),
             keys: g.schema.entity_keys.iter().map(|c| (c.name.clone(), c.dtype)).collect(),
             max_age_micros: g.online_max_age_seconds.map(|s| s.saturating_mul(1_000_000)),
@@ -238,6 +240,71 @@ pub async fn rebuild(state: &AppState, g: &FeatureGroupRecord) -> Result<Rebuild
     state.online.groups.write().expect("online store lock").insert((g.tenant_id.clone(), g.name.clone()), group);
     state.online.apply(&g, version, delta, true);
     Ok(RebuildReport { group: g.name.clone(), version, rows_read: rows.batch.num_rows() as u64, entities: entities as u64, millis: started.elapsed().as_millis() as u64 })
+}
+
+/// How often the store checks the catalog for versions committed by other replicas.
+pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Brings every online group up to the catalog's latest version: commits made through
+/// another replica (sharing the catalog and tables) reach this one's store. Appends,
+/// upserts and column additions are applied incrementally from the files they added;
+/// anything else (an overwrite) rebuilds the group.
+pub async fn refresh(state: &AppState) -> Result<()> {
+    let groups: Vec<Arc<OnlineGroup>> = state.online.groups.read().expect("online store lock").values().cloned().collect();
+    for group in groups {
+        let Some(latest) = state.catalog.latest_version(&group.id).await? else { continue };
+        if latest.version > group.table.read().expect("online group lock").version {
+            catch_up(state, &group).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn catch_up(state: &AppState, group: &OnlineGroup) -> Result<()> {
+    let Some(g) = state.catalog.feature_group(&group.tenant_id, &group.name).await? else { return Ok(()) };
+    if !g.online {
+        state.online.remove(&g);
+        return Ok(());
+    }
+    let incremental = {
+        let lock = state.group_lock(&g.id);
+        let _guard = lock.lock().await;
+        // Under the lock: this replica's own commits have been applied.
+        let have = group.table.read().expect("online group lock").version;
+        let newer: Vec<_> = state.catalog.versions(&g.id).await?.into_iter().filter(|v| v.version > have).collect();
+        let Some(latest) = newer.last().map(|v| v.version) else { return Ok(()) };
+        let simple = newer.iter().all(|v| v.operation.starts_with("WRITE (append)") || v.operation.starts_with("MERGE") || v.operation == "ADD COLUMNS");
+        if simple {
+            let table = state.tables.open(&state.tables.location(&g.location)?, Some(latest)).await?;
+            let (schema, arrow_schema) = crate::training_sets::schema_at(&table, &g.schema).await?;
+            let columns: Vec<String> = schema.all_columns().into_iter().map(|c| c.name).collect();
+            let threads = state.config.sql.threads.max(1);
+            let rows = crate::training_sets::on_query_runtime(state, async move {
+                let files: Vec<_> = file_lineage(&table, latest, FileSet::Live).await?.into_iter().filter(|f| f.added.is_some_and(|a| a > have)).collect();
+                Ok(read_rows(&table, &arrow_schema, &columns, files, threads).await?)
+            })
+            .await?;
+            let mut delta = OnlineDelta::new(&schema);
+            delta.absorb(&rows.batch)?;
+            state.online.apply(&g, latest, delta, false);
+            tracing::info!(group = %g.name, from = have, to = latest, rows = rows.batch.num_rows(), "online store caught up with commits made elsewhere");
+        }
+        simple
+    };
+    if !incremental {
+        rebuild(state, &g).await?;
+    }
+    Ok(())
+}
+
+/// Runs [`refresh`] every [`REFRESH_EVERY`] until the server stops.
+pub async fn keep_fresh(state: AppState) {
+    loop {
+        tokio::time::sleep(REFRESH_EVERY).await;
+        if let Err(e) = refresh(&state).await {
+            tracing::warn!(error = %e, "online store refresh failed; retrying");
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

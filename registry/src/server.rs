@@ -135,6 +135,7 @@ pub async fn serve_until(
         None => None,
     };
     let inference_log = tokio::spawn(crate::inference_log::run(state.clone()));
+    let online_refresh = tokio::spawn(crate::online::keep_fresh(state.clone()));
     let drift_checks: Vec<_> = state.config.drift_checks.iter().map(|c| tokio::spawn(crate::drift::run_check(state.clone(), c.clone()))).collect();
     on_bound(addr);
     let shutdown_state = state.clone();
@@ -148,6 +149,7 @@ pub async fn serve_until(
         .map_err(|e| Error::Internal(format!("server error: {e}")));
     // Scored rows still buffered are committed while the ledger can record the commit.
     inference_log.abort();
+    online_refresh.abort();
     drift_checks.iter().for_each(|t| t.abort());
     crate::inference_log::flush(&state).await;
     // Records the shutdown and signs a final checkpoint.

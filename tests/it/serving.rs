@@ -498,3 +498,48 @@ async fn alias_moves_under_load_drop_no_request() {
     // After the last move every request is answered by the version it points at.
     assert_eq!(invoke(&s, &k, "/v1/models/wine@champion/invocations", full).await["version"], 2);
 }
+
+/// Polls `lookup` on `s` until `done` holds (another replica's commit takes a refresh
+/// round to arrive); the cap only stops a hang.
+async fn until_seen(s: &Server, k: &str, ask: &Value, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..400 {
+        let v = lookup(s, k, ask.clone()).await;
+        if done(&v) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the replica never saw the commit");
+}
+
+#[tokio::test]
+async fn replicas_sharing_catalog_and_tables_see_each_others_writes() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_config = lakeledger::config::Config::embedded(a_dir.path()).unwrap();
+    let mut b_config = lakeledger::config::Config::embedded(b_dir.path()).unwrap();
+    b_config.catalog_url = a_config.catalog_url.clone();
+    b_config.data_root = a_config.data_root.clone();
+    let a = Server::start_with(a_config, None).await;
+    let k = a.admin_key.clone();
+    let r = a
+        .post(&k, "/v1/feature-groups")
+        .json(&json!({"name": "profiles", "entity_keys": [{"name": "user_id", "type": "int64"}], "event_time": "ts",
+                      "features": [{"name": "age", "type": "float64"}], "online": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let recent = ago(60);
+    a.ingest_json(&k, "profiles", "append", json!([{"user_id": 1, "ts": ago(120), "age": 30.0}, {"user_id": 2, "ts": ago(120), "age": 40.0}])).await;
+    let b = Server::start_with(b_config, Some(k.clone())).await;
+    let ask = json!({"features": ["profiles:age"], "entities": {"user_id": [1, 2]}});
+    assert_eq!(column(&lookup(&b, &k, ask.clone()).await, 1).0, vec![json!(30.0), json!(40.0)]);
+
+    // An append through A reaches B incrementally; an overwrite through A rebuilds B's copy.
+    a.ingest_json(&k, "profiles", "append", json!([{"user_id": 1, "ts": recent, "age": 31.0}])).await;
+    let v = until_seen(&b, &k, &ask, |v| column(v, 1).0[0] == json!(31.0)).await;
+    assert_eq!(v["metadata"]["versions"], json!({"profiles": 2}));
+    a.ingest_json(&k, "profiles", "overwrite", json!([{"user_id": 1, "ts": recent, "age": 32.0}])).await;
+    let v = until_seen(&b, &k, &ask, |v| column(v, 1).1[1] == "NOT_FOUND").await;
+    assert_eq!((column(&v, 1).0[0].clone(), &v["metadata"]["versions"]), (json!(32.0), &json!({"profiles": 3})));
+}
