@@ -479,12 +479,14 @@ pub async fn append_batches(state: &AppState, p: &Principal, g: &FeatureGroupRec
                 return Err(e.into());
             }
         };
-        if let Some(d) = online.as_mut() {
-            d.absorb(&batch)?;
-        }
-        if let Err(e) = staged.write(batch).await {
+        let absorbed = online.as_mut().map_or(Ok(()), |d| d.absorb(&batch));
+        let written = match absorbed {
+            Ok(()) => staged.write(batch).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             staged.abort(&table).await;
-            return Err(e.into());
+            return Err(e);
         }
     }
     commit_staged(state, p, g, table, staged, WriteMode::Append, online, ctx).await
