@@ -110,6 +110,8 @@ pub struct FileConfig {
     pub model_key_path: Option<PathBuf>,
     pub training_workers: Option<usize>,
     pub entity_hash_key_path: Option<PathBuf>,
+    /// Model versions kept loaded for scoring (least recently used evicted first).
+    pub serving_max_loaded_models: Option<usize>,
     /// Most rows scored in one batch when concurrent requests to a model are batched.
     pub serving_max_batch_rows: Option<usize>,
     /// How long a batch waits for more requests once the first has arrived (0: take
@@ -218,6 +220,7 @@ impl Config {
                     return Err(Error::BadRequest(format!("inference_log_sample_rate must be between 0 and 1, got {sample}")));
                 }
                 crate::serving::ServingConfig {
+                    max_loaded_models: file.serving_max_loaded_models.unwrap_or(d.max_loaded_models).max(1),
                     max_batch_rows: file.serving_max_batch_rows.unwrap_or(d.max_batch_rows).max(1),
                     max_batch_wait: file.serving_max_batch_wait_us.map(std::time::Duration::from_micros).unwrap_or(d.max_batch_wait),
                     inference_log_sample_rate: sample,

@@ -29,6 +29,8 @@ use crate::state::AppState;
 
 #[derive(Clone, Debug)]
 pub struct ServingConfig {
+    /// Model versions kept loaded; the least recently used goes first.
+    pub max_loaded_models: usize,
     pub max_batch_rows: usize,
     pub max_batch_wait: Duration,
     pub inference_log_sample_rate: f64,
@@ -38,6 +40,7 @@ pub struct ServingConfig {
 impl Default for ServingConfig {
     fn default() -> Self {
         ServingConfig {
+            max_loaded_models: 64,
             max_batch_rows: 256,
             max_batch_wait: Duration::ZERO,
             inference_log_sample_rate: 1.0,
@@ -58,6 +61,14 @@ pub struct LoadedModel {
     pub artifact: ModelArtifact,
     width: usize,
     batcher: mpsc::Sender<Job>,
+    /// When a request last used it (ms since the server's clock origin), for eviction.
+    last_used: std::sync::atomic::AtomicU64,
+}
+
+/// The server's clock origin for `last_used`.
+fn now_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 struct Job {
@@ -200,6 +211,7 @@ pub async fn loaded(state: &AppState, p: &Principal, name: &str, version: i64) -
     let id = model_id(state, p, name).await?;
     let key = (id.clone(), version);
     if let Some(m) = state.serving.models.read().expect("model cache lock").get(&key) {
+        m.last_used.store(now_ms(), Ordering::Relaxed);
         return Ok(m.clone());
     }
     let _one = state.serving.loading.lock().await;
@@ -213,8 +225,15 @@ pub async fn loaded(state: &AppState, p: &Principal, name: &str, version: i64) -
     let (tx, rx) = mpsc::channel(4096);
     let label = format!("{}/{name}", p.tenant);
     tokio::spawn(run_batcher(rx, Arc::new(layers), artifact.clone(), state.serving.config.clone(), label, version));
-    let m = Arc::new(LoadedModel { model_id: id, model: name.to_string(), version, artifact, width, batcher: tx });
-    state.serving.models.write().expect("model cache lock").insert(key, m.clone());
+    let m = Arc::new(LoadedModel { model_id: id, model: name.to_string(), version, artifact, width, batcher: tx, last_used: now_ms().into() });
+    let mut models = state.serving.models.write().expect("model cache lock");
+    // Requests holding an evicted model finish with it; its batcher ends with them.
+    while models.len() >= state.serving.config.max_loaded_models.max(1) {
+        let Some(oldest) = models.iter().min_by_key(|(_, m)| m.last_used.load(Ordering::Relaxed)).map(|(k, _)| k.clone()) else { break };
+        models.remove(&oldest);
+    }
+    models.insert(key, m.clone());
+    drop(models);
     tracing::info!(model = %name, version, ms = started.elapsed().as_millis() as u64, "model loaded and verified");
     Ok(m)
 }

@@ -460,7 +460,11 @@ async fn inference_logs_are_queryable_and_drift_is_measured_and_signalled() {
 
 #[tokio::test]
 async fn alias_moves_under_load_drop_no_request() {
-    let s = Server::start().await;
+    // One loaded version at a time: every move also evicts the version in use.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    config.serving.max_loaded_models = 1;
+    let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
     wine_models(&s, &k).await;
     let put = |v: i64| s.client.put(s.url("/v1/models/wine/aliases/champion")).bearer_auth(&k).json(&json!({"version": v})).send();
