@@ -236,9 +236,12 @@ pub async fn rebuild(state: &AppState, g: &FeatureGroupRecord) -> Result<Rebuild
     let mut delta = OnlineDelta::new(&schema);
     delta.absorb(&rows.batch)?;
     let entities = delta.rows.len();
-    let group = Arc::new(OnlineGroup::new(&g));
-    state.online.groups.write().expect("online store lock").insert((g.tenant_id.clone(), g.name.clone()), group);
-    state.online.apply(&g, version, delta, true);
+    // Filled before it is published, so lookups never see a half-loaded group.
+    let group = OnlineGroup::new(&g);
+    *group.table.write().expect("online group lock") =
+        GroupTable { version, features: schema.features.iter().map(|c| c.name.clone()).collect(), rows: delta.rows };
+    metrics::gauge!("lakeledger_online_entities", "group" => g.name.clone()).set(entities as f64);
+    state.online.groups.write().expect("online store lock").insert((g.tenant_id.clone(), g.name.clone()), Arc::new(group));
     Ok(RebuildReport { group: g.name.clone(), version, rows_read: rows.batch.num_rows() as u64, entities: entities as u64, millis: started.elapsed().as_millis() as u64 })
 }
 

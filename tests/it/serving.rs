@@ -299,14 +299,23 @@ async fn a_failing_canary_is_rolled_back_by_its_guard_and_a_good_one_promoted() 
     assert_eq!(error_code(again, 409).await.0, "conflict");
 
     let (mut stable, mut failed) = (0, 0);
-    for _ in 0..200 {
-        let r = s.post(&k, "/v1/models/wine@champion/invocations").json(&three).send().await.unwrap();
+    let mut failed_ids = Vec::new();
+    for i in 0..200 {
+        let id = format!("canary-{i}");
+        let r = s.post(&k, "/v1/models/wine@champion/invocations").header("x-request-id", &id).json(&three).send().await.unwrap();
         match r.status().as_u16() {
             200 => stable += 1,
-            422 => failed += 1,
+            422 => {
+                failed += 1;
+                failed_ids.push(id);
+            }
             other => panic!("unexpected status {other}"),
         }
     }
+    // Failed requests are audited with what was tried.
+    let all = crate::audit::wait_for_outcomes(&s, &failed_ids).await;
+    let outcome = crate::audit::find(&all, &failed_ids[0], "outcome").unwrap();
+    assert_eq!((outcome["details"]["variant"].as_str(), &outcome["resource"]["versions_read"]), (Some("canary"), &json!([1])), "{outcome}");
     // The guard stops routing to the canary as soon as it judges: a handful failed, no more.
     assert!((5..=6).contains(&failed), "{failed} canary requests failed");
     assert_eq!(stable + failed, 200);

@@ -7,6 +7,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -90,7 +91,7 @@ enum Target {
 #[utoipa::path(post, path = "/v1/models/{name}/versions/{version}/invocations", params(("name" = String, Path), ("version" = i64, Path)),
     request_body(content = Object, description = "MLflow scoring input, CSV, or {\"entities\": [...]}"),
     responses((status = 200, body = ScoringResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn invoke_version(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path((name, version)): Path<(String, i64)>, headers: HeaderMap, body: Bytes) -> Result<(Extension<AuditFacts>, axum::Json<ScoringResponse>)> {
+pub async fn invoke_version(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path((name, version)): Path<(String, i64)>, headers: HeaderMap, body: Bytes) -> Result<Response> {
     invoke(&state, &p, &id.0, &name, Target::Version(version), &headers, body).await
 }
 
@@ -99,7 +100,7 @@ pub async fn invoke_version(State(state): State<AppState>, Caller(p): Caller, id
 #[utoipa::path(post, path = "/v1/models/{target}/invocations", params(("target" = String, Path, description = "`model@alias`")),
     request_body(content = Object, description = "MLflow scoring input, CSV, or {\"entities\": [...]}"),
     responses((status = 200, body = ScoringResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn invoke_alias(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path(target): Path<String>, headers: HeaderMap, body: Bytes) -> Result<(Extension<AuditFacts>, axum::Json<ScoringResponse>)> {
+pub async fn invoke_alias(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path(target): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response> {
     let Some((name, alias)) = target.split_once('@') else {
         return Err(Error::NotFound {
             kind: "route",
@@ -109,7 +110,7 @@ pub async fn invoke_alias(State(state): State<AppState>, Caller(p): Caller, id: 
     invoke(&state, &p, &id.0, name, Target::Alias(alias.to_string()), &headers, body).await
 }
 
-async fn invoke(state: &AppState, p: &Principal, request_id: &str, name: &str, target: Target, headers: &HeaderMap, body: Bytes) -> Result<(Extension<AuditFacts>, axum::Json<ScoringResponse>)> {
+async fn invoke(state: &AppState, p: &Principal, request_id: &str, name: &str, target: Target, headers: &HeaderMap, body: Bytes) -> Result<Response> {
     p.require(READ, "score with models")?;
     let started = Instant::now();
     let csv = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("text/csv"));
@@ -146,7 +147,15 @@ async fn invoke(state: &AppState, p: &Principal, request_id: &str, name: &str, t
         let model_id = serving::model_id(state, p, name).await?;
         serving::observe_canary(state, p, name, &model_id, c, outcome.is_err(), elapsed);
     }
-    let (response, input, entities) = outcome?;
+    let (response, input, entities) = match outcome {
+        Ok(answer) => answer,
+        // A refused or failed scoring is recorded with what was tried: version, variant, input hash.
+        Err(e) => {
+            let mut r = e.into_response();
+            r.extensions_mut().insert(facts);
+            return Ok(r);
+        }
+    };
     facts.rows = Some(response.predictions.len() as u64);
     let rate = state.serving.config.inference_log_sample_rate;
     if rate > 0.0 && (rate >= 1.0 || rand::random::<f64>() < rate) {
@@ -154,7 +163,7 @@ async fn invoke(state: &AppState, p: &Principal, request_id: &str, name: &str, t
         let rows = log_rows(request_id, &response, &input, entities.as_ref(), alias, variant);
         state.inference_log.push(p, name, rows);
     }
-    Ok((Extension(facts), axum::Json(response)))
+    Ok((Extension(facts), axum::Json(response)).into_response())
 }
 
 /// One inference-log row per scored row: inputs, entity keys, prediction.
