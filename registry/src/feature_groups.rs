@@ -467,6 +467,7 @@ pub async fn ingest(
 /// Appends rows the server produced itself (inference logs) as one version, with the
 /// same commit path, catalog record and online update as an upload.
 pub async fn append_batches(state: &AppState, p: &Principal, g: &FeatureGroupRecord, batches: Vec<arrow::array::RecordBatch>, ctx: &AuditContext) -> Result<IngestResult> {
+    require_active(g)?;
     let table = state.tables.open(&state.tables.location(&g.location)?, None).await?;
     let mut staged = state.tables.begin_write(&table, &g.schema, WriteMode::Append)?;
     let mut online = g.online.then(|| crate::online::OnlineDelta::new(&g.schema));
