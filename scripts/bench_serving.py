@@ -84,6 +84,22 @@ def wrk(url, body, connections, duration, headers):
     return rps, p50, p99
 
 
+def baseline(command, port, ping, path, body, expect, duration, conns):
+    """Starts a baseline server, checks one answer holds `expect`, then drives it with wrk."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}{ping}")
+        url = f"http://127.0.0.1:{port}{path}"
+        headers = {"Content-Type": "application/json"}
+        answer = urllib.request.urlopen(urllib.request.Request(url, body.encode(), headers)).read()
+        assert expect in answer, answer
+        wrk(url, body, 1, 2, headers)  # warm up
+        return [(c, wrk(url, body, c, duration, headers)) for c in conns]
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def report(label, rows):
     print(label)
     for conns, (rps, p50, p99) in rows:
@@ -154,20 +170,9 @@ driver_hourly_stats = FeatureView(name="driver_hourly_stats", entities=[driver],
         start = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S")
         run("materialize", start, end)
         port = free_port()
-        proc = subprocess.Popen(["feast", "-c", repo, "serve", "-h", "127.0.0.1", "-p", str(port), "--workers", "2", "--no-access-log"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/health")
-            body = json.dumps({"features": [f"driver_hourly_stats:{f}" for f in FEATURES], "entities": {"driver_id": [1001]}})
-            url = f"http://127.0.0.1:{port}/get-online-features"
-            answer = urllib.request.urlopen(urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})).read()
-            assert b"PRESENT" in answer, answer
-            headers = {"Content-Type": "application/json"}
-            wrk(url, body, 1, 2, headers)
-            return [(c, wrk(url, body, c, duration, headers)) for c in conns]
-        finally:
-            proc.terminate()
-            proc.wait()
+        body = json.dumps({"features": [f"driver_hourly_stats:{f}" for f in FEATURES], "entities": {"driver_id": [1001]}})
+        return baseline(["feast", "-c", repo, "serve", "-h", "127.0.0.1", "-p", str(port), "--workers", "2", "--no-access-log"],
+                        port, "/health", "/get-online-features", body, b"PRESENT", duration, conns)
 
 
 def breast_cancer():
@@ -241,20 +246,9 @@ def mlflow_scoring(duration, conns):
         path = os.path.join(tmp, "model")
         mlflow.sklearn.save_model(model, path, input_example=pd.DataFrame(x[:2], columns=feats))
         port = free_port()
-        proc = subprocess.Popen(["mlflow", "models", "serve", "-m", path, "-h", "127.0.0.1", "-p", str(port), "--env-manager", "local", "-w", "2"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/ping")
-            body = json.dumps({"dataframe_split": {"columns": feats, "data": [list(x[0])]}})
-            url = f"http://127.0.0.1:{port}/invocations"
-            answer = urllib.request.urlopen(urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})).read()
-            assert b"predictions" in answer, answer
-            headers = {"Content-Type": "application/json"}
-            wrk(url, body, 1, 2, headers)
-            return [(c, wrk(url, body, c, duration, headers)) for c in conns]
-        finally:
-            proc.terminate()
-            proc.wait()
+        body = json.dumps({"dataframe_split": {"columns": feats, "data": [list(x[0])]}})
+        return baseline(["mlflow", "models", "serve", "-m", path, "-h", "127.0.0.1", "-p", str(port), "--env-manager", "local", "-w", "2"],
+                        port, "/ping", "/invocations", body, b"predictions", duration, conns)
 
 
 def main():

@@ -85,8 +85,9 @@ pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, w
     let Some(set_id) = v.training_set_id.clone() else {
         return Err(Error::Unprocessable(format!("version {version} of `{name}` was imported: it has no training set to compare with")));
     };
-    let model = crate::serving::loaded(state, p, name, version).await?;
-    let inputs = model.artifact.inputs.clone();
+    // Verified like any load, but not put in the serving cache: a drift check must not
+    // evict a model that is taking traffic.
+    let inputs = crate::models::load(state, p, name, version).await?.inputs;
 
     let (_, bytes) = crate::training_sets::data(state, p, &set_id).await?;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)

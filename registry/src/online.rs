@@ -390,19 +390,24 @@ impl EntityRows {
 
     /// Parses `{"col": [..]}` or `[{"col": ..}, ..]`.
     pub fn parse(entities: &Value) -> Result<EntityRows> {
-        match entities {
+        Self::parse_named(entities, "entities")
+    }
+
+    /// As [`parse`](Self::parse); errors call the value `what`.
+    pub fn parse_named(value: &Value, what: &str) -> Result<EntityRows> {
+        match value {
             Value::Object(map) => {
                 let columns: Vec<String> = map.keys().cloned().collect();
                 let mut rows = None;
                 for (name, v) in map {
                     let Value::Array(list) = v else {
-                        return Err(Error::Unprocessable(format!("entities.{name} must be a list of key values")));
+                        return Err(Error::Unprocessable(format!("{what}.{name} must be a list of values")));
                     };
                     match rows {
                         None => rows = Some(list.len()),
                         Some(n) if n != list.len() => {
                             return Err(Error::Unprocessable(format!(
-                                "entities.{name} has {} values where the other key columns have {n}",
+                                "{what}.{name} has {} values where the other columns have {n}",
                                 list.len()
                             )));
                         }
@@ -418,28 +423,31 @@ impl EntityRows {
                 }
                 Ok(EntityRows { columns, values, rows })
             }
-            Value::Array(list) => {
-                let mut columns: Vec<String> = Vec::new();
-                for (i, row) in list.iter().enumerate() {
-                    let Value::Object(m) = row else {
-                        return Err(Error::Unprocessable(format!("entities[{i}] must be an object of key values")));
-                    };
-                    for k in m.keys() {
-                        if !columns.contains(k) {
-                            columns.push(k.clone());
-                        }
-                    }
-                }
-                let mut values = Vec::with_capacity(list.len() * columns.len());
-                for row in list {
-                    for c in &columns {
-                        values.push(row.get(c).cloned().unwrap_or(Value::Null));
-                    }
-                }
-                Ok(EntityRows { columns, values, rows: list.len() })
-            }
-            _ => Err(Error::Unprocessable("`entities` must be an object of key columns or a list of entity rows".into())),
+            Value::Array(list) => Self::from_rows(list, what),
+            _ => Err(Error::Unprocessable(format!("`{what}` must be an object of columns or a list of rows"))),
         }
+    }
+
+    /// Rows as objects, `[{"col": ..}, ..]`; a column missing from a row is null there.
+    pub fn from_rows(list: &[Value], what: &str) -> Result<EntityRows> {
+        let mut columns: Vec<String> = Vec::new();
+        for (i, row) in list.iter().enumerate() {
+            let Value::Object(m) = row else {
+                return Err(Error::Unprocessable(format!("{what}[{i}] must be an object of column values")));
+            };
+            for k in m.keys() {
+                if !columns.contains(k) {
+                    columns.push(k.clone());
+                }
+            }
+        }
+        let mut values = Vec::with_capacity(list.len() * columns.len());
+        for row in list {
+            for c in &columns {
+                values.push(row.get(c).cloned().unwrap_or(Value::Null));
+            }
+        }
+        Ok(EntityRows { columns, values, rows: list.len() })
     }
 }
 
@@ -591,11 +599,11 @@ pub fn get_online_features(state: &AppState, tenant_id: &str, req: &OnlineFeatur
         }
         results.push(c);
     }
-    let mut details = vec![
+    let details = vec![
         ("served".to_string(), versions.iter().map(|(g, v)| format!("{g}@{v}")).collect::<Vec<_>>().join(",")),
         ("entities".to_string(), entities.rows.to_string()),
+        ("entity_key_hashes".to_string(), state.entity_hasher.hash_rows(&entities, &key_columns)),
     ];
-    details.push(("entity_key_hashes".into(), state.entity_hasher.hash_rows(&entities, &key_columns)));
     let response = OnlineFeaturesResponse {
         metadata: OnlineMetadata { feature_names: names, versions: versions.into_iter().collect() },
         results,

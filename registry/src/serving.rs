@@ -516,7 +516,7 @@ pub struct ScoringInput {
 
 impl ScoringInput {
     fn from_records(records: &[Value], what: &str) -> Result<ScoringInput> {
-        let rows = EntityRows::parse(&Value::Array(records.to_vec())).map_err(|e| Error::Unprocessable(e.to_string().replace("entities", what)))?;
+        let rows = EntityRows::from_rows(records, what)?;
         Ok(ScoringInput { columns: rows.columns, values: rows.values, rows: rows.rows })
     }
 
@@ -594,9 +594,9 @@ impl ScoringInput {
                     Self::from_positional(rows, inputs, key)
                 }
             }
-            ("inputs" | "instances", Value::Object(columns)) => {
+            ("inputs" | "instances", Value::Object(_)) => {
                 // Columnar: {"col": [..], ..}
-                let rows = EntityRows::parse(&Value::Object(columns.clone())).map_err(|e| Error::Unprocessable(e.to_string().replace("entities", key)))?;
+                let rows = EntityRows::parse_named(v, key)?;
                 Ok(ScoringInput { columns: rows.columns, values: rows.values, rows: rows.rows })
             }
             (k @ ("dataframe_split" | "dataframe_records" | "instances" | "inputs"), _) => {

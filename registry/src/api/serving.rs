@@ -35,7 +35,7 @@ pub async fn features(State(state): State<AppState>, Caller(p): Caller, ApiJson(
     metrics::counter!("lakeledger_online_requests_total", "tenant" => p.tenant.clone()).increment(1);
     let facts = AuditFacts {
         versions_read: response.metadata.versions.values().copied().collect(),
-        rows: Some(details.iter().find(|(k, _)| k == "entities").and_then(|(_, v)| v.parse().ok()).unwrap_or(0)),
+        rows: Some(response.results.first().map_or(0, |c| c.values.len() as u64)),
         details,
         ..Default::default()
     };
