@@ -20,6 +20,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import tempfile
 import time
 
@@ -50,9 +51,12 @@ def ipc_bytes(table):
 
 class Server:
     def __init__(self, binary, data_dir):
+        # LAKELEDGER_BENCH_SERVER_LOG=<file> keeps the server's info log (phase timings).
+        log = os.environ.get("LAKELEDGER_BENCH_SERVER_LOG")
         self.proc = subprocess.Popen(
             [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "LAKELEDGER_LOG": "warn"},
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "LAKELEDGER_LOG": "info" if log else "warn"},
         )
         self.key = None
         for line in self.proc.stdout:
@@ -63,6 +67,15 @@ class Server:
             if m:
                 self.host, self.port = m.group(1), int(m.group(2))
                 break
+        # Keep reading the log, so a full pipe never stalls the server.
+        threading.Thread(target=self._drain, args=(log,), daemon=True).start()
+
+    def _drain(self, path):
+        sink = open(path, "a") if path else None
+        for line in self.proc.stdout:
+            if sink:
+                sink.write(line)
+                sink.flush()
 
     def request(self, method, path, body=None, headers=None):
         c = http.client.HTTPConnection(self.host, self.port, timeout=3600)

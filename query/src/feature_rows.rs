@@ -53,13 +53,26 @@ pub enum FileSet {
 
 /// Rows of the wanted columns, in (added version, path, row) order, with per-row lineage.
 pub struct FeatureRows {
-    pub batch: RecordBatch,
+    /// One batch per row group read, in order; all of `schema`.
+    pub batches: Vec<RecordBatch>,
+    pub schema: SchemaRef,
     /// Per row: the version that added its file (`-1` when unknown: older than the log).
     pub added: Vec<i64>,
     /// Per row: the version that removed its file, `i64::MAX` while live.
     pub removed: Vec<i64>,
     /// The files read, in the order their rows appear.
     pub files: Vec<FileLineage>,
+}
+
+impl FeatureRows {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// All rows as one batch (a copy when there are several).
+    pub fn concat(&self) -> Result<RecordBatch> {
+        Ok(concat_batches(&self.schema, &self.batches)?)
+    }
 }
 
 /// The lineage of every file up to `version`, from the commit log.
@@ -213,8 +226,7 @@ pub async fn read_rows(table: &DeltaTable, schema: &SchemaRef, columns: &[String
             unit += 1;
         }
     }
-    let batch = concat_batches(&out_schema, &batches)?;
-    Ok(FeatureRows { batch, added, removed, files })
+    Ok(FeatureRows { batches, schema: out_schema, added, removed, files })
 }
 
 fn object_reader(store: &Arc<dyn ObjectStore>, f: &FileLineage) -> FileReader {
@@ -274,10 +286,12 @@ async fn read_row_group(store: &Arc<dyn ObjectStore>, f: &FileLineage, meta: Arr
     let file_schema = meta.schema().clone();
     let present: Vec<usize> = out.fields().iter().filter_map(|field| file_schema.index_of(field.name()).ok()).collect();
     let mask = ProjectionMask::roots(meta.parquet_schema(), present.iter().copied());
+    // The whole row group as one batch, so it is not copied again to join the parts.
+    let rows = usize::try_from(meta.metadata().row_group(rg).num_rows()).unwrap_or(0).max(1);
     let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(object_reader(store, f), meta)
         .with_row_groups(vec![rg])
         .with_projection(mask)
-        .with_batch_size(64 * 1024)
+        .with_batch_size(rows)
         .build()
         .map_err(|e| file_error(f, e))?;
     let parts: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| file_error(f, e))?;

@@ -213,11 +213,12 @@ async fn group_values(state: &AppState, p: &Principal, inputs: &[String], group:
         Ok(read_rows(&table, &arrow_schema, &read, files, threads).await?)
     })
     .await?;
+    let batch = rows.concat()?;
     wanted
         .iter()
         .map(|w| match w {
             None => Ok(Vec::new()),
-            Some(f) => Ok(match RawColumn::read(&rows.batch, f).map_err(|e| Error::Unprocessable(e.to_string()))? {
+            Some(f) => Ok(match RawColumn::read(&batch, f).map_err(|e| Error::Unprocessable(e.to_string()))? {
                 RawColumn::Numeric(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
                 RawColumn::Text(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
             }),

@@ -234,7 +234,9 @@ pub async fn rebuild(state: &AppState, g: &FeatureGroupRecord) -> Result<Rebuild
     })
     .await?;
     let mut delta = OnlineDelta::new(&schema);
-    delta.absorb(&rows.batch)?;
+    for batch in &rows.batches {
+        delta.absorb(batch)?;
+    }
     let entities = delta.rows.len();
     // Filled before it is published, so lookups never see a half-loaded group.
     let group = OnlineGroup::new(&g);
@@ -242,7 +244,7 @@ pub async fn rebuild(state: &AppState, g: &FeatureGroupRecord) -> Result<Rebuild
         GroupTable { version, features: schema.features.iter().map(|c| c.name.clone()).collect(), rows: delta.rows };
     metrics::gauge!("lakeledger_online_entities", "group" => g.name.clone()).set(entities as f64);
     state.online.groups.write().expect("online store lock").insert((g.tenant_id.clone(), g.name.clone()), Arc::new(group));
-    Ok(RebuildReport { group: g.name.clone(), version, rows_read: rows.batch.num_rows() as u64, entities: entities as u64, millis: started.elapsed().as_millis() as u64 })
+    Ok(RebuildReport { group: g.name.clone(), version, rows_read: rows.num_rows() as u64, entities: entities as u64, millis: started.elapsed().as_millis() as u64 })
 }
 
 /// How often the store checks the catalog for versions committed by other replicas.
@@ -288,9 +290,11 @@ async fn catch_up(state: &AppState, group: &OnlineGroup) -> Result<()> {
             })
             .await?;
             let mut delta = OnlineDelta::new(&schema);
-            delta.absorb(&rows.batch)?;
+            for batch in &rows.batches {
+                delta.absorb(batch)?;
+            }
             state.online.apply(&g, latest, delta, false);
-            tracing::info!(group = %g.name, from = have, to = latest, rows = rows.batch.num_rows(), "online store caught up with commits made elsewhere");
+            tracing::info!(group = %g.name, from = have, to = latest, rows = rows.num_rows(), "online store caught up with commits made elsewhere");
         }
         simple
     };

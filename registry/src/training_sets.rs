@@ -197,13 +197,14 @@ impl Stored {
 /// Stores an uploaded spine (any ingest format); `time` names its time column.
 pub async fn upload_spine(state: &AppState, p: &Principal, ctx: &AuditContext, format: IngestFormat, body: bytes::Bytes, time: String) -> Result<SpineManifest> {
     let time_name = time.clone();
+    let threads = state.config.sql.threads.max(1);
     let (batch, parquet) = tokio::task::spawn_blocking(move || -> Result<_> {
         let batch = decode_inferred(format, body)?;
         if batch.num_rows() == 0 {
             return Err(Error::Unprocessable("the spine has no rows".into()));
         }
         let batch = spine_time_column(&batch, &time)?;
-        let parquet = deterministic_parquet(&batch.schema(), std::slice::from_ref(&batch))?;
+        let parquet = deterministic_parquet(&batch, threads)?;
         Ok((batch, parquet))
     })
     .await
@@ -353,7 +354,9 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
     }
     state.audit.record(&e).await?;
 
-    // The spine, then each group's rows, on the query runtime.
+    // The spine, then each group's rows, on the query runtime. Phase times go to the log
+    // so an operator can see where a slow build spends its time.
+    let started = std::time::Instant::now();
     let limits = SqlLimits { memory_bytes: state.config.sql.memory_bytes, target_partitions: state.config.sql.threads };
     let (spine_sql_sha256, spine_upload) = match &spine_source {
         SpineSource::Sql { facts, .. } => (Some(facts.sha256.clone()), None),
@@ -371,6 +374,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
         }
     })
     .await?;
+    let spine_done = started.elapsed();
     // Each group's rows in (version, file, row) order, with the versions that held them.
     let set = if req.as_known_at_spine_time { FileSet::History } else { FileSet::Live };
     let threads = state.config.sql.threads.max(1);
@@ -386,30 +390,56 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
         input.files = rows.files.iter().map(|f| f.path.clone()).collect();
         sides_data.push((rows, commits));
     }
+    let read_done = started.elapsed();
 
-    let (manifest, bytes) = {
-        let spine = sort_spine(&spine, &req.spine_time).map_err(join_error)?;
+    // The join and the encoding are CPU work: off the request runtime.
+    let sides_spec: Vec<(String, Vec<String>, String, Vec<String>, Option<i64>)> = inputs
+        .iter()
+        .map(|(input, keys, event_time)| (input.group.clone(), keys.clone(), event_time.clone(), input.features.clone(), input.ttl_seconds))
+        .collect();
+    let (spine_time, bitemporal) = (req.spine_time.clone(), req.as_known_at_spine_time);
+    let (rows, bytes, sha256) = tokio::task::spawn_blocking(move || -> Result<(usize, Vec<u8>, String)> {
+        let spine = sort_spine(&spine, &spine_time).map_err(join_error)?;
         let spine_versions: Vec<Vec<Option<i64>>> = sides_data
             .iter()
-            .map(|(_, commits)| versions_known_at(&spine, &req.spine_time, commits))
+            .map(|(_, commits)| versions_known_at(&spine, &spine_time, commits))
             .collect::<std::result::Result<_, _>>()
             .map_err(join_error)?;
-        let sides: Vec<FeatureSide<'_>> = inputs
+        let sides: Vec<FeatureSide<'_>> = sides_spec
             .iter()
             .zip(&sides_data)
             .zip(&spine_versions)
-            .map(|(((input, keys, event_time), (rows, _)), spine_version)| FeatureSide {
-                name: &input.group,
-                batch: &rows.batch,
+            .map(|(((group, keys, event_time, features, ttl_seconds), (rows, _)), spine_version)| FeatureSide {
+                name: group,
+                batches: &rows.batches,
+                schema: &rows.schema,
                 keys,
                 event_time,
-                features: &input.features,
-                ttl_micros: input.ttl_seconds.map(|s| s.saturating_mul(1_000_000)),
-                known: req.as_known_at_spine_time.then_some(KnownAt { added: &rows.added, removed: &rows.removed, spine_version }),
+                features,
+                ttl_micros: ttl_seconds.map(|s| s.saturating_mul(1_000_000)),
+                known: bitemporal.then_some(KnownAt { added: &rows.added, removed: &rows.removed, spine_version }),
             })
             .collect();
-        let joined = point_in_time_join(&spine, &req.spine_time, &sides, threads).map_err(join_error)?;
-        let bytes = deterministic_parquet(&joined.schema(), std::slice::from_ref(&joined))?;
+        let joined = point_in_time_join(&spine, &spine_time, &sides, threads).map_err(join_error)?;
+        // Handing the feature rows' memory back takes a while; not on the request's time.
+        drop(sides);
+        std::thread::spawn(move || drop(sides_data));
+        let join_done = started.elapsed();
+        let bytes = deterministic_parquet(&joined, threads)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        tracing::info!(
+            rows = joined.num_rows(),
+            spine_ms = spine_done.as_millis() as u64,
+            read_ms = (read_done - spine_done).as_millis() as u64,
+            join_ms = (join_done - read_done).as_millis() as u64,
+            encode_ms = (started.elapsed() - join_done).as_millis() as u64,
+            "training set joined and encoded"
+        );
+        Ok((joined.num_rows(), bytes, sha256))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("the training-set join failed: {e}")))??;
+    let (manifest, bytes) = {
         let id = TRAINING_SETS.new_id();
         let manifest = TrainingSetManifest {
             id,
@@ -424,9 +454,9 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
             features: inputs.iter().map(|(i, ..)| i.clone()).collect(),
             as_known_at_spine_time: req.as_known_at_spine_time,
             semantics: SEMANTICS.into(),
-            rows: joined.num_rows() as u64,
+            rows: rows as u64,
             bytes: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            sha256,
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             created_by: p.actor(),
             audit_event_id: ctx.event_id.clone(),
