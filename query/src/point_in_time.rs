@@ -225,21 +225,23 @@ struct Source<'t, S> {
 
 /// Key columns as 64-bit integers, when every one converts losslessly.
 fn integer_keys(columns: &[ArrayRef]) -> Result<Option<Vec<Int64Array>>> {
-    if columns.iter().any(|c| key_bits(c.data_type()).is_none()) {
+    if !columns.iter().all(|c| converts_to_i64(c.data_type())) {
         return Ok(None);
     }
     Ok(Some(columns.iter().map(|c| Ok(cast(c, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone())).collect::<Result<_>>()?))
 }
 
 /// Integer types that convert to i64 losslessly (u64 does not).
-fn key_bits(t: &DataType) -> Option<u32> {
-    match t {
-        DataType::Int8 | DataType::UInt8 => Some(8),
-        DataType::Int16 | DataType::UInt16 => Some(16),
-        DataType::Int32 | DataType::UInt32 | DataType::Date32 => Some(32),
-        DataType::Int64 => Some(64),
-        _ => None,
-    }
+fn converts_to_i64(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8 | DataType::UInt8 | DataType::Int16 | DataType::UInt16 | DataType::Int32 | DataType::UInt32 | DataType::Date32 | DataType::Int64
+    )
+}
+
+/// Rows where any of `columns` is null.
+fn any_null<'a>(columns: impl IntoIterator<Item = &'a dyn Array>) -> Option<NullBuffer> {
+    columns.into_iter().fold(None, |acc, c| NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref()))
 }
 
 /// A number holding packed integer keys.
@@ -293,7 +295,7 @@ impl KeyPacking {
             .iter()
             .zip(times)
             .map(|(columns, times)| {
-                let nulls = columns.iter().fold(None, |acc: Option<NullBuffer>, c| NullBuffer::union(acc.as_ref(), c.nulls()));
+                let nulls = any_null(columns.iter().map(|c| c as &dyn Array));
                 let packed = self.columns.iter().map(|&(c, lo, shift)| (columns[c].clone(), lo, shift)).collect();
                 Source { keys: PackedKeys { columns: packed, nulls, len: times.len(), key: std::marker::PhantomData }, times }
             })
@@ -362,7 +364,7 @@ impl Search<'_> {
         let converter = RowConverter::new(spine_keys.iter().map(|a| SortField::new(a.data_type().clone())).collect())?;
         let spine_rows = converter.convert_columns(spine_keys)?;
         let side_rows = side_keys.iter().map(|k| converter.convert_columns(k)).collect::<std::result::Result<Vec<_>, _>>()?;
-        let nulls = |columns: &[ArrayRef]| columns.iter().fold(None, |acc: Option<NullBuffer>, c| NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref()));
+        let nulls = |columns: &[ArrayRef]| any_null(columns.iter().map(|c| c.as_ref()));
         let spine = [Source { keys: RowKeys { rows: &spine_rows, nulls: nulls(spine_keys) }, times: spine_t }];
         let side: Vec<_> =
             side_rows.iter().zip(side_keys).zip(side_t).map(|((rows, keys), times)| Source { keys: RowKeys { rows, nulls: nulls(keys) }, times }).collect();
@@ -383,20 +385,13 @@ impl Search<'_> {
         let spine_parts = split(spine, &part_of, parts, threads);
         let side_parts = split(side, &part_of, parts, threads);
 
-        let scratch = std::sync::Mutex::new(Vec::new());
         let found = parallel_map(parts, threads, |q| {
-            let mut mine = scratch.lock().map(|mut s| s.pop()).ok().flatten().unwrap_or_default();
-            let mut found = Vec::new();
             let spine = spine_parts.iter().map(|piece| piece[q].as_slice());
             let side = side_parts.iter().map(|piece| piece[q].as_slice());
             match self.known {
-                None => self.latest(spine, side, &mut mine, &mut found),
-                Some(known) => self.latest_known(spine, side, known, &mut mine.entries, &mut found),
+                None => self.latest(spine, side),
+                Some(known) => self.latest_known(spine, side, known),
             }
-            if let Ok(mut s) = scratch.lock() {
-                s.push(mine);
-            }
-            found
         });
         let mut out = vec![None; spine_rows];
         for (i, j) in found.into_iter().flatten() {
@@ -412,19 +407,15 @@ impl Search<'_> {
     /// The plain join over one partition, without sorting its feature rows: each feature
     /// row is offered to the first spine row of its key at or after its time, and a
     /// running maximum along each key's spine rows (in time order) then gives every spine
-    /// row the latest row offered at or before it.
+    /// row the latest row offered at or before it. Returns (spine row, feature row) pairs.
     fn latest<'e, K: Ord + Hash + Copy + 'e>(
         &self,
         spine: impl Iterator<Item = &'e [Entry<K>]>,
         side: impl Iterator<Item = &'e [Entry<K>]>,
-        scratch: &mut Scratch<K>,
-        found: &mut Vec<(u32, u32)>,
-    ) {
-        let Scratch { spine: rows, runs, offered, .. } = scratch;
-        rows.clear();
-        spine.for_each(|share| rows.extend_from_slice(share));
+    ) -> Vec<(u32, u32)> {
+        let mut rows: Vec<Entry<K>> = spine.flatten().copied().collect();
         rows.sort_unstable();
-        runs.clear();
+        let mut runs: hashbrown::HashMap<K, (usize, usize)> = hashbrown::HashMap::with_capacity(rows.len());
         let mut start = 0;
         for p in 1..=rows.len() {
             if p == rows.len() || rows[p].0 != rows[start].0 {
@@ -432,8 +423,7 @@ impl Search<'_> {
                 start = p;
             }
         }
-        offered.clear();
-        offered.resize(rows.len(), None);
+        let mut offered: Vec<Option<(i64, u32)>> = vec![None; rows.len()];
         for &(key, t, j) in side.flatten() {
             let Some(&(a, b)) = runs.get(&key) else { continue };
             let p = a + rows[a..b].partition_point(|e| e.1 < t);
@@ -441,6 +431,7 @@ impl Search<'_> {
                 offered[p] = offered[p].max(Some((t, j)));
             }
         }
+        let mut found = Vec::new();
         let mut best = None;
         for (p, &(key, t, i)) in rows.iter().enumerate() {
             if p > 0 && rows[p - 1].0 != key {
@@ -453,6 +444,7 @@ impl Search<'_> {
                 found.push((i, j));
             }
         }
+        found
     }
 
     /// The bitemporal join over one partition: its feature rows sorted by (key, time,
@@ -463,12 +455,10 @@ impl Search<'_> {
         spine: impl Iterator<Item = &'e [Entry<K>]>,
         side: impl Iterator<Item = &'e [Entry<K>]>,
         known: &KnownAt<'_>,
-        entries: &mut Vec<Entry<K>>,
-        found: &mut Vec<(u32, u32)>,
-    ) {
-        entries.clear();
-        side.for_each(|share| entries.extend_from_slice(share));
+    ) -> Vec<(u32, u32)> {
+        let mut entries: Vec<Entry<K>> = side.flatten().copied().collect();
         entries.sort_unstable();
+        let mut found = Vec::new();
         for &(key, t, i) in spine.flatten() {
             let Some(v) = known.spine_version[i as usize] else { continue };
             // Walk back from the last entry not after (key, t): later times first, and of
@@ -483,20 +473,7 @@ impl Search<'_> {
                 found.push((i, e.2));
             }
         }
-    }
-}
-
-/// Buffers a join thread reuses from one partition to the next.
-struct Scratch<K> {
-    spine: Vec<Entry<K>>,
-    runs: hashbrown::HashMap<K, (usize, usize)>,
-    offered: Vec<Option<(i64, u32)>>,
-    entries: Vec<Entry<K>>,
-}
-
-impl<K> Default for Scratch<K> {
-    fn default() -> Self {
-        Scratch { spine: Vec::new(), runs: hashbrown::HashMap::default(), offered: Vec::new(), entries: Vec::new() }
+        found
     }
 }
 

@@ -393,10 +393,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
     let read_done = started.elapsed();
 
     // The join and the encoding are CPU work: off the request runtime.
-    let sides_spec: Vec<(String, Vec<String>, String, Vec<String>, Option<i64>)> = inputs
-        .iter()
-        .map(|(input, keys, event_time)| (input.group.clone(), keys.clone(), event_time.clone(), input.features.clone(), input.ttl_seconds))
-        .collect();
+    let join_inputs = inputs.clone();
     let (spine_time, bitemporal) = (req.spine_time.clone(), req.as_known_at_spine_time);
     let (rows, bytes, sha256) = tokio::task::spawn_blocking(move || -> Result<(usize, Vec<u8>, String)> {
         let spine = sort_spine(&spine, &spine_time).map_err(join_error)?;
@@ -405,18 +402,18 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
             .map(|(_, commits)| versions_known_at(&spine, &spine_time, commits))
             .collect::<std::result::Result<_, _>>()
             .map_err(join_error)?;
-        let sides: Vec<FeatureSide<'_>> = sides_spec
+        let sides: Vec<FeatureSide<'_>> = join_inputs
             .iter()
             .zip(&sides_data)
             .zip(&spine_versions)
-            .map(|(((group, keys, event_time, features, ttl_seconds), (rows, _)), spine_version)| FeatureSide {
-                name: group,
+            .map(|(((input, keys, event_time), (rows, _)), spine_version)| FeatureSide {
+                name: &input.group,
                 batches: &rows.batches,
                 schema: &rows.schema,
                 keys,
                 event_time,
-                features,
-                ttl_micros: ttl_seconds.map(|s| s.saturating_mul(1_000_000)),
+                features: &input.features,
+                ttl_micros: input.ttl_seconds.map(|s| s.saturating_mul(1_000_000)),
                 known: bitemporal.then_some(KnownAt { added: &rows.added, removed: &rows.removed, spine_version }),
             })
             .collect();
