@@ -95,6 +95,7 @@ impl Error {
             Error::NotAcceptable => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Catalog(e) if is_unique_violation(e) => (StatusCode::CONFLICT, "conflict"),
+            Error::Catalog(e) if is_transient(e) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_busy"),
             Error::Engine(e) => match e {
                 Q::InvalidValue { .. } | Q::UnknownColumn { .. } | Q::MissingColumn { .. } | Q::DuplicateKey { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rows")
@@ -133,21 +134,43 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.is_unique_violation())
 }
 
+/// Contention that a retry of the same request can get past: SQLite busy or locked
+/// (5, 6 and their extended codes), Postgres serialization failures, deadlocks and lock
+/// timeouts, or no free connection in the pool.
+fn is_transient(e: &sqlx::Error) -> bool {
+    if matches!(e, sqlx::Error::PoolTimedOut) {
+        return true;
+    }
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|code| {
+        matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517" | "40001" | "40P01" | "55P03")
+    })
+}
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: u32 = 1;
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let error_id = uuid::Uuid::now_v7().to_string();
-        // 503s say why (the ledger or a dependency is down); other 5xx details stay in the log.
+        // 503s say why (the ledger or a dependency is down, or busy) and when to retry;
+        // other 5xx details stay in the log.
         let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             // The detail may name paths, hosts or SQL; it goes to the log only.
             tracing::error!(%error_id, %code, error = %self, "request failed");
             "internal error; quote the error_id to an operator".to_string()
+        } else if let Error::Catalog(_) = self {
+            tracing::warn!(%error_id, %code, error = %self, "request refused: the catalog is busy");
+            "the catalog is busy; retry the request".to_string()
         } else {
             tracing::debug!(%error_id, %code, error = %self, "request refused");
             self.to_string()
         };
         let mut response =
             (status, Json(ErrorBody { error: ErrorDetail { code: code.clone(), message, error_id } })).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
         response.extensions_mut().insert(ErrorCode(code));
         response
     }

@@ -32,7 +32,7 @@ macro_rules! job_columns { () => { "id, tenant_id, model_name, state, spec_json,
 macro_rules! key_columns { () => { "k.id, k.tenant_id, k.name, k.role, k.created_at, k.created_by, k.revoked_at" }; }
 
 macro_rules! sql_catalog {
-    ($name:ident, $db:ty, $kind:literal, $migrations:literal) => {
+    ($name:ident, $db:ty, $kind:literal, $begin_write:literal) => {
         pub struct $name {
             pool: sqlx::Pool<$db>,
         }
@@ -40,6 +40,14 @@ macro_rules! sql_catalog {
         impl $name {
             pub fn pool(&self) -> &sqlx::Pool<$db> {
                 &self.pool
+            }
+
+            /// A transaction that reads and then writes. SQLite must take the write lock
+            /// at `BEGIN` (`IMMEDIATE`): a deferred transaction that reads first and
+            /// writes after another connection committed fails with `SQLITE_BUSY_SNAPSHOT`
+            /// at once, without waiting out the busy timeout.
+            async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>> {
+                Ok(self.pool.begin_with($begin_write).await?)
             }
 
             fn group_row(row: &<$db as sqlx::Database>::Row) -> Result<FeatureGroupRecord> {
@@ -335,7 +343,7 @@ macro_rules! sql_catalog {
             }
 
             async fn delete_feature_group(&self, id: &str) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query("DELETE FROM feature_group_versions WHERE feature_group_id = $1").bind(id).execute(&mut *tx).await?;
                 sqlx::query("DELETE FROM feature_groups WHERE id = $1").bind(id).execute(&mut *tx).await?;
                 tx.commit().await?;
@@ -498,7 +506,7 @@ macro_rules! sql_catalog {
             }
 
             async fn move_alias(&self, model_id: &str, alias: &str, to: Option<i64>, actor: &str, reason: &str, at: i64) -> Result<AliasMove> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let from: Option<i64> = sqlx::query("SELECT version FROM model_aliases WHERE model_id = $1 AND alias = $2")
                     .bind(model_id)
                     .bind(alias)
@@ -581,7 +589,7 @@ macro_rules! sql_catalog {
             }
 
             async fn start_canary(&self, model_id: &str, c: &CanaryRecord) -> Result<CanaryRecord> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let open: Option<i64> = sqlx::query("SELECT version FROM model_canaries WHERE model_id = $1 AND alias = $2 AND ended_at IS NULL")
                     .bind(model_id)
                     .bind(&c.alias)
@@ -718,8 +726,8 @@ macro_rules! sql_catalog {
     };
 }
 
-sql_catalog!(SqliteCatalog, sqlx::Sqlite, "sqlite", "../../migrations/sqlite");
-sql_catalog!(PostgresCatalog, sqlx::Postgres, "postgres", "../../migrations/postgres");
+sql_catalog!(SqliteCatalog, sqlx::Sqlite, "sqlite", "BEGIN IMMEDIATE");
+sql_catalog!(PostgresCatalog, sqlx::Postgres, "postgres", "BEGIN");
 
 fn unique_to(e: sqlx::Error, kind: &'static str, name: &str) -> Error {
     if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
