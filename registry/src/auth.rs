@@ -113,6 +113,9 @@ const KEY_CACHE_MAX: usize = 10_000;
 #[derive(Default)]
 pub struct KeyCache {
     entries: std::sync::RwLock<std::collections::HashMap<String, (Principal, std::time::Instant)>>,
+    /// Bumped by every clear: a key read from the catalog before a revocation is not
+    /// cached after it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl KeyCache {
@@ -125,18 +128,23 @@ impl KeyCache {
         {
             return Ok(p.clone());
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let p = lookup(catalog, &hash).await?;
         let mut entries = self.entries.write().expect("key cache lock");
-        if entries.len() >= KEY_CACHE_MAX {
-            entries.clear();
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            if entries.len() >= KEY_CACHE_MAX {
+                entries.clear();
+            }
+            entries.insert(hash, (p.clone(), std::time::Instant::now()));
         }
-        entries.insert(hash, (p.clone(), std::time::Instant::now()));
         Ok(p)
     }
 
-    /// Forgets every key (after a revocation).
+    /// Forgets every key (after a revocation has been written to the catalog).
     pub fn clear(&self) {
-        self.entries.write().expect("key cache lock").clear();
+        let mut entries = self.entries.write().expect("key cache lock");
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.clear();
     }
 }
 

@@ -85,11 +85,15 @@ impl InferenceLog {
     }
 }
 
-/// Commits buffered rows every flush interval until the server stops.
-pub async fn run(state: AppState) {
+/// Commits buffered rows every flush interval until `stop` changes. A flush that has
+/// begun always finishes (its rows are taken out of the buffers, so cutting it short would
+/// lose them); the caller flushes once more after this returns.
+pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        tokio::time::sleep(state.config.serving.inference_log_flush).await;
-        flush(&state).await;
+        tokio::select! {
+            _ = tokio::time::sleep(state.config.serving.inference_log_flush) => flush(&state).await,
+            _ = stop.changed() => return,
+        }
     }
 }
 

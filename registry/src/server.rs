@@ -134,7 +134,8 @@ pub async fn serve_until(
         }
         None => None,
     };
-    let inference_log = tokio::spawn(crate::inference_log::run(state.clone()));
+    let (stop_inference_log, inference_log_stopped) = tokio::sync::watch::channel(false);
+    let inference_log = tokio::spawn(crate::inference_log::run(state.clone(), inference_log_stopped));
     let online_refresh = tokio::spawn(crate::online::keep_fresh(state.clone()));
     let drift_checks: Vec<_> = state.config.drift_checks.iter().map(|c| tokio::spawn(crate::drift::run_check(state.clone(), c.clone()))).collect();
     on_bound(addr);
@@ -147,8 +148,10 @@ pub async fn serve_until(
         })
         .await
         .map_err(|e| Error::Internal(format!("server error: {e}")));
-    // Scored rows still buffered are committed while the ledger can record the commit.
-    inference_log.abort();
+    // Scored rows still buffered are committed while the ledger can record the commit;
+    // a flush under way finishes first.
+    let _ = stop_inference_log.send(true);
+    let _ = inference_log.await;
     online_refresh.abort();
     drift_checks.iter().for_each(|t| t.abort());
     crate::inference_log::flush(&state).await;

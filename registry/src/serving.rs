@@ -9,7 +9,7 @@
 //! latency for larger batches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,7 @@ fn now_ms() -> u64 {
 struct Job {
     matrix: Vec<f32>,
     rows: usize,
-    reply: oneshot::Sender<Predictions>,
+    reply: oneshot::Sender<Result<Predictions>>,
 }
 
 /// Where an alias sends traffic.
@@ -170,6 +170,12 @@ pub struct Serving {
     model_ids: RwLock<HashMap<(String, String), String>>,
     models: RwLock<HashMap<(String, i64), Arc<LoadedModel>>>,
     routes: RwLock<HashMap<(String, String), Arc<Route>>>,
+    /// Bumped whenever a route is dropped (an alias moved, a canary changed): a route
+    /// read from the catalog before the change is not cached after it.
+    routes_generation: AtomicU64,
+    /// Bumped whenever a version is dropped (deleted): a load that started before is
+    /// not cached after it.
+    models_generation: AtomicU64,
     /// One load at a time per process: a burst of first requests loads a version once.
     loading: tokio::sync::Mutex<()>,
 }
@@ -181,18 +187,25 @@ impl Serving {
             model_ids: Default::default(),
             models: Default::default(),
             routes: Default::default(),
+            routes_generation: AtomicU64::new(0),
+            models_generation: AtomicU64::new(0),
             loading: Default::default(),
         }
     }
 
-    /// Drops a version from the cache (it was deleted).
+    /// Drops a version from the cache (it was deleted). Call after the catalog changed.
     pub fn forget(&self, model_id: &str, version: i64) {
-        self.models.write().expect("model cache lock").remove(&(model_id.to_string(), version));
+        let mut models = self.models.write().expect("model cache lock");
+        self.models_generation.fetch_add(1, Ordering::SeqCst);
+        models.remove(&(model_id.to_string(), version));
     }
 
-    /// Drops an alias route so the next request reads it from the catalog.
+    /// Drops an alias route so the next request reads it from the catalog. Call after
+    /// the catalog changed.
     pub fn forget_route(&self, model_id: &str, alias: &str) {
-        self.routes.write().expect("route lock").remove(&(model_id.to_string(), alias.to_string()));
+        let mut routes = self.routes.write().expect("route lock");
+        self.routes_generation.fetch_add(1, Ordering::SeqCst);
+        routes.remove(&(model_id.to_string(), alias.to_string()));
     }
 }
 
@@ -218,6 +231,7 @@ pub async fn loaded(state: &AppState, p: &Principal, name: &str, version: i64) -
     if let Some(m) = state.serving.models.read().expect("model cache lock").get(&key) {
         return Ok(m.clone());
     }
+    let generation = state.serving.models_generation.load(Ordering::SeqCst);
     let started = Instant::now();
     let artifact = crate::models::load(state, p, name, version).await?;
     let layers = artifact.dense_layers().map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))?;
@@ -227,12 +241,16 @@ pub async fn loaded(state: &AppState, p: &Principal, name: &str, version: i64) -
     tokio::spawn(run_batcher(rx, Arc::new(layers), artifact.clone(), state.serving.config.clone(), label, version));
     let m = Arc::new(LoadedModel { model_id: id, model: name.to_string(), version, artifact, width, batcher: tx, last_used: now_ms().into() });
     let mut models = state.serving.models.write().expect("model cache lock");
-    // Requests holding an evicted model finish with it; its batcher ends with them.
-    while models.len() >= state.serving.config.max_loaded_models.max(1) {
-        let Some(oldest) = models.iter().min_by_key(|(_, m)| m.last_used.load(Ordering::Relaxed)).map(|(k, _)| k.clone()) else { break };
-        models.remove(&oldest);
+    // A version deleted while it loaded serves this request (it began before the delete
+    // finished) but is not kept.
+    if state.serving.models_generation.load(Ordering::SeqCst) == generation {
+        // Requests holding an evicted model finish with it; its batcher ends with them.
+        while models.len() >= state.serving.config.max_loaded_models.max(1) {
+            let Some(oldest) = models.iter().min_by_key(|(_, m)| m.last_used.load(Ordering::Relaxed)).map(|(k, _)| k.clone()) else { break };
+            models.remove(&oldest);
+        }
+        models.insert(key, m.clone());
     }
-    models.insert(key, m.clone());
     drop(models);
     tracing::info!(model = %name, version, ms = started.elapsed().as_millis() as u64, "model loaded and verified");
     Ok(m)
@@ -247,6 +265,7 @@ pub async fn route(state: &AppState, p: &Principal, name: &str, alias: &str) -> 
     {
         return Ok(r.clone());
     }
+    let generation = state.serving.routes_generation.load(Ordering::SeqCst);
     let stable = state
         .catalog
         .aliases(&id)
@@ -265,7 +284,12 @@ pub async fn route(state: &AppState, p: &Principal, name: &str, alias: &str) -> 
         None => None,
     };
     let r = Arc::new(Route { stable, canary, read_at: Instant::now() });
-    state.serving.routes.write().expect("route lock").insert(key, r.clone());
+    let mut routes = state.serving.routes.write().expect("route lock");
+    // An alias that moved while its route was read is read again by the next request,
+    // never cached stale.
+    if state.serving.routes_generation.load(Ordering::SeqCst) == generation {
+        routes.insert(key, r.clone());
+    }
     Ok(r)
 }
 
@@ -362,19 +386,25 @@ async fn run_batcher(mut rx: mpsc::Receiver<Job>, layers: Arc<Vec<DenseLayer>>, 
             sizes.push(j.rows);
             replies.push(j.reply);
         }
+        // A panic while scoring fails this batch's requests, not the batcher: later
+        // requests to the model are still served.
         let predictions = if rows * flops_per_row <= 2_000_000 {
-            artifact.predict_encoded(&layers, &matrix, rows)
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| artifact.predict_encoded(&layers, &matrix, rows))).map_err(|_| ())
         } else {
             // Big batches of big models would hold a request thread too long.
             let (layers, artifact) = (layers.clone(), artifact.clone());
-            match tokio::task::spawn_blocking(move || artifact.predict_encoded(&layers, &matrix, rows)).await {
-                Ok(p) => p,
-                Err(_) => continue,
+            tokio::task::spawn_blocking(move || artifact.predict_encoded(&layers, &matrix, rows)).await.map_err(|_| ())
+        };
+        let Ok(predictions) = predictions else {
+            tracing::error!(model = %label, version, rows, "scoring a batch panicked; its requests fail");
+            for reply in replies {
+                let _ = reply.send(Err(Error::Internal(format!("model {label}/{version}: scoring panicked"))));
             }
+            continue;
         };
         let mut offset = 0;
         for (n, reply) in sizes.into_iter().zip(replies) {
-            let _ = reply.send(slice(&predictions, offset, n));
+            let _ = reply.send(Ok(slice(&predictions, offset, n)));
             offset += n;
         }
     }
@@ -398,7 +428,9 @@ impl LoadedModel {
             .send(Job { matrix, rows, reply: tx })
             .await
             .map_err(|_| Error::Unavailable(format!("model {}/{} is being unloaded; retry", self.model, self.version)))?;
-        rx.await.map_err(|_| Error::Internal(format!("model {}/{}: scoring failed", self.model, self.version)))
+        // The batcher answers every job it takes; a dropped reply means the server is
+        // stopping.
+        rx.await.map_err(|_| Error::Unavailable(format!("model {}/{} stopped scoring; retry", self.model, self.version)))?
     }
 
     /// Encodes rows with the artifact's preprocessing, checking every column. Also
