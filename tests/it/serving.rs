@@ -467,18 +467,29 @@ async fn inference_logs_are_queryable_and_drift_is_measured_and_signalled() {
     assert_eq!(headers["x-lakeledger-signature"].to_str().unwrap(), lakeledger::drift::sign_webhook(b"s3cret", ts, &body));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alias_moves_under_load_drop_no_request() {
-    // One loaded version at a time: every move also evicts the version in use.
+    // One loaded version at a time: every move, and every request the canary takes, also
+    // evicts the version others are using.
     let dir = tempfile::tempdir().unwrap();
     let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
     config.serving.max_loaded_models = 1;
+    // Inference-log commits write to the catalog while aliases move.
+    config.serving.inference_log_flush = Duration::from_millis(50);
     let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
     wine_models(&s, &k).await;
+    // Three input sets: version 1 takes all thirteen inputs, version 2 three, version 3
+    // (a linear model) five.
+    let five = ["wine_features__alcohol", "wine_features__malic_acid", "wine_features__ash", "wine_features__magnesium", "wine_features__proline"];
+    let linear = json!({"task": "classification", "hidden_layers": [], "max_epochs": 40, "seed": 3});
+    crate::models::train(&s, &k, json!({"model": "wine", "training_set": crate::models::training_set("wine", "cultivar"), "label": "cultivar", "inputs": five, "config": linear})).await;
     let put = |v: i64| s.client.put(s.url("/v1/models/wine/aliases/champion")).bearer_auth(&k).json(&json!({"version": v})).send();
+    let canary = |start: bool| {
+        let r = s.client.request(if start { reqwest::Method::PUT } else { reqwest::Method::DELETE }, s.url("/v1/models/wine/aliases/champion/canary")).bearer_auth(&k);
+        if start { r.json(&json!({"version": 3, "percent": 30})) } else { r }.send()
+    };
     assert_eq!(put(2).await.unwrap().status(), 200);
-    // All thirteen inputs: version 1 takes them all, version 2 the three it was trained on.
     let body = json!({"instances": [[13.2, 1.8, 2.4, 16.0, 100.0, 2.8, 2.7, 0.3, 1.9, 4.4, 1.0, 3.2, 1000.0]]});
     let full = {
         let names: Vec<String> = std::fs::read_to_string(format!("{}/../trainer/tests/data/wine.csv", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -486,30 +497,46 @@ async fn alias_moves_under_load_drop_no_request() {
         let row: serde_json::Map<String, Value> = names.into_iter().zip(body["instances"][0].as_array().unwrap().iter().cloned()).collect();
         json!({"dataframe_records": [row]})
     };
-    let clients: Vec<_> = (0..8)
+    let clients: Vec<_> = (0..16)
         .map(|_| {
             let (client, url, k, full) = (s.client.clone(), s.url("/v1/models/wine@champion/invocations"), k.clone(), full.clone());
             tokio::spawn(async move {
                 let mut versions = Vec::new();
                 for _ in 0..60 {
                     let r = client.post(&url).bearer_auth(&k).json(&full).send().await.unwrap();
-                    assert_eq!(r.status(), 200);
-                    versions.push(r.json::<Value>().await.unwrap()["version"].as_i64().unwrap());
+                    let status = r.status();
+                    let answer: Value = r.json().await.unwrap();
+                    assert_eq!(status, 200, "{answer}");
+                    versions.push(answer["version"].as_i64().unwrap());
                 }
                 versions
             })
         })
         .collect();
-    for i in 0..10 {
-        assert_eq!(put(1 + i % 2).await.unwrap().status(), 200);
+    // Moves between versions 1 and 2, with a canary of version 3 started and stopped
+    // along the way.
+    for i in 0..30 {
+        let r = put(1 + i % 2).await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        if i % 6 == 1 {
+            let r = canary(true).await.unwrap();
+            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        }
+        if i % 6 == 4 {
+            let r = canary(false).await.unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
     }
     let mut seen = std::collections::BTreeSet::new();
     for c in clients {
         seen.extend(c.await.unwrap());
     }
-    assert!(seen.iter().all(|v| [1, 2].contains(v)), "{seen:?}");
-    // After the last move every request is answered by the version it points at.
-    assert_eq!(invoke(&s, &k, "/v1/models/wine@champion/invocations", full).await["version"], 2);
+    assert!(seen.iter().all(|v| [1, 2, 3].contains(v)), "{seen:?}");
+    // After the last move (to version 2; no canary open) every request is answered by
+    // the version the alias points at.
+    for _ in 0..20 {
+        assert_eq!(invoke(&s, &k, "/v1/models/wine@champion/invocations", full.clone()).await["version"], 2);
+    }
 }
 
 /// Polls `lookup` on `s` until `done` holds (another replica's commit takes a refresh
