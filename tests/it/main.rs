@@ -7,6 +7,7 @@ mod feature_groups;
 mod interop;
 mod models;
 mod openapi;
+mod readme;
 mod s3;
 mod serving;
 mod sql;
