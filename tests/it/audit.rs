@@ -231,7 +231,7 @@ fn python_verify(pkg: &Path, key: &str, kept: Option<&Path>) -> Option<(bool, St
     match cmd.output() {
         Ok(o) => Some((o.status.success(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))),
         Err(_) if std::env::var("LAKELEDGER_REQUIRE_PYTHON").as_deref() != Ok("1") => {
-            eprintln!("NOTICE: python3 not found; skipping the independent verifier");
+            crate::support::notice("python3 not found; skipping the independent verifier");
             None
         }
         Err(e) => panic!("python3 is required: {e}"),
@@ -383,7 +383,7 @@ async fn kill_9_under_load_loses_no_acknowledged_record_and_the_log_verifies() {
         if std::env::var("LAKELEDGER_REQUIRE_BIN").as_deref() == Ok("1") {
             panic!("the lakeledger binary is required: build it with `cargo build -p lakeledger`");
         }
-        eprintln!("NOTICE: lakeledger binary not built; skipping the kill -9 test (cargo build -p lakeledger)");
+        crate::support::notice("lakeledger binary not built; skipping the kill -9 test (cargo build -p lakeledger)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

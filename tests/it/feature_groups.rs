@@ -474,7 +474,7 @@ async fn probes_metrics_and_request_ids() {
 async fn kill_9_during_ingest_leaves_only_whole_versions() {
     let Some(bin) = crate::audit::lakeledger_bin() else {
         assert_ne!(std::env::var("LAKELEDGER_REQUIRE_BIN").as_deref(), Ok("1"), "the lakeledger binary is required");
-        eprintln!("NOTICE: lakeledger binary not built; skipping the kill -9 ingest test");
+        crate::support::notice("lakeledger binary not built; skipping the kill -9 ingest test");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ fn python_with_deltalake() -> Option<String> {
     if std::env::var("LAKELEDGER_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
         panic!("{python} with the deltalake and pyarrow packages is required (pip install deltalake pyarrow)");
     }
-    eprintln!("NOTICE: skipping Python interop test: {python} cannot import deltalake and pyarrow");
+    crate::support::notice(&format!("skipping Python interop test: {python} cannot import deltalake and pyarrow"));
     None
 }
 

@@ -278,7 +278,7 @@ async fn jobs_stream_progress_can_be_cancelled_and_survive_restarts_as_failed() 
 async fn the_cli_starts_and_follows_a_job() {
     let Some(bin) = crate::audit::lakeledger_bin() else {
         assert_ne!(std::env::var("LAKELEDGER_REQUIRE_BIN").as_deref(), Ok("1"), "the lakeledger binary is required");
-        eprintln!("NOTICE: lakeledger binary not built; skipping the CLI training test");
+        crate::support::notice("lakeledger binary not built; skipping the CLI training test");
         return;
     };
     let s = Server::start().await;

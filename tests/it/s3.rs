@@ -18,7 +18,7 @@ fn s3_options() -> Option<HashMap<String, String>> {
         if std::env::var("LAKELEDGER_REQUIRE_S3").is_ok_and(|v| v == "1") {
             panic!("LAKELEDGER_TEST_S3_ENDPOINT must point at an S3-compatible server");
         }
-        eprintln!("NOTICE: skipping S3 tests: LAKELEDGER_TEST_S3_ENDPOINT is not set");
+        crate::support::notice("skipping S3 tests: LAKELEDGER_TEST_S3_ENDPOINT is not set");
         return None;
     };
     Some(HashMap::from([

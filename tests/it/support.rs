@@ -127,6 +127,19 @@ impl Server {
     }
 }
 
+/// Reports a suite skipped for want of a part (a database, Python, a binary). The test
+/// harness hides what a passing test prints, so the notice is also appended to the file
+/// named by `LAKELEDGER_NOTICE_FILE`, which `scripts/test` prints at the end.
+pub fn notice(message: &str) {
+    eprintln!("NOTICE: {message}");
+    if let Ok(path) = std::env::var("LAKELEDGER_NOTICE_FILE") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "NOTICE: {message}");
+        }
+    }
+}
+
 /// Asserts the common error body and returns its code.
 pub async fn error_code(r: Response, status: u16) -> (String, String) {
     assert_eq!(r.status().as_u16(), status);
@@ -150,7 +163,7 @@ pub async fn postgres_url() -> Option<String> {
             if std::env::var("LAKELEDGER_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
                 panic!("Postgres at {url} is required but unreachable: {e}");
             }
-            eprintln!("NOTICE: skipping Postgres tests: {url} unreachable ({e})");
+            notice(&format!("skipping Postgres tests: {url} unreachable ({e})"));
             None
         }
     }
