@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use lakeledger::auth::{DEFAULT_TENANT, mint_key};
-use lakeledger::catalog::{self, Role};
-use lakeledger::config::{Config, FileConfig, Overrides};
+use lakeledger::identity::{DEFAULT_TENANT, mint_key};
+use lakeledger::platform::catalog::{self, Role};
+use lakeledger::app::config::{Config, FileConfig, Overrides};
 
 #[derive(Parser)]
 #[command(name = "lakeledger", version, about = "Audit-grade lakehouse feature store and model registry")]
@@ -33,7 +33,7 @@ enum Command {
         command: AuditCommand,
     },
     /// Start a training job on a running server and follow it with a progress bar.
-    Train(lakeledger::cli_train::TrainArgs),
+    Train(lakeledger::cli::train::TrainArgs),
     /// Print the OpenAPI document.
     Openapi,
 }
@@ -208,9 +208,9 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Keys { command } => keys(command).await,
         Command::Audit { command } => audit(command),
-        Command::Train(args) => lakeledger::cli_train::run(args).await,
+        Command::Train(args) => lakeledger::cli::train::run(args).await,
         Command::Openapi => {
-            print!("{}", lakeledger::api::openapi_document());
+            print!("{}", lakeledger::http::openapi_document());
             Ok(())
         }
     };
@@ -235,7 +235,7 @@ async fn serve(args: ServeArgs) -> lakeledger::Result<()> {
     println!("  catalog  : {}", config.catalog_url.redacted());
     println!("  tables   : {}", config.data_root);
     println!("  audit    : {}", config.audit_dir.display());
-    let prepared = lakeledger::server::prepare(config).await?;
+    let prepared = lakeledger::app::server::prepare(config).await?;
     let report = &prepared.audit_report;
     if let Some(what) = &report.repaired {
         println!("  audit    : repaired at startup: {what}");
@@ -255,7 +255,7 @@ async fn serve(args: ServeArgs) -> lakeledger::Result<()> {
     } else {
         println!("  auth     : Authorization: Bearer <api key>  (mint one offline: lakeledger keys create)");
     }
-    lakeledger::server::serve(prepared, |addr| {
+    lakeledger::app::server::serve(prepared, |addr| {
         println!("  listening: http://{addr}  (ready in {} ms)", started.elapsed().as_millis());
     })
     .await
@@ -305,7 +305,7 @@ async fn keys_offline(config: &Config, command: KeysCommand, tenant_name: &str) 
     let catalog = catalog::connect(config.catalog_url.expose()).await?;
     let tenant = match catalog.tenant_by_name(&tenant_name).await? {
         Some(t) => t,
-        None if tenant_name == DEFAULT_TENANT => lakeledger::auth::create_tenant(&catalog, DEFAULT_TENANT).await?,
+        None if tenant_name == DEFAULT_TENANT => lakeledger::identity::create_tenant(&catalog, DEFAULT_TENANT).await?,
         None => return Err(Error::NotFound { kind: "tenant", name: tenant_name }),
     };
     match command {

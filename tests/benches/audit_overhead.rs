@@ -14,8 +14,8 @@ use axum::extract::State;
 use axum::http::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use lakeledger::auth::{AuthFailure, AuthOutcome, authenticate};
-use lakeledger::state::AppState;
+use lakeledger::identity::{AuthFailure, AuthOutcome, authenticate};
+use lakeledger::http::state::AppState;
 
 /// Authentication alone, as the handlers need it; no records.
 async fn auth_only(State(state): State<AppState>, mut req: Request<Body>, next: Next) -> Response {
@@ -72,13 +72,13 @@ async fn load(url: &str, key: &str, connections: usize, secs: u64) -> (f64, f64,
 async fn main() {
     let secs: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
-    let config = lakeledger::config::Config::embedded(dir.path()).unwrap();
-    let prepared = lakeledger::server::prepare(config).await.unwrap();
+    let config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    let prepared = lakeledger::app::server::prepare(config).await.unwrap();
     let key = prepared.first_admin_key.as_ref().unwrap().secret.clone();
     let state = prepared.state.clone();
-    let audited = serve(lakeledger::server::app(state.clone())).await;
+    let audited = serve(lakeledger::app::server::app(state.clone())).await;
     let bare = serve(
-        lakeledger::api::routes()
+        lakeledger::http::routes()
             .layer(axum::middleware::from_fn_with_state(state.clone(), auth_only))
             .with_state(state.clone()),
     )

@@ -53,7 +53,7 @@ pub async fn wait_for_outcomes(s: &Server, request_ids: &[String]) -> Vec<Value>
 
 /// Every documented route plus the undocumented ones, as (method, template).
 fn route_table() -> Vec<(String, String)> {
-    let doc: Value = serde_json::from_str(&lakeledger::api::openapi_document()).unwrap();
+    let doc: Value = serde_json::from_str(&lakeledger::http::openapi_document()).unwrap();
     let mut out = vec![("GET".to_string(), "/openapi.json".to_string()), ("GET".into(), "/docs".into())];
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
@@ -74,7 +74,7 @@ async fn every_route_records_an_intent_and_an_outcome_including_refusals_and_pan
     let table = route_table();
     assert!(table.len() >= 25, "{} routes", table.len());
     for (i, (method, template)) in table.iter().enumerate() {
-        assert_ne!(lakeledger::audit::action(method, template), "http.other", "{method} {template} has no audit action name");
+        assert_ne!(lakeledger::platform::audit::action(method, template), "http.other", "{method} {template} has no audit action name");
         let path = template.replace("{name}", "clicks").replace("{id}", "key_unknown");
         let path = if path.contains("/proofs/inclusion") { format!("{path}?seq=0") } else { path };
         let path = if path.contains("/proofs/consistency") { format!("{path}?from=1") } else { path };
@@ -91,7 +91,7 @@ async fn every_route_records_an_intent_and_an_outcome_including_refusals_and_pan
             let status = r.status().as_u16();
             assert!(r.headers().contains_key("x-audit-seq"), "{method} {path} as {who}: no x-audit-seq");
             let _ = r.bytes().await;
-            sent.push((rid, status, lakeledger::audit::action(method, template)));
+            sent.push((rid, status, lakeledger::platform::audit::action(method, template)));
         }
     }
     let r = s.client.get(s.url("/no/such/route")).header("x-request-id", "cov-unmatched").send().await.unwrap();
@@ -121,8 +121,8 @@ async fn every_route_records_an_intent_and_an_outcome_including_refusals_and_pan
     assert!(!text.contains(&admin) && !text.contains(&reader) && !text.contains("llk_"));
 
     // A handler that panics still yields both records.
-    let routes = lakeledger::api::routes().route("/v1/panics", axum::routing::get(panicking_handler));
-    let app = lakeledger::server::app_with_routes(s.state.clone(), routes);
+    let routes = lakeledger::http::routes().route("/v1/panics", axum::routing::get(panicking_handler));
+    let app = lakeledger::app::server::app_with_routes(s.state.clone(), routes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -142,7 +142,7 @@ async fn panicking_handler() -> &'static str {
 #[tokio::test]
 async fn a_stalled_ledger_refuses_requests_with_503_and_no_data() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
     config.audit_timeout = Duration::from_millis(300);
     let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
@@ -514,7 +514,7 @@ fn the_python_verifier_agrees_with_the_rust_verifier() {
 async fn signed_checkpoints_are_copied_to_the_mirror() {
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("compliance-bucket");
-    let mut config = lakeledger::config::Config::embedded(dir.path().join("data")).unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path().join("data")).unwrap();
     config.audit_checkpoint_mirror = Some(url::Url::from_directory_path(std::fs::canonicalize(dir.path()).unwrap().join("compliance-bucket")).unwrap());
     let s = Server::start_with(config, None).await;
     let key = s.state.audit.ledger.public_key();

@@ -1,6 +1,6 @@
 //! One conformance suite for every catalog backend.
 
-use lakeledger::catalog::{
+use lakeledger::platform::catalog::{
     Catalog, FeatureGroupRecord, GroupMetadata, GroupState, JobRecord, ModelRecord, ModelVersionRecord, NewApiKey, Role, Tenant, VersionRecord,
 };
 use lakeledger::error::Error;
@@ -143,7 +143,7 @@ async fn models(c: &dyn Catalog) {
     let history = c.alias_history("m_1", "champion").await.unwrap();
     assert_eq!(history.iter().map(|h| (h.to_version, h.reason.as_str())).collect::<Vec<_>>(), vec![(Some(1), "first"), (Some(2), "better"), (None, "retired")]);
 
-    let canary = lakeledger::catalog::CanaryRecord {
+    let canary = lakeledger::platform::catalog::CanaryRecord {
         alias: "champion".into(),
         seq: 0,
         version: 2,
@@ -193,7 +193,7 @@ async fn models(c: &dyn Catalog) {
 async fn sqlite_catalog_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.sqlite").display());
-    let c = lakeledger::catalog::connect(&url).await.unwrap();
+    let c = lakeledger::platform::catalog::connect(&url).await.unwrap();
     conformance(c.as_ref()).await;
 }
 
@@ -201,7 +201,7 @@ async fn sqlite_catalog_conforms() {
 async fn postgres_catalog_conforms() {
     let Some(base) = postgres_url().await else { return };
     let url = fresh_postgres_schema(&base).await;
-    let c = lakeledger::catalog::connect(&url).await.unwrap();
+    let c = lakeledger::platform::catalog::connect(&url).await.unwrap();
     conformance(c.as_ref()).await;
 }
 
@@ -209,8 +209,8 @@ async fn postgres_catalog_conforms() {
 async fn server_runs_on_postgres() {
     let Some(base) = postgres_url().await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
-    config.catalog_url = lakeledger::config::Secret::new(fresh_postgres_schema(&base).await);
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    config.catalog_url = lakeledger::app::config::Secret::new(fresh_postgres_schema(&base).await);
     let s = crate::support::Server::start_with(config, None).await;
     let k = s.admin_key.clone();
     s.create_clicks(&k).await;

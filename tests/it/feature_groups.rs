@@ -354,7 +354,7 @@ async fn concurrent_ingests_each_get_their_own_version() {
 #[tokio::test]
 async fn body_limit_answers_413_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
     config.max_body_bytes = 1024;
     let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
@@ -373,7 +373,7 @@ async fn body_limit_answers_413_and_writes_nothing() {
 #[tokio::test]
 async fn restart_reconciles_catalog_with_the_delta_log() {
     let dir = tempfile::tempdir().unwrap();
-    let config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    let config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
     let s = Server::start_with(config.clone(), None).await;
     let k = s.admin_key.clone();
     s.create_clicks(&k).await;
@@ -405,10 +405,10 @@ async fn restart_reconciles_catalog_with_the_delta_log() {
     assert_eq!(staged.commit(table, meta).await.unwrap().version, 2);
 
     // And a group whose creation never got past the catalog row.
-    let catalog = lakeledger::catalog::connect(config.catalog_url.expose()).await.unwrap();
+    let catalog = lakeledger::platform::catalog::connect(config.catalog_url.expose()).await.unwrap();
     let tenant = catalog.tenant_by_name("default").await.unwrap().unwrap();
     catalog
-        .insert_feature_group(&lakeledger::catalog::FeatureGroupRecord {
+        .insert_feature_group(&lakeledger::platform::catalog::FeatureGroupRecord {
             id: "fg_half".into(),
             tenant_id: tenant.id,
             name: "half".into(),
@@ -419,7 +419,7 @@ async fn restart_reconciles_catalog_with_the_delta_log() {
             online: false,
             online_max_age_seconds: None,
             location: "tenants/default/feature-groups/half".into(),
-            state: lakeledger::catalog::GroupState::Creating,
+            state: lakeledger::platform::catalog::GroupState::Creating,
             created_at: 0,
             updated_at: 0,
             created_by: "x".into(),
@@ -446,7 +446,7 @@ async fn restart_reconciles_catalog_with_the_delta_log() {
     assert_eq!(r.status(), 201);
 }
 
-fn lakeledger_query_store(config: &lakeledger::config::Config) -> lakeledger_query::tables::TableStore {
+fn lakeledger_query_store(config: &lakeledger::app::config::Config) -> lakeledger_query::tables::TableStore {
     lakeledger_query::tables::TableStore::new(config.data_root.clone(), config.storage_options.clone()).unwrap()
 }
 

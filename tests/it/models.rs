@@ -216,7 +216,7 @@ async fn aliases_keep_their_history_and_answer_for_any_time() {
 #[tokio::test]
 async fn jobs_stream_progress_can_be_cancelled_and_survive_restarts_as_failed() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_with(lakeledger::config::Config::embedded(dir.path()).unwrap(), None).await;
+    let s = Server::start_with(lakeledger::app::config::Config::embedded(dir.path()).unwrap(), None).await;
     let k = s.admin_key.clone();
     ingest_dataset(&s, &k, "wine", "cultivar", "int64").await;
     let ts: Value = s.post(&k, "/v1/training-sets").json(&training_set("wine", "cultivar")).send().await.unwrap().json().await.unwrap();
@@ -264,7 +264,7 @@ async fn jobs_stream_progress_can_be_cancelled_and_survive_restarts_as_failed() 
     job.finished_at = None;
     s.state.catalog.insert_job(&job).await.unwrap();
     s.stop().await;
-    let s = Server::start_with(lakeledger::config::Config::embedded(dir.path()).unwrap(), Some(k.clone())).await;
+    let s = Server::start_with(lakeledger::app::config::Config::embedded(dir.path()).unwrap(), Some(k.clone())).await;
     let j: Value = s.get(&k, "/v1/training-jobs/job_left_running").send().await.unwrap().json().await.unwrap();
     assert_eq!(j["state"], "failed");
     assert!(j["error"].as_str().unwrap().contains("server stopped"), "{j}");

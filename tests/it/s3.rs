@@ -38,7 +38,7 @@ fn root() -> url::Url {
 async fn feature_groups_live_on_s3() {
     let Some(options) = s3_options() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
     config.data_root = root();
     config.storage_options = options;
     let s = Server::start_with(config, None).await;

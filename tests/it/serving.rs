@@ -46,7 +46,7 @@ fn column(v: &Value, i: usize) -> (Vec<Value>, Vec<String>) {
 #[tokio::test]
 async fn online_features_follow_every_write_and_survive_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_with(lakeledger::config::Config::embedded(dir.path()).unwrap(), None).await;
+    let s = Server::start_with(lakeledger::app::config::Config::embedded(dir.path()).unwrap(), None).await;
     let k = s.admin_key.clone();
     let r = s
         .post(&k, "/v1/feature-groups")
@@ -148,7 +148,7 @@ async fn online_features_follow_every_write_and_survive_restarts() {
 
     // A restart rebuilds the store from the tables.
     s.stop().await;
-    let s = Server::start_with(lakeledger::config::Config::embedded(dir.path()).unwrap(), Some(k.clone())).await;
+    let s = Server::start_with(lakeledger::app::config::Config::embedded(dir.path()).unwrap(), Some(k.clone())).await;
     let v = lookup(&s, &k, ask).await;
     assert_eq!(column(&v, 1).0, vec![json!(33.0), Value::Null, Value::Null, json!(20.0)]);
     assert_eq!(v["metadata"]["versions"], json!({"profiles": 4}));
@@ -367,9 +367,9 @@ async fn inference_logs_are_queryable_and_drift_is_measured_and_signalled() {
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hook.secret"), "s3cret\n").unwrap();
-    let mut config = lakeledger::config::Config::embedded(dir.path().join("data")).unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path().join("data")).unwrap();
     config.serving.inference_log_flush = Duration::from_millis(50);
-    config.drift_checks = vec![lakeledger::drift::DriftCheck {
+    config.drift_checks = vec![lakeledger::serving::drift::DriftCheck {
         tenant: "default".into(),
         model: "wine".into(),
         alias: "champion".into(),
@@ -464,7 +464,7 @@ async fn inference_logs_are_queryable_and_drift_is_measured_and_signalled() {
         }
     };
     let ts: i64 = headers["x-lakeledger-timestamp"].to_str().unwrap().parse().unwrap();
-    assert_eq!(headers["x-lakeledger-signature"].to_str().unwrap(), lakeledger::drift::sign_webhook(b"s3cret", ts, &body));
+    assert_eq!(headers["x-lakeledger-signature"].to_str().unwrap(), lakeledger::serving::drift::sign_webhook(b"s3cret", ts, &body));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -472,7 +472,7 @@ async fn alias_moves_under_load_drop_no_request() {
     // One loaded version at a time: every move, and every request the canary takes, also
     // evicts the version others are using.
     let dir = tempfile::tempdir().unwrap();
-    let mut config = lakeledger::config::Config::embedded(dir.path()).unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
     config.serving.max_loaded_models = 1;
     // Inference-log commits write to the catalog while aliases move.
     config.serving.inference_log_flush = Duration::from_millis(50);
@@ -555,8 +555,8 @@ async fn until_seen(s: &Server, k: &str, ask: &Value, done: impl Fn(&Value) -> b
 #[tokio::test]
 async fn replicas_sharing_catalog_and_tables_see_each_others_writes() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a_config = lakeledger::config::Config::embedded(a_dir.path()).unwrap();
-    let mut b_config = lakeledger::config::Config::embedded(b_dir.path()).unwrap();
+    let a_config = lakeledger::app::config::Config::embedded(a_dir.path()).unwrap();
+    let mut b_config = lakeledger::app::config::Config::embedded(b_dir.path()).unwrap();
     b_config.catalog_url = a_config.catalog_url.clone();
     b_config.data_root = a_config.data_root.clone();
     let a = Server::start_with(a_config, None).await;

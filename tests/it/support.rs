@@ -1,13 +1,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use lakeledger::config::Config;
+use lakeledger::app::config::Config;
 use reqwest::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
 
 pub struct Server {
     pub addr: SocketAddr,
-    pub state: lakeledger::state::AppState,
+    pub state: lakeledger::http::state::AppState,
     pub admin_key: String,
     pub data_dir: PathBuf,
     pub client: Client,
@@ -36,7 +36,7 @@ impl Server {
     pub async fn start_with(mut config: Config, admin_key: Option<String>) -> Server {
         config.listen = "127.0.0.1:0".parse().unwrap();
         let data_dir = config.data_dir.clone();
-        let prepared = lakeledger::server::prepare(config).await.expect("server prepares");
+        let prepared = lakeledger::app::server::prepare(config).await.expect("server prepares");
         let admin_key = prepared.first_admin_key.as_ref().map(|k| k.secret.clone()).or(admin_key).expect("an admin key");
         let state = prepared.state.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -45,7 +45,7 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            lakeledger::server::serve_until(prepared, |addr| tx.send(addr).unwrap(), shutdown).await.unwrap();
+            lakeledger::app::server::serve_until(prepared, |addr| tx.send(addr).unwrap(), shutdown).await.unwrap();
         });
         let addr = rx.await.unwrap();
         Server { addr, state, admin_key, data_dir, client: Client::new(), _dir: None, handle, stop: Some(stop) }

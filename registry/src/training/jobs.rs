@@ -16,14 +16,14 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast};
 use utoipa::ToSchema;
 
-use crate::audit::AuditContext;
-use crate::auth::Principal;
-use crate::catalog::{JobRecord, now_micros};
+use crate::platform::audit::AuditContext;
+use crate::identity::Principal;
+use crate::platform::catalog::{JobRecord, now_micros};
 use crate::error::{Error, Result};
-use crate::feature_groups::rfc3339;
+use crate::features::rfc3339;
 use crate::models::{self, NewVersion};
-use crate::state::AppState;
-use crate::training_sets::{self, CreateTrainingSet, TrainingSetManifest};
+use crate::http::state::AppState;
+use crate::training::sets::{self, CreateTrainingSet, TrainingSetManifest};
 
 /// The pool and the jobs of this process that have not finished.
 pub struct Jobs {
@@ -142,8 +142,8 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
         return Err(Error::Unprocessable("name the label column".into()));
     }
     let manifest = match (req.training_set_id, req.training_set) {
-        (Some(id), None) => training_sets::manifest(state, p, &id).await?,
-        (None, Some(spec)) => training_sets::create(state, p, ctx, spec).await?.0,
+        (Some(id), None) => sets::manifest(state, p, &id).await?,
+        (None, Some(spec)) => sets::create(state, p, ctx, spec).await?.0,
         _ => return Err(Error::Unprocessable("give exactly one of training_set_id or training_set".into())),
     };
     let model = models::find_or_create(state, p, &req.model).await?;
@@ -223,7 +223,7 @@ async fn run(state: &AppState, p: &Principal, mut job: JobRecord, spec: JobSpec,
 }
 
 async fn train(state: &AppState, p: &Principal, job: &mut JobRecord, spec: &JobSpec, manifest: &TrainingSetManifest, cancel: Arc<AtomicBool>) -> Result<i64> {
-    let (_, bytes) = training_sets::data(state, p, &manifest.id).await?;
+    let (_, bytes) = sets::data(state, p, &manifest.id).await?;
     let batch = tokio::task::spawn_blocking(move || -> Result<RecordBatch> {
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
@@ -289,7 +289,7 @@ async fn finish(state: &AppState, p: &Principal, spec: &JobSpec, mut job: JobRec
     // The outcome goes through the ledger like any change, naming the request that
     // started the job.
     let ctx = AuditContext { request_id: spec.request_id.clone(), event_id: spec.event_id.clone(), intent_seq: 0 };
-    let mut e = crate::audit::principal_event("training_job.finish", p, &ctx);
+    let mut e = crate::platform::audit::principal_event("training_job.finish", p, &ctx);
     e.resource.kind = Some("training_job".into());
     e.resource.name = Some(job.id.clone());
     e.resource.versions_written = version.into_iter().collect();

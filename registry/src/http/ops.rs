@@ -7,7 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "alive")))]

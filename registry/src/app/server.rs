@@ -11,12 +11,12 @@ use lakeledger_query::tables::TableStore;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::{DEFAULT_TENANT, MintedKey, create_tenant, mint_key};
-use crate::catalog::{self, Role};
-use crate::config::Config;
+use crate::identity::{DEFAULT_TENANT, MintedKey, create_tenant, mint_key};
+use crate::platform::catalog::{self, Role};
+use crate::app::config::Config;
 use crate::error::{Error, Result};
-use crate::audit::AuditLog;
-use crate::state::AppState;
+use crate::platform::audit::AuditLog;
+use crate::http::state::AppState;
 
 /// The Prometheus recorder is process-wide; tests start several servers in one process.
 fn metrics_handle() -> PrometheusHandle {
@@ -62,11 +62,11 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     let (model_signer, _) = crate::models::ModelSigner::load(&config.model_key_path)?;
     let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit), query_runtime, model_signer)?;
     let first_admin_key = bootstrap(&state).await?;
-    let failed = crate::jobs::fail_unfinished(&state).await?;
+    let failed = crate::training::jobs::fail_unfinished(&state).await?;
     if failed > 0 {
         tracing::warn!(failed, "training jobs left unfinished by the previous process were marked failed");
     }
-    let report = crate::feature_groups::reconcile(&state).await?;
+    let report = crate::features::reconcile(&state).await?;
     if report.recovered_versions + report.completed_creations + report.removed_creations > 0 {
         tracing::warn!(?report, "reconciled the catalog with the Delta logs");
     }
@@ -89,7 +89,7 @@ async fn bootstrap(state: &AppState) -> Result<Option<MintedKey>> {
 
 /// The full application: routes, recording layer, panic catcher, fallbacks.
 pub fn app(state: AppState) -> Router {
-    app_with_routes(state, crate::api::routes())
+    app_with_routes(state, crate::http::routes())
 }
 
 /// The application over a given route table, with the same layers and fallbacks (tests
@@ -106,7 +106,7 @@ pub fn app_with_routes(state: AppState, routes: Router<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
             Error::Internal("handler panicked".into()).into_response()
         }))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::record))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::platform::audit::record))
         .with_state(state)
 }
 
@@ -130,14 +130,14 @@ pub async fn serve_until(
     let mirror = match &state.config.audit_checkpoint_mirror {
         Some(url) => {
             let store = TableStore::new(url.clone(), state.config.storage_options.clone())?;
-            Some(tokio::spawn(crate::audit::mirror_checkpoints(state.audit.ledger.clone(), store, std::time::Duration::from_secs(1))))
+            Some(tokio::spawn(crate::platform::audit::mirror_checkpoints(state.audit.ledger.clone(), store, std::time::Duration::from_secs(1))))
         }
         None => None,
     };
     let (stop_inference_log, inference_log_stopped) = tokio::sync::watch::channel(false);
-    let inference_log = tokio::spawn(crate::inference_log::run(state.clone(), inference_log_stopped));
+    let inference_log = tokio::spawn(crate::serving::inference_log::run(state.clone(), inference_log_stopped));
     let online_refresh = tokio::spawn(crate::online::keep_fresh(state.clone()));
-    let drift_checks: Vec<_> = state.config.drift_checks.iter().map(|c| tokio::spawn(crate::drift::run_check(state.clone(), c.clone()))).collect();
+    let drift_checks: Vec<_> = state.config.drift_checks.iter().map(|c| tokio::spawn(crate::serving::drift::run_check(state.clone(), c.clone()))).collect();
     on_bound(addr);
     let shutdown_state = state.clone();
     let served = axum::serve(listener, app(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
@@ -154,7 +154,7 @@ pub async fn serve_until(
     let _ = inference_log.await;
     online_refresh.abort();
     drift_checks.iter().for_each(|t| t.abort());
-    crate::inference_log::flush(&state).await;
+    crate::serving::inference_log::flush(&state).await;
     // Records the shutdown and signs a final checkpoint.
     let ledger = state.audit.ledger.clone();
     let _ = tokio::task::spawn_blocking(move || ledger.close()).await;

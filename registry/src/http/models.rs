@@ -1,5 +1,5 @@
 //! Model registry and training-job routes. Handlers parse and delegate to
-//! `crate::models` and `crate::jobs`.
+//! `crate::models` and `crate::training::jobs`.
 
 use std::convert::Infallible;
 
@@ -14,13 +14,13 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiJson;
-use crate::audit::{AuditContext, AuditFacts};
-use crate::auth::Caller;
-use crate::catalog::Role;
+use crate::platform::audit::{AuditContext, AuditFacts};
+use crate::identity::Caller;
+use crate::platform::catalog::Role;
 use crate::error::{Error, ErrorBody, Result};
-use crate::jobs::{self, CreateJob, JobView};
+use crate::training::jobs::{self, CreateJob, JobView};
 use crate::models::{self, AliasMoveView, CreateModel, ModelVersionView, ModelView, MoveAlias};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
 const WRITE: &[Role] = &[Role::Admin, Role::Writer];

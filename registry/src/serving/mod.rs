@@ -8,6 +8,9 @@
 //! heavy load batches grow up to `max_batch_rows`, and `max_batch_wait` can trade a little
 //! latency for larger batches.
 
+pub mod drift;
+pub mod inference_log;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,11 +24,11 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
-use crate::auth::Principal;
-use crate::catalog::{CanaryRecord, now_micros};
+use crate::identity::Principal;
+use crate::platform::catalog::{CanaryRecord, now_micros};
 use crate::error::{Error, Result};
 use crate::online::{EntityRows, FeatureRef, OnlineStore};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 #[derive(Clone, Debug)]
 pub struct ServingConfig {
@@ -807,10 +810,10 @@ impl CanaryView {
             seq: c.seq,
             version: c.version,
             percent: c.percent,
-            started_at: crate::feature_groups::rfc3339(c.started_at),
+            started_at: crate::features::rfc3339(c.started_at),
             started_by: c.started_by,
             reason: c.reason,
-            ended_at: c.ended_at.map(crate::feature_groups::rfc3339),
+            ended_at: c.ended_at.map(crate::features::rfc3339),
             end_reason: c.end_reason,
             ended_by: c.ended_by,
         }

@@ -51,7 +51,7 @@ pub struct Config {
     /// Model serving: batching and the inference log.
     pub serving: crate::serving::ServingConfig,
     /// Drift checks run on a schedule, calling a webhook when inputs drift.
-    pub drift_checks: Vec<crate::drift::DriftCheck>,
+    pub drift_checks: Vec<crate::serving::drift::DriftCheck>,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -122,7 +122,7 @@ pub struct FileConfig {
     /// How often buffered inference-log rows are committed.
     pub inference_log_flush_ms: Option<u64>,
     #[serde(default)]
-    pub drift_checks: Vec<crate::drift::DriftCheck>,
+    pub drift_checks: Vec<crate::serving::drift::DriftCheck>,
 }
 
 impl FileConfig {

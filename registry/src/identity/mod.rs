@@ -9,9 +9,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::catalog::{NewApiKey, Role, SharedCatalog, Tenant, now_micros};
+use crate::platform::catalog::{NewApiKey, Role, SharedCatalog, Tenant, now_micros};
 use crate::error::{Error, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub const KEY_PREFIX: &str = "llk_";
 /// The tenant created at first start; its admins also manage other tenants.

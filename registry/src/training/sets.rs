@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::audit::AuditContext;
-use crate::auth::Principal;
+use crate::platform::audit::AuditContext;
+use crate::identity::Principal;
 use crate::error::{Error, Result};
-use crate::feature_groups::{self as fg, ReadSpec};
-use crate::state::AppState;
+use crate::features::{self as fg, ReadSpec};
+use crate::http::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -336,7 +336,7 @@ pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: Cr
     }
 
     // Everything that will be read, recorded before it is read.
-    let mut e = crate::audit::principal_event("training_set.plan", p, ctx);
+    let mut e = crate::platform::audit::principal_event("training_set.plan", p, ctx);
     e.resource.kind = Some("training_set".into());
     e.resource.name = Some(req.name.clone());
     e.resource.versions_read = spine_versions_read.iter().map(|(_, v)| *v).chain(inputs.iter().map(|(i, ..)| i.version)).collect();

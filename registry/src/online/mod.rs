@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::catalog::{FeatureGroupRecord, GroupState, now_micros};
+use crate::platform::catalog::{FeatureGroupRecord, GroupState, now_micros};
 use crate::error::{Error, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// One part of an entity key. `int32` keys are held as `i64`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -155,7 +155,7 @@ fn cell(array: &ArrayRef, row: usize) -> Value {
         DataType::Float64 => float(array.as_primitive::<Float64Type>().value(row)),
         DataType::Utf8 => Value::String(array.as_string::<i32>().value(row).to_string()),
         DataType::Utf8View => Value::String(array.as_string_view().value(row).to_string()),
-        DataType::Timestamp(..) => Value::String(crate::feature_groups::rfc3339(array.as_primitive::<TimestampMicrosecondType>().value(row))),
+        DataType::Timestamp(..) => Value::String(crate::features::rfc3339(array.as_primitive::<TimestampMicrosecondType>().value(row))),
         DataType::Date32 => {
             let days = array.as_primitive::<Date32Type>().value(row);
             chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163).map_or(Value::Null, |d| Value::String(d.to_string()))
@@ -225,10 +225,10 @@ pub async fn rebuild(state: &AppState, g: &FeatureGroupRecord) -> Result<Rebuild
     let url = state.tables.location(&g.location)?;
     let table = state.tables.open(&url, None).await?;
     let version = table.version().map(|v| v as i64).unwrap_or(0);
-    let (schema, arrow_schema) = crate::training_sets::schema_at(&table, &g.schema).await?;
+    let (schema, arrow_schema) = crate::training::sets::schema_at(&table, &g.schema).await?;
     let columns: Vec<String> = schema.all_columns().into_iter().map(|c| c.name).collect();
     let threads = state.config.sql.threads.max(1);
-    let rows = crate::training_sets::on_query_runtime(state, async move {
+    let rows = crate::training::sets::on_query_runtime(state, async move {
         let files = file_lineage(&table, version, FileSet::Live).await?;
         Ok(read_rows(&table, &arrow_schema, &columns, files, threads).await?)
     })
@@ -281,10 +281,10 @@ async fn catch_up(state: &AppState, group: &OnlineGroup) -> Result<()> {
         let simple = newer.iter().all(|v| v.operation.starts_with("WRITE (append)") || v.operation.starts_with("MERGE") || v.operation == "ADD COLUMNS");
         if simple {
             let table = state.tables.open(&state.tables.location(&g.location)?, Some(latest)).await?;
-            let (schema, arrow_schema) = crate::training_sets::schema_at(&table, &g.schema).await?;
+            let (schema, arrow_schema) = crate::training::sets::schema_at(&table, &g.schema).await?;
             let columns: Vec<String> = schema.all_columns().into_iter().map(|c| c.name).collect();
             let threads = state.config.sql.threads.max(1);
-            let rows = crate::training_sets::on_query_runtime(state, async move {
+            let rows = crate::training::sets::on_query_runtime(state, async move {
                 let files: Vec<_> = file_lineage(&table, latest, FileSet::Live).await?.into_iter().filter(|f| f.added.is_some_and(|a| a > have)).collect();
                 Ok(read_rows(&table, &arrow_schema, &columns, files, threads).await?)
             })
@@ -587,7 +587,7 @@ pub fn get_online_features(state: &AppState, tenant_id: &str, req: &OnlineFeatur
             }
         }
     }
-    let epoch = crate::feature_groups::rfc3339(0);
+    let epoch = crate::features::rfc3339(0);
     for k in &key_columns {
         names.push(k.clone());
         let values: Vec<Value> = (0..entities.rows).map(|r| entities.get(r, k).cloned().unwrap_or(Value::Null)).collect();
@@ -599,7 +599,7 @@ pub fn get_online_features(state: &AppState, tenant_id: &str, req: &OnlineFeatur
         for l in column {
             c.values.push(l.value);
             c.statuses.push(l.status);
-            c.event_timestamps.push(l.event_time.map_or_else(|| epoch.clone(), crate::feature_groups::rfc3339));
+            c.event_timestamps.push(l.event_time.map_or_else(|| epoch.clone(), crate::features::rfc3339));
         }
         results.push(c);
     }

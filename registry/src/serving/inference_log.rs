@@ -15,11 +15,11 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use lakeledger_audit::{Event, Phase};
 use lakeledger_query::{Column, ColumnType};
 
-use crate::audit::AuditContext;
-use crate::auth::Principal;
-use crate::catalog::{FeatureGroupRecord, Role};
+use crate::platform::audit::AuditContext;
+use crate::identity::Principal;
+use crate::platform::catalog::{FeatureGroupRecord, Role};
 use crate::error::{Error, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// Rows held per model while commits fail; beyond this the oldest are dropped.
 const MAX_BUFFERED_ROWS: usize = 1_000_000;
@@ -152,7 +152,7 @@ pub async fn log_group(state: &AppState, p: &Principal, model: &str, ctx: &Audit
         };
     }
     let s = schema();
-    let req = crate::feature_groups::CreateFeatureGroup {
+    let req = crate::features::CreateFeatureGroup {
         name: name.clone(),
         entity_keys: s.entity_keys,
         event_time: s.event_time,
@@ -163,11 +163,11 @@ pub async fn log_group(state: &AppState, p: &Principal, model: &str, ctx: &Audit
         online: false,
         online_max_age_seconds: None,
     };
-    match crate::feature_groups::create(state, p, req, ctx).await {
+    match crate::features::create(state, p, req, ctx).await {
         Ok(_) | Err(Error::AlreadyExists { .. }) => {}
         Err(e) => return Err(e),
     }
-    crate::feature_groups::find(state, p, &name).await
+    crate::features::find(state, p, &name).await
 }
 
 async fn commit(state: &AppState, tenant_id: &str, tenant: &str, model: &str, rows: &[LogRow]) -> Result<i64> {
@@ -187,7 +187,7 @@ async fn commit(state: &AppState, tenant_id: &str, tenant: &str, model: &str, ro
     let result = async {
         let g = log_group(state, &p, model, &ctx).await?;
         let batch = to_batch(rows)?;
-        crate::feature_groups::append_batches(state, &p, &g, vec![batch], &ctx).await
+        crate::features::append_batches(state, &p, &g, vec![batch], &ctx).await
     }
     .await;
     let mut outcome = intent.clone();
@@ -241,7 +241,7 @@ mod tests {
     fn log_groups_are_valid_group_names() {
         for m in ["Churn-Model.v2", "wine", "9lives"] {
             let g = super::group_name(m);
-            crate::feature_groups::validate_group_name(&g).unwrap();
+            crate::features::validate_group_name(&g).unwrap();
         }
         assert_eq!(super::group_name("Churn-Model.v2"), "inference_churn_model_v2");
     }

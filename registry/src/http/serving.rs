@@ -14,13 +14,13 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiJson;
-use crate::audit::{AuditFacts, RequestId};
-use crate::auth::{Caller, Principal};
-use crate::catalog::Role;
+use crate::platform::audit::{AuditFacts, RequestId};
+use crate::identity::{Caller, Principal};
+use crate::platform::catalog::Role;
 use crate::error::{Error, ErrorBody, Result};
 use crate::online::{self, EntityRows, OnlineFeaturesRequest, OnlineFeaturesResponse, RebuildReport};
 use crate::serving::{self, CanaryView, ScoringInput, ScoringResponse, StartCanary};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
 const WRITE: &[Role] = &[Role::Admin, Role::Writer];
@@ -47,7 +47,7 @@ pub async fn features(State(state): State<AppState>, Caller(p): Caller, ApiJson(
     responses((status = 200, body = RebuildReport), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn rebuild(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<(Extension<AuditFacts>, axum::Json<RebuildReport>)> {
     p.require(WRITE, "rebuild the online store")?;
-    let g = crate::feature_groups::find(&state, &p, &name).await?;
+    let g = crate::features::find(&state, &p, &name).await?;
     let report = online::rebuild(&state, &g).await?;
     let facts = AuditFacts { versions_read: vec![report.version], rows: Some(report.rows_read), ..Default::default() };
     Ok((Extension(facts), axum::Json(report)))
@@ -167,8 +167,8 @@ async fn invoke(state: &AppState, p: &Principal, request_id: &str, name: &str, t
 }
 
 /// One inference-log row per scored row: inputs, entity keys, prediction.
-fn log_rows(request_id: &str, response: &ScoringResponse, input: &ScoringInput, entities: Option<&EntityRows>, alias: Option<String>, variant: Option<&'static str>) -> Vec<crate::inference_log::LogRow> {
-    let served_at = crate::catalog::now_micros();
+fn log_rows(request_id: &str, response: &ScoringResponse, input: &ScoringInput, entities: Option<&EntityRows>, alias: Option<String>, variant: Option<&'static str>) -> Vec<crate::serving::inference_log::LogRow> {
+    let served_at = crate::platform::catalog::now_micros();
     (0..input.rows)
         .map(|r| {
             let row_of = |columns: &[String], values: &[Value]| -> String {
@@ -180,7 +180,7 @@ fn log_rows(request_id: &str, response: &ScoringResponse, input: &ScoringInput, 
             if let Some(p) = &response.probabilities {
                 prediction["probabilities"] = Value::Array(p[r].clone());
             }
-            crate::inference_log::LogRow {
+            crate::serving::inference_log::LogRow {
                 request_id: request_id.to_string(),
                 row: r as i32,
                 served_at,
@@ -258,23 +258,23 @@ fn micros(name: &str, t: Option<&str>) -> Result<Option<i64>> {
 /// Drift of each input between the version's training set and its inference log in a
 /// window: PSI, and for numbers the Kolmogorov–Smirnov statistic and p-value.
 #[utoipa::path(get, path = "/v1/models/{name}/versions/{version}/drift", params(("name" = String, Path), ("version" = i64, Path), DriftParams),
-    responses((status = 200, body = crate::drift::DriftReport), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn drift(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>, Query(q): Query<DriftParams>) -> Result<(Extension<AuditFacts>, axum::Json<crate::drift::DriftReport>)> {
+    responses((status = 200, body = crate::serving::drift::DriftReport), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn drift(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>, Query(q): Query<DriftParams>) -> Result<(Extension<AuditFacts>, axum::Json<crate::serving::drift::DriftReport>)> {
     p.require(READ, "read model drift")?;
     let (since, until) = (micros("since", q.since.as_deref())?, micros("until", q.until.as_deref())?);
     let source = match (q.feature_group, q.from_version) {
-        (Some(name), Some(from_version)) => crate::drift::Source::FeatureGroup { name, from_version, to_version: q.to_version },
-        (None, None) if q.to_version.is_none() => crate::drift::Source::InferenceLog,
+        (Some(name), Some(from_version)) => crate::serving::drift::Source::FeatureGroup { name, from_version, to_version: q.to_version },
+        (None, None) if q.to_version.is_none() => crate::serving::drift::Source::InferenceLog,
         _ => return Err(Error::BadRequest("give `feature_group` with `from_version` (and optionally `to_version`), or neither".into())),
     };
-    let window = crate::drift::Window {
+    let window = crate::serving::drift::Window {
         source,
         since,
         until,
-        psi_threshold: q.psi_threshold.unwrap_or(crate::drift::DEFAULT_PSI_THRESHOLD),
-        ks_threshold: q.ks_threshold.unwrap_or(crate::drift::DEFAULT_KS_THRESHOLD),
+        psi_threshold: q.psi_threshold.unwrap_or(crate::serving::drift::DEFAULT_PSI_THRESHOLD),
+        ks_threshold: q.ks_threshold.unwrap_or(crate::serving::drift::DEFAULT_KS_THRESHOLD),
     };
-    let report = crate::drift::report(&state, &p, &name, version, window).await?;
+    let report = crate::serving::drift::report(&state, &p, &name, version, window).await?;
     let facts = AuditFacts {
         resource_name: Some(name),
         versions_read: vec![version],

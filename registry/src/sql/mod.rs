@@ -18,11 +18,11 @@ use lakeledger_query::formats::{Encoder, OutputFormat};
 use lakeledger_query::sql::{self, Parsed, ResolvedTable, SqlLimits, VersionSpec};
 use sha2::{Digest, Sha256};
 
-use crate::audit::AuditContext;
-use crate::auth::Principal;
+use crate::platform::audit::AuditContext;
+use crate::identity::Principal;
 use crate::error::{Error, Result};
-use crate::feature_groups::{self as fg, ReadSpec};
-use crate::state::AppState;
+use crate::features::{self as fg, ReadSpec};
+use crate::http::state::AppState;
 
 /// Limits for SQL, from the config.
 #[derive(Clone, Copy, Debug)]
@@ -125,7 +125,7 @@ pub async fn prepare(state: &AppState, p: &Principal, text: &str) -> Result<(Par
 /// Records, durably, the statement and the exact versions it is about to read (`sql.plan`,
 /// after the request's own `sql.query` intent and before any data is read).
 pub async fn record_query(state: &AppState, p: &Principal, ctx: &AuditContext, facts: &SqlFacts) -> Result<()> {
-    let mut e = crate::audit::principal_event("sql.plan", p, ctx);
+    let mut e = crate::platform::audit::principal_event("sql.plan", p, ctx);
     e.resource.kind = Some("feature_group".into());
     e.resource.versions_read = facts.tables.iter().map(|(_, v)| *v).collect();
     e.details.extend(facts.details());

@@ -6,10 +6,10 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiJson;
-use crate::auth::{Caller, MintedKey, Principal, mint_key};
-use crate::catalog::{ApiKey, Role, Tenant, now_micros};
+use crate::identity::{Caller, MintedKey, Principal, mint_key};
+use crate::platform::catalog::{ApiKey, Role, Tenant, now_micros};
 use crate::error::{Error, ErrorBody, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// The caller's identity as the server sees it.
 #[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Principal), (status = 401, body = ErrorBody)))]
@@ -28,7 +28,7 @@ pub struct CreateTenant {
     responses((status = 201, body = Tenant), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_tenant(State(state): State<AppState>, Caller(p): Caller, ApiJson(req): ApiJson<CreateTenant>) -> Result<(StatusCode, axum::Json<Tenant>)> {
     require_operator(&p, "create tenants")?;
-    let t = crate::auth::create_tenant(&state.catalog, &req.name).await?;
+    let t = crate::identity::create_tenant(&state.catalog, &req.name).await?;
     Ok((StatusCode::CREATED, axum::Json(t)))
 }
 

@@ -20,10 +20,10 @@ use http_body::{Body as _, Frame};
 use lakeledger_audit::{Event, Ledger, LedgerConfig, OpenReport, Phase, Receipt};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{AuthFailure, AuthOutcome, Principal};
-use crate::config::Config;
+use crate::identity::{AuthFailure, AuthOutcome, Principal};
+use crate::app::config::Config;
 use crate::error::{Error, ErrorCode, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub const REQUEST_ID: &str = "x-request-id";
 pub const AUDIT_SEQ: &str = "x-audit-seq";

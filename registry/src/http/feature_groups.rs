@@ -1,4 +1,4 @@
-//! Feature group routes. Handlers parse and delegate to `crate::feature_groups`.
+//! Feature group routes. Handlers parse and delegate to `crate::features`.
 
 use axum::Extension;
 use axum::body::Body;
@@ -12,15 +12,15 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiJson;
-use crate::auth::Caller;
-use crate::catalog::Role;
+use crate::identity::Caller;
+use crate::platform::catalog::Role;
 use crate::error::{Error, ErrorBody, Result};
-use crate::feature_groups::{
+use crate::features::{
     self as fg, CreateFeatureGroup, EvolveSchema, FeatureGroupView, IngestResult, ReadSpec, UpdateFeatureGroup, VacuumReport,
     VacuumRequest, VersionView,
 };
-use crate::audit::{AuditContext, AuditFacts};
-use crate::state::AppState;
+use crate::platform::audit::{AuditContext, AuditFacts};
+use crate::http::state::AppState;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
 const WRITE: &[Role] = &[Role::Admin, Role::Writer];

@@ -11,12 +11,12 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ApiJson;
-use crate::audit::{AuditContext, AuditFacts};
-use crate::auth::Caller;
-use crate::catalog::Role;
+use crate::platform::audit::{AuditContext, AuditFacts};
+use crate::identity::Caller;
+use crate::platform::catalog::Role;
 use crate::error::{Error, ErrorBody, Result};
 use crate::sql;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
 

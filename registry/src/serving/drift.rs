@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::auth::Principal;
+use crate::identity::Principal;
 use crate::error::{Error, Result};
-use crate::feature_groups::rfc3339;
-use crate::state::AppState;
+use crate::features::rfc3339;
+use crate::http::state::AppState;
 
 /// PSI above this is commonly read as a significant shift.
 pub const DEFAULT_PSI_THRESHOLD: f64 = 0.2;
@@ -89,7 +89,7 @@ pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, w
     // evict a model that is taking traffic.
     let inputs = crate::models::load(state, p, name, version).await?.inputs;
 
-    let (_, bytes) = crate::training_sets::data(state, p, &set_id).await?;
+    let (_, bytes) = crate::training::sets::data(state, p, &set_id).await?;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
         .map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
@@ -156,8 +156,8 @@ pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, w
 async fn log_values(state: &AppState, p: &Principal, model: &str, version: i64, inputs: &[String], since: Option<i64>, until: Option<i64>) -> Result<Vec<Vec<Value>>> {
     use arrow::array::AsArray;
     let mut current: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
-    let log = state.catalog.feature_group(&p.tenant_id, &crate::inference_log::group_name(model)).await?;
-    let Some(g) = log.filter(|g| g.tags.get(crate::inference_log::LOG_TAG).map(String::as_str) == Some(model)) else {
+    let log = state.catalog.feature_group(&p.tenant_id, &crate::serving::inference_log::group_name(model)).await?;
+    let Some(g) = log.filter(|g| g.tags.get(crate::serving::inference_log::LOG_TAG).map(String::as_str) == Some(model)) else {
         return Ok(current);
     };
     let table = state.tables.open(&state.tables.location(&g.location)?, None).await?;
@@ -189,14 +189,14 @@ async fn log_values(state: &AppState, p: &Principal, model: &str, version: i64, 
 /// wrote; other inputs get none.
 async fn group_values(state: &AppState, p: &Principal, inputs: &[String], group: &str, from: i64, to: Option<i64>) -> Result<Vec<Vec<Value>>> {
     use lakeledger_query::feature_rows::{FileSet, file_lineage, read_rows};
-    let g = crate::feature_groups::find(state, p, group).await?;
-    let spec = crate::feature_groups::ReadSpec { version: to, ..Default::default() };
-    let to = crate::feature_groups::resolve_version(state, &g, &spec).await?.version;
+    let g = crate::features::find(state, p, group).await?;
+    let spec = crate::features::ReadSpec { version: to, ..Default::default() };
+    let to = crate::features::resolve_version(state, &g, &spec).await?.version;
     if from >= to {
         return Err(Error::Unprocessable(format!("from_version {from} must be below to_version {to}")));
     }
     let table = state.tables.open(&state.tables.location(&g.location)?, Some(to)).await?;
-    let (schema, arrow_schema) = crate::training_sets::schema_at(&table, &g.schema).await?;
+    let (schema, arrow_schema) = crate::training::sets::schema_at(&table, &g.schema).await?;
     let prefix = format!("{group}__");
     let wanted: Vec<Option<String>> = inputs
         .iter()
@@ -208,7 +208,7 @@ async fn group_values(state: &AppState, p: &Principal, inputs: &[String], group:
     }
     let threads = state.config.sql.threads.max(1);
     let read = columns.clone();
-    let rows = crate::training_sets::on_query_runtime(state, async move {
+    let rows = crate::training::sets::on_query_runtime(state, async move {
         let files: Vec<_> = file_lineage(&table, to, FileSet::Live).await?.into_iter().filter(|f| f.added.is_some_and(|a| a > from)).collect();
         Ok(read_rows(&table, &arrow_schema, &read, files, threads).await?)
     })
@@ -400,13 +400,13 @@ async fn check_once(state: &AppState, client: &reqwest::Client, check: &DriftChe
     let p = Principal {
         key_id: "system:drift-check".into(),
         key_name: "drift check".into(),
-        role: crate::catalog::Role::Reader,
+        role: crate::platform::catalog::Role::Reader,
         tenant_id: tenant.id,
         tenant: tenant.name,
         auth_method: "internal",
     };
     let version = crate::models::resolve_alias(state, &p, &check.model, &check.alias, None).await?;
-    let now = crate::catalog::now_micros();
+    let now = crate::platform::catalog::now_micros();
     let since = now - (check.window_seconds as i64).saturating_mul(1_000_000);
     let window = Window {
         source: Source::InferenceLog,

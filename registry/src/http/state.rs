@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicBool;
 use lakeledger_query::tables::TableStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::catalog::SharedCatalog;
-use crate::config::Config;
-use crate::audit::AuditLog;
+use crate::platform::catalog::SharedCatalog;
+use crate::app::config::Config;
+use crate::platform::audit::AuditLog;
 
 #[derive(Clone)]
 pub struct AppState(pub Arc<Inner>);
@@ -32,7 +32,7 @@ pub struct Inner {
     pub pins: tokio::sync::RwLock<()>,
     /// Signs model artifacts as they are registered; checks them as they are loaded.
     pub model_signer: crate::models::ModelSigner,
-    pub jobs: crate::jobs::Jobs,
+    pub jobs: crate::training::jobs::Jobs,
     /// Latest feature values of online groups.
     pub online: crate::online::OnlineStore,
     /// Keyed hashes of entity keys for audit records.
@@ -40,9 +40,9 @@ pub struct Inner {
     /// Loaded models, alias routes and batchers.
     pub serving: crate::serving::Serving,
     /// API keys verified recently.
-    pub keys: crate::auth::KeyCache,
+    pub keys: crate::identity::KeyCache,
     /// Scored rows waiting to be committed to the models' inference logs.
-    pub inference_log: crate::inference_log::InferenceLog,
+    pub inference_log: crate::serving::inference_log::InferenceLog,
 }
 
 impl AppState {
@@ -62,7 +62,7 @@ impl AppState {
             keys: Default::default(),
             entity_hasher,
             serving: crate::serving::Serving::new(config.serving.clone()),
-            jobs: crate::jobs::Jobs::new(config.training_workers),
+            jobs: crate::training::jobs::Jobs::new(config.training_workers),
             model_signer,
             config,
             catalog,

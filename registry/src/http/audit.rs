@@ -12,10 +12,10 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiJson;
-use crate::auth::{Caller, DEFAULT_TENANT, Principal};
-use crate::catalog::Role;
+use crate::identity::{Caller, DEFAULT_TENANT, Principal};
+use crate::platform::catalog::Role;
 use crate::error::{Error, ErrorBody, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 const AUDITOR: &[Role] = &[Role::Auditor];
 const MAX_PAGE: usize = 1000;

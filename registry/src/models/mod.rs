@@ -17,11 +17,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::auth::Principal;
-use crate::catalog::{AliasMove, ModelRecord, ModelVersionRecord, now_micros};
+use crate::identity::Principal;
+use crate::platform::catalog::{AliasMove, ModelRecord, ModelVersionRecord, now_micros};
 use crate::error::{Error, Result};
-use crate::feature_groups::rfc3339;
-use crate::state::AppState;
+use crate::features::rfc3339;
+use crate::http::state::AppState;
 
 /// The server's model-signing key and its public half.
 pub struct ModelSigner {
@@ -424,7 +424,7 @@ pub async fn alias_history(state: &AppState, p: &Principal, name: &str, alias: &
 pub async fn lineage(state: &AppState, p: &Principal, name: &str, version: i64) -> Result<Value> {
     let v = self::version(state, p, name, version).await?;
     let training_set = match &v.training_set_id {
-        Some(id) => Some(serde_json::to_value(crate::training_sets::manifest(state, p, id).await?).map_err(|e| Error::Internal(e.to_string()))?),
+        Some(id) => Some(serde_json::to_value(crate::training::sets::manifest(state, p, id).await?).map_err(|e| Error::Internal(e.to_string()))?),
         None => None,
     };
     Ok(serde_json::json!({
@@ -440,8 +440,8 @@ pub async fn lineage(state: &AppState, p: &Principal, name: &str, version: i64) 
 /// Feature group version → the training sets that read it and the model versions
 /// trained from those.
 pub async fn feature_group_lineage(state: &AppState, p: &Principal, group: &str, version: Option<i64>) -> Result<Value> {
-    crate::feature_groups::find(state, p, group).await?;
-    let sets: Vec<_> = crate::training_sets::list(state, p)
+    crate::features::find(state, p, group).await?;
+    let sets: Vec<_> = crate::training::sets::list(state, p)
         .await?
         .into_iter()
         .filter(|m| m.features.iter().any(|f| f.group == group && version.is_none_or(|v| f.version == v)))

@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 
-use crate::audit::AuditContext;
-use crate::auth::Principal;
-use crate::catalog::{FeatureGroupRecord, GroupMetadata, GroupState, VersionRecord, now_micros};
+use crate::platform::audit::AuditContext;
+use crate::identity::Principal;
+use crate::platform::catalog::{FeatureGroupRecord, GroupMetadata, GroupState, VersionRecord, now_micros};
 use crate::error::{Error, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// Group names double as SQL table names, so they follow identifier rules.
 pub fn validate_group_name(name: &str) -> Result<()> {
@@ -413,7 +413,7 @@ pub async fn vacuum(state: &AppState, p: &Principal, name: &str, req: VacuumRequ
         )));
     }
     let candidates = lakeledger_query::tables::vacuum_candidates(table.clone(), hours).await?;
-    let mut pins = crate::training_sets::pinned_files(state, p, &g.name).await?;
+    let mut pins = crate::training::sets::pinned_files(state, p, &g.name).await?;
     let mut report = VacuumReport { dry_run: req.dry_run, retention_hours: hours, deleted: vec![], kept: vec![] };
     for path in candidates {
         match pins.remove(&path) {

@@ -8,6 +8,7 @@ mod ops;
 mod serving;
 mod sql;
 mod training_sets;
+pub mod state;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -16,7 +17,7 @@ use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 
 use crate::error::{Error, ErrorBody, ErrorDetail};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// JSON bodies whose rejections use the common error body.
 pub struct ApiJson<T>(pub T);

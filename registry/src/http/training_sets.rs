@@ -12,12 +12,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiJson;
-use crate::audit::{AuditContext, AuditFacts};
-use crate::auth::Caller;
-use crate::catalog::Role;
+use crate::platform::audit::{AuditContext, AuditFacts};
+use crate::identity::Caller;
+use crate::platform::catalog::Role;
 use crate::error::{Error, ErrorBody, Result};
-use crate::state::AppState;
-use crate::training_sets::{self as ts, CreateTrainingSet, SpineManifest, TrainingSetManifest};
+use crate::http::state::AppState;
+use crate::training::sets::{self as ts, CreateTrainingSet, SpineManifest, TrainingSetManifest};
 use lakeledger_query::ingest::IngestFormat;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
