@@ -12,6 +12,7 @@ pub mod error;
 pub mod features;
 pub mod http;
 pub mod identity;
+pub mod lineage;
 pub mod models;
 pub mod online;
 pub mod platform;

@@ -74,7 +74,7 @@ async fn every_route_records_an_intent_and_an_outcome_including_refusals_and_pan
     let table = route_table();
     assert!(table.len() >= 25, "{} routes", table.len());
     for (i, (method, template)) in table.iter().enumerate() {
-        assert_ne!(lakeledger::platform::audit::action(method, template), "http.other", "{method} {template} has no audit action name");
+        assert_ne!(lakeledger::http::audit_layer::action(method, template), "http.other", "{method} {template} has no audit action name");
         let path = template.replace("{name}", "clicks").replace("{id}", "key_unknown");
         let path = if path.contains("/proofs/inclusion") { format!("{path}?seq=0") } else { path };
         let path = if path.contains("/proofs/consistency") { format!("{path}?from=1") } else { path };
@@ -91,7 +91,7 @@ async fn every_route_records_an_intent_and_an_outcome_including_refusals_and_pan
             let status = r.status().as_u16();
             assert!(r.headers().contains_key("x-audit-seq"), "{method} {path} as {who}: no x-audit-seq");
             let _ = r.bytes().await;
-            sent.push((rid, status, lakeledger::platform::audit::action(method, template)));
+            sent.push((rid, status, lakeledger::http::audit_layer::action(method, template)));
         }
     }
     let r = s.client.get(s.url("/no/such/route")).header("x-request-id", "cov-unmatched").send().await.unwrap();

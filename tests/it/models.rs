@@ -258,11 +258,12 @@ async fn jobs_stream_progress_can_be_cancelled_and_survive_restarts_as_failed() 
     assert!(s.get(&k, "/v1/models/wine/versions").send().await.unwrap().json::<Vec<Value>>().await.unwrap().is_empty());
 
     // A job the previous process left running is failed at startup, with the reason.
-    let mut job = s.state.catalog.job(&s.state.catalog.tenant_by_name("default").await.unwrap().unwrap().id, &id).await.unwrap().unwrap();
+    let catalog = lakeledger::platform::catalog::connect(lakeledger::app::config::Config::embedded(dir.path()).unwrap().catalog_url.expose()).await.unwrap();
+    let mut job = catalog.job(&catalog.tenant_by_name("default").await.unwrap().unwrap().id, &id).await.unwrap().unwrap();
     job.id = "job_left_running".into();
     job.state = "running".into();
     job.finished_at = None;
-    s.state.catalog.insert_job(&job).await.unwrap();
+    catalog.insert_job(&job).await.unwrap();
     s.stop().await;
     let s = Server::start_with(lakeledger::app::config::Config::embedded(dir.path()).unwrap(), Some(k.clone())).await;
     let j: Value = s.get(&k, "/v1/training-jobs/job_left_running").send().await.unwrap().json().await.unwrap();

@@ -368,19 +368,12 @@ async fn inference_logs_are_queryable_and_drift_is_measured_and_signalled() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hook.secret"), "s3cret\n").unwrap();
     let mut config = lakeledger::app::config::Config::embedded(dir.path().join("data")).unwrap();
-    config.serving.inference_log_flush = Duration::from_millis(50);
-    config.drift_checks = vec![lakeledger::serving::drift::DriftCheck {
-        tenant: "default".into(),
-        model: "wine".into(),
-        alias: "champion".into(),
-        every_seconds: 1,
-        window_seconds: 3600,
-        psi_threshold: None,
-        ks_threshold: None,
-        webhook_url: format!("http://{hook_addr}/drift"),
-        secret_env: None,
-        secret_file: Some(dir.path().join("hook.secret")),
-    }];
+    config.inference_log_flush = Duration::from_millis(50);
+    let check = format!(
+        "tenant = 'default'\nmodel = 'wine'\nalias = 'champion'\nevery_seconds = 1\nwindow_seconds = 3600\nwebhook_url = 'http://{hook_addr}/drift'\nsecret_file = {:?}\n",
+        dir.path().join("hook.secret")
+    );
+    config.drift_checks = vec![check.parse().unwrap()];
     let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
     let lines = wine_models(&s, &k).await;
@@ -473,9 +466,9 @@ async fn alias_moves_under_load_drop_no_request() {
     // evicts the version others are using.
     let dir = tempfile::tempdir().unwrap();
     let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
-    config.serving.max_loaded_models = 1;
+    config.serving_max_loaded_models = 1;
     // Inference-log commits write to the catalog while aliases move.
-    config.serving.inference_log_flush = Duration::from_millis(50);
+    config.inference_log_flush = Duration::from_millis(50);
     let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
     wine_models(&s, &k).await;

@@ -171,7 +171,7 @@ async fn queries_are_audited_with_statement_hash_and_exact_versions() {
 async fn large_results_stream_and_the_row_limit_cuts_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
-    config.sql.row_limit = 150_000;
+    config.sql_row_limit = 150_000;
     let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
     s.create_clicks(&k).await;
@@ -195,7 +195,7 @@ async fn large_results_stream_and_the_row_limit_cuts_them() {
 async fn a_query_over_its_memory_limit_fails_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
-    config.sql.memory_bytes = 256 * 1024;
+    config.sql_memory_limit_bytes = 256 * 1024;
     let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
     s.create_clicks(&k).await;
@@ -219,7 +219,7 @@ async fn a_query_over_its_memory_limit_fails_with_a_clear_error() {
 async fn a_query_past_its_time_limit_fails_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
-    config.sql.timeout = std::time::Duration::from_millis(1);
+    config.sql_timeout = std::time::Duration::from_millis(1);
     let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
     s.create_clicks(&k).await;

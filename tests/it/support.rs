@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 pub struct Server {
     pub addr: SocketAddr,
-    pub state: lakeledger::http::state::AppState,
+    pub state: lakeledger::http::AppState,
     pub admin_key: String,
     pub data_dir: PathBuf,
     pub client: Client,

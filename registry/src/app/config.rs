@@ -1,5 +1,8 @@
 //! Server configuration: defaults, then an optional TOML file, then `LAKELEDGER_…`
 //! environment variables and command-line flags (clap merges the last two).
+//!
+//! Plain settings only: this module imports no domain. Each domain owns its settings
+//! struct, and `app/services.rs` assembles them from these values.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -34,8 +37,14 @@ pub struct Config {
     /// How long a request waits for its audit record to be durable before it is refused
     /// with 503.
     pub audit_timeout: std::time::Duration,
-    /// Limits for `POST /v1/sql`.
-    pub sql: crate::sql::SqlConfig,
+    /// Memory one SQL query may hold before spilling and then failing.
+    pub sql_memory_limit_bytes: usize,
+    /// How long one SQL query may run.
+    pub sql_timeout: std::time::Duration,
+    /// Most rows one SQL result may have.
+    pub sql_row_limit: u64,
+    /// Threads of the query runtime (SQL, table reads, training-set builds).
+    pub sql_threads: usize,
     /// Where signed checkpoints are copied as they are made (`s3://…` or `file:///…`),
     /// so heads exist outside the server: ideally a bucket with object lock owned by
     /// compliance. Uses the same storage options as the tables.
@@ -48,10 +57,18 @@ pub struct Config {
     /// The key for hashing entity keys in audit records (mode 0600). Default
     /// `<data_dir>/keys/entity-hash.key`.
     pub entity_hash_key_path: PathBuf,
-    /// Model serving: batching and the inference log.
-    pub serving: crate::serving::ServingConfig,
-    /// Drift checks run on a schedule, calling a webhook when inputs drift.
-    pub drift_checks: Vec<crate::serving::drift::DriftCheck>,
+    /// Model versions kept loaded for scoring (least recently used evicted first).
+    pub serving_max_loaded_models: usize,
+    /// Most rows scored in one batch when concurrent requests to a model are batched.
+    pub serving_max_batch_rows: usize,
+    /// How long a batch waits for more requests once the first has arrived.
+    pub serving_max_batch_wait: std::time::Duration,
+    /// Share of scoring requests written to the models' inference logs (0 to 1).
+    pub inference_log_sample_rate: f64,
+    /// How often buffered inference-log rows are committed.
+    pub inference_log_flush: std::time::Duration,
+    /// `[[drift_checks]]` tables of the config file, read by the drift service at start.
+    pub drift_checks: Vec<toml::Table>,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -122,7 +139,7 @@ pub struct FileConfig {
     /// How often buffered inference-log rows are committed.
     pub inference_log_flush_ms: Option<u64>,
     #[serde(default)]
-    pub drift_checks: Vec<crate::serving::drift::DriftCheck>,
+    pub drift_checks: Vec<toml::Table>,
 }
 
 impl FileConfig {
@@ -198,35 +215,22 @@ impl Config {
                 Some(s) => Some(parse_data_root(&s)?),
                 None => None,
             },
-            sql: {
-                let d = crate::sql::SqlConfig::default();
-                crate::sql::SqlConfig {
-                    memory_bytes: file.sql_memory_limit_bytes.unwrap_or(d.memory_bytes),
-                    timeout: file.sql_timeout_secs.map(std::time::Duration::from_secs).unwrap_or(d.timeout),
-                    row_limit: file.sql_row_limit.unwrap_or(d.row_limit),
-                    threads: file
-                        .sql_threads
-                        .unwrap_or_else(|| std::thread::available_parallelism().map_or(d.threads, |n| n.get())),
-                }
-            },
+            sql_memory_limit_bytes: file.sql_memory_limit_bytes.unwrap_or(1 << 30),
+            sql_timeout: std::time::Duration::from_secs(file.sql_timeout_secs.unwrap_or(300)),
+            sql_row_limit: file.sql_row_limit.unwrap_or(10_000_000),
+            sql_threads: file.sql_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             model_key_path: file.model_key_path.unwrap_or_else(|| data_dir.join("keys/model-signing.key")),
             training_workers: file.training_workers.unwrap_or(2).max(1),
             drift_checks: file.drift_checks,
             entity_hash_key_path: file.entity_hash_key_path.unwrap_or_else(|| data_dir.join("keys/entity-hash.key")),
-            serving: {
-                let d = crate::serving::ServingConfig::default();
-                let sample = file.inference_log_sample_rate.unwrap_or(d.inference_log_sample_rate);
-                if !(0.0..=1.0).contains(&sample) {
-                    return Err(Error::BadRequest(format!("inference_log_sample_rate must be between 0 and 1, got {sample}")));
-                }
-                crate::serving::ServingConfig {
-                    max_loaded_models: file.serving_max_loaded_models.unwrap_or(d.max_loaded_models).max(1),
-                    max_batch_rows: file.serving_max_batch_rows.unwrap_or(d.max_batch_rows).max(1),
-                    max_batch_wait: file.serving_max_batch_wait_us.map(std::time::Duration::from_micros).unwrap_or(d.max_batch_wait),
-                    inference_log_sample_rate: sample,
-                    inference_log_flush: file.inference_log_flush_ms.map(std::time::Duration::from_millis).unwrap_or(d.inference_log_flush),
-                }
+            serving_max_loaded_models: file.serving_max_loaded_models.unwrap_or(64).max(1),
+            serving_max_batch_rows: file.serving_max_batch_rows.unwrap_or(256).max(1),
+            serving_max_batch_wait: std::time::Duration::from_micros(file.serving_max_batch_wait_us.unwrap_or(0)),
+            inference_log_sample_rate: match file.inference_log_sample_rate.unwrap_or(1.0) {
+                rate if (0.0..=1.0).contains(&rate) => rate,
+                rate => return Err(Error::BadRequest(format!("inference_log_sample_rate must be between 0 and 1, got {rate}"))),
             },
+            inference_log_flush: std::time::Duration::from_millis(file.inference_log_flush_ms.unwrap_or(1000)),
             data_dir,
         })
     }

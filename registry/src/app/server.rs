@@ -1,9 +1,8 @@
-//! Starting the server: catalog, storage, first-start bootstrap, reconciliation, and the
-//! router with its layers.
+//! Starting the server: the ledger, catalog and storage, first-start bootstrap,
+//! reconciliation, and the router with its layers; stopping it gracefully.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::response::IntoResponse;
@@ -11,12 +10,13 @@ use lakeledger_query::tables::TableStore;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::identity::{DEFAULT_TENANT, MintedKey, create_tenant, mint_key};
-use crate::platform::catalog::{self, Role};
-use crate::app::config::Config;
+use super::config::Config;
 use crate::error::{Error, Result};
+use crate::http::AppState;
+use crate::identity::MintedKey;
 use crate::platform::audit::AuditLog;
-use crate::http::state::AppState;
+use crate::platform::catalog;
+use crate::serving::drift::DriftCheck;
 
 /// The Prometheus recorder is process-wide; tests start several servers in one process.
 fn metrics_handle() -> PrometheusHandle {
@@ -45,6 +45,10 @@ pub struct Prepared {
     pub first_admin_key: Option<MintedKey>,
     /// What opening the audit ledger found (created, repaired) and its public key.
     pub audit_report: lakeledger_audit::OpenReport,
+    listen: SocketAddr,
+    /// Where signed checkpoints are copied, if anywhere.
+    checkpoint_mirror: Option<TableStore>,
+    drift_checks: Vec<DriftCheck>,
 }
 
 /// Opens the catalog and storage, creates the default tenant and its first admin key on
@@ -52,39 +56,29 @@ pub struct Prepared {
 pub async fn prepare(config: Config) -> Result<Prepared> {
     // The ledger first: recovery must finish, and refuse a damaged log, before anything
     // else can happen.
-    let ledger_config = config.clone();
-    let (audit, audit_report) = tokio::task::spawn_blocking(move || AuditLog::open(&ledger_config))
+    let (dir, key, timeout) = (config.audit_dir.clone(), config.audit_key_path.clone(), config.audit_timeout);
+    let (audit, audit_report) = tokio::task::spawn_blocking(move || AuditLog::open(&dir, &key, timeout))
         .await
         .map_err(|e| Error::Internal(format!("opening the audit ledger: {e}")))??;
     let catalog = catalog::connect(config.catalog_url.expose()).await?;
     let tables = TableStore::new(config.data_root.clone(), config.storage_options.clone())?;
-    let query_runtime = std::sync::Arc::new(crate::sql::QueryRuntime::new(config.sql.threads)?);
-    let (model_signer, _) = crate::models::ModelSigner::load(&config.model_key_path)?;
-    let state = AppState::new(config, catalog, tables, metrics_handle(), std::sync::Arc::new(audit), query_runtime, model_signer)?;
-    let first_admin_key = bootstrap(&state).await?;
-    let failed = crate::training::jobs::fail_unfinished(&state).await?;
+    let drift_checks = super::services::drift_checks(&config)?;
+    let checkpoint_mirror = match &config.audit_checkpoint_mirror {
+        Some(url) => Some(TableStore::new(url.clone(), config.storage_options.clone())?),
+        None => None,
+    };
+    let state = super::services::build(&config, std::sync::Arc::new(audit), catalog, tables, metrics_handle())?;
+    let first_admin_key = state.identity.bootstrap().await?;
+    let failed = state.jobs.fail_unfinished().await?;
     if failed > 0 {
         tracing::warn!(failed, "training jobs left unfinished by the previous process were marked failed");
     }
-    let report = crate::features::reconcile(&state).await?;
+    let report = state.features.reconcile().await?;
     if report.recovered_versions + report.completed_creations + report.removed_creations > 0 {
         tracing::warn!(?report, "reconciled the catalog with the Delta logs");
     }
-    crate::online::rebuild_all(&state).await?;
-    Ok(Prepared { state, first_admin_key, audit_report })
-}
-
-async fn bootstrap(state: &AppState) -> Result<Option<MintedKey>> {
-    if state.catalog.tenant_by_name(DEFAULT_TENANT).await?.is_some() {
-        return Ok(None);
-    }
-    let tenant = match create_tenant(&state.catalog, DEFAULT_TENANT).await {
-        Ok(t) => t,
-        // Another replica bootstrapped at the same moment.
-        Err(Error::AlreadyExists { .. }) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    Ok(Some(mint_key(&state.catalog, &tenant, "initial admin", Role::Admin, "bootstrap").await?))
+    state.online.rebuild_all().await?;
+    Ok(Prepared { state, first_admin_key, audit_report, listen: config.listen, checkpoint_mirror, drift_checks })
 }
 
 /// The full application: routes, recording layer, panic catcher, fallbacks.
@@ -106,7 +100,7 @@ pub fn app_with_routes(state: AppState, routes: Router<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
             Error::Internal("handler panicked".into()).into_response()
         }))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::platform::audit::record))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::http::audit_layer::record))
         .with_state(state)
 }
 
@@ -122,28 +116,22 @@ pub async fn serve_until(
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let state = prepared.state;
-    let listener = tokio::net::TcpListener::bind(state.config.listen)
-        .await
-        .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", state.config.listen)))?;
+    let Prepared { state, listen, checkpoint_mirror, drift_checks, .. } = prepared;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Error::Internal(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
-    let mirror = match &state.config.audit_checkpoint_mirror {
-        Some(url) => {
-            let store = TableStore::new(url.clone(), state.config.storage_options.clone())?;
-            Some(tokio::spawn(crate::platform::audit::mirror_checkpoints(state.audit.ledger.clone(), store, std::time::Duration::from_secs(1))))
-        }
-        None => None,
-    };
+    let mirror = checkpoint_mirror.clone().map(|store| {
+        tokio::spawn(crate::platform::audit::mirror_checkpoints(state.audit.ledger.clone(), store, std::time::Duration::from_secs(1)))
+    });
     let (stop_inference_log, inference_log_stopped) = tokio::sync::watch::channel(false);
-    let inference_log = tokio::spawn(crate::serving::inference_log::run(state.clone(), inference_log_stopped));
-    let online_refresh = tokio::spawn(crate::online::keep_fresh(state.clone()));
-    let drift_checks: Vec<_> = state.config.drift_checks.iter().map(|c| tokio::spawn(crate::serving::drift::run_check(state.clone(), c.clone()))).collect();
+    let inference_log = tokio::spawn(state.inference_log.clone().run(inference_log_stopped));
+    let online_refresh = tokio::spawn(state.online.clone().keep_fresh());
+    let drift_checks: Vec<_> = drift_checks.into_iter().map(|c| tokio::spawn(state.drift.clone().run_check(c))).collect();
     on_bound(addr);
     let shutdown_state = state.clone();
     let served = axum::serve(listener, app(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
-            shutdown_state.accepting.store(false, Ordering::SeqCst);
+            shutdown_state.readiness.stop_accepting();
             tracing::info!("shutting down: finishing in-flight requests");
         })
         .await
@@ -154,14 +142,14 @@ pub async fn serve_until(
     let _ = inference_log.await;
     online_refresh.abort();
     drift_checks.iter().for_each(|t| t.abort());
-    crate::serving::inference_log::flush(&state).await;
+    state.inference_log.flush().await;
     // Records the shutdown and signs a final checkpoint.
     let ledger = state.audit.ledger.clone();
     let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
     // Copy the final checkpoint, then stop mirroring.
-    if let (Some(task), Some(url)) = (mirror, &state.config.audit_checkpoint_mirror) {
+    if let (Some(task), Some(store)) = (mirror, &checkpoint_mirror) {
         task.abort();
-        if let (Ok(store), Some(cp)) = (TableStore::new(url.clone(), state.config.storage_options.clone()), state.audit.ledger.latest_checkpoint()) {
+        if let Some(cp) = state.audit.ledger.latest_checkpoint() {
             let note = axum::body::Bytes::from(cp.checkpoint.note);
             let _ = store.put_object(&format!("checkpoints/{:020}.note", cp.checkpoint.size), note.clone()).await;
             let _ = store.put_object("checkpoint.latest.note", note).await;

@@ -1,1 +1,174 @@
+//! The command line: parse, then call into `app/` (serve) or work on the files directly
+//! with the server stopped (keys, audit). Everything done here is recorded in the ledger.
+
+mod audit;
+mod keys;
 pub mod train;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::config::{Config, FileConfig, Overrides};
+
+#[derive(Parser)]
+#[command(name = "lakeledger", version, about = "Audit-grade lakehouse feature store and model registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server (embedded defaults: SQLite catalog and local tables under --data-dir).
+    Serve(ServeArgs),
+    /// Manage API keys directly in the catalog, without a running server.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Export, verify and manage the audit ledger.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
+    /// Start a training job on a running server and follow it with a progress bar.
+    Train(train::TrainArgs),
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct StorageArgs {
+    /// TOML config file; flags and LAKELEDGER_* variables override it.
+    #[arg(long, env = "LAKELEDGER_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Directory for embedded defaults (catalog file, tables, spool).
+    #[arg(long, env = "LAKELEDGER_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Catalog URL: sqlite://… or postgres://…
+    #[arg(long, env = "LAKELEDGER_CATALOG")]
+    pub(crate) catalog: Option<String>,
+    /// Where tables live: file:///… or s3://bucket/prefix
+    #[arg(long, env = "LAKELEDGER_DATA_ROOT")]
+    pub(crate) data_root: Option<String>,
+    /// Object-store option KEY=VALUE (repeatable), e.g. aws_endpoint=http://127.0.0.1:9000
+    #[arg(long = "storage-option", value_parser = parse_kv)]
+    pub(crate) storage_options: Vec<(String, String)>,
+    /// Audit ledger directory (default <data dir>/audit).
+    #[arg(long, env = "LAKELEDGER_AUDIT_DIR")]
+    pub(crate) audit_dir: Option<PathBuf>,
+    /// Audit signing key file (default <data dir>/keys/audit-signing.key; created 0600).
+    #[arg(long, env = "LAKELEDGER_AUDIT_KEY")]
+    pub(crate) audit_key: Option<PathBuf>,
+    /// Copy every signed audit checkpoint here too (s3://bucket/prefix or file:///…).
+    #[arg(long, env = "LAKELEDGER_AUDIT_CHECKPOINT_MIRROR")]
+    pub(crate) audit_checkpoint_mirror: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, env = "LAKELEDGER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "LAKELEDGER_MAX_BODY_BYTES")]
+    max_body_bytes: Option<u64>,
+    /// Log as JSON lines.
+    #[arg(long, env = "LAKELEDGER_JSON_LOGS")]
+    json_logs: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+pub(crate) fn resolve(storage: &StorageArgs, mut o: Overrides) -> crate::Result<Config> {
+    let file = match &storage.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    o.data_dir = storage.data_dir.clone();
+    o.catalog = storage.catalog.clone();
+    o.data_root = storage.data_root.clone();
+    o.storage_options = storage.storage_options.clone();
+    o.audit_dir = storage.audit_dir.clone();
+    o.audit_key_path = storage.audit_key.clone();
+    o.audit_checkpoint_mirror = storage.audit_checkpoint_mirror.clone();
+    Config::resolve(file, o)
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKELEDGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,deltalake=warn,datafusion=warn"));
+    if json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+/// Parses the command line and runs the command.
+pub async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Keys { command } => keys::run(command).await,
+        Command::Audit { command } => audit::run(command),
+        Command::Train(args) => train::run(args).await,
+        Command::Openapi => {
+            print!("{}", crate::http::openapi_document());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> crate::Result<()> {
+    let config = resolve(
+        &args.storage,
+        Overrides { listen: args.listen, max_body_bytes: args.max_body_bytes, json_logs: args.json_logs.then_some(true), ..Default::default() },
+    )?;
+    init_logs(config.json_logs);
+    let started = std::time::Instant::now();
+    println!("lakeledger {}", env!("CARGO_PKG_VERSION"));
+    println!("  data dir : {}", config.data_dir.display());
+    println!("  catalog  : {}", config.catalog_url.redacted());
+    println!("  tables   : {}", config.data_root);
+    println!("  audit    : {}", config.audit_dir.display());
+    let prepared = crate::app::server::prepare(config).await?;
+    let report = &prepared.audit_report;
+    if let Some(what) = &report.repaired {
+        println!("  audit    : repaired at startup: {what}");
+    }
+    if report.created_key {
+        println!("  audit    : created a signing key; keep a copy of its public key to verify exports:");
+    }
+    println!("  audit key: {}", report.public_key);
+    if let Some(key) = &prepared.first_admin_key {
+        println!();
+        println!("  First start: created tenant `{}` and an admin API key. It is shown only now:", key.tenant);
+        println!();
+        println!("      {}", key.secret);
+        println!();
+        println!("  Authenticate with:  Authorization: Bearer <key>");
+        println!("  Lost it? Mint another offline:  lakeledger keys create --data-dir <dir>");
+    } else {
+        println!("  auth     : Authorization: Bearer <api key>  (mint one offline: lakeledger keys create)");
+    }
+    crate::app::server::serve(prepared, |addr| {
+        println!("  listening: http://{addr}  (ready in {} ms)", started.elapsed().as_millis());
+    })
+    .await
+}
+

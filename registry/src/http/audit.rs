@@ -12,10 +12,12 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiJson;
-use crate::identity::{Caller, DEFAULT_TENANT, Principal};
+use super::auth::Caller;
+use super::error::ErrorBody;
+use super::state::AppState;
+use crate::error::{Error, Result};
+use crate::identity::{DEFAULT_TENANT, Principal};
 use crate::platform::catalog::Role;
-use crate::error::{Error, ErrorBody, Result};
-use crate::http::state::AppState;
 
 const AUDITOR: &[Role] = &[Role::Auditor];
 const MAX_PAGE: usize = 1000;

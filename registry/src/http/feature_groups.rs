@@ -12,15 +12,17 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiJson;
-use crate::identity::Caller;
+use super::auth::Caller;
 use crate::platform::catalog::Role;
-use crate::error::{Error, ErrorBody, Result};
+use super::error::ErrorBody;
+use crate::error::{Error, Result};
 use crate::features::{
-    self as fg, CreateFeatureGroup, EvolveSchema, FeatureGroupView, IngestResult, ReadSpec, UpdateFeatureGroup, VacuumReport,
-    VacuumRequest, VersionView,
+    CreateFeatureGroup, EvolveSchema, FeatureGroupView, IngestResult, ReadSpec, UpdateFeatureGroup, VacuumReport, VacuumRequest,
+    VersionView, parse_key_filters,
 };
-use crate::platform::audit::{AuditContext, AuditFacts};
-use crate::http::state::AppState;
+use super::audit_layer::AuditFacts;
+use crate::platform::audit::AuditContext;
+use super::state::AppState;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
 const WRITE: &[Role] = &[Role::Admin, Role::Writer];
@@ -35,7 +37,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateFeatureGroup>,
 ) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<FeatureGroupView>)> {
     p.require(WRITE, "create feature groups")?;
-    let view = fg::create(&state, &p, req, &ctx).await?;
+    let view = state.features.create(&p, req, &ctx).await?;
     let facts = AuditFacts {
         resource_name: Some(view.name.clone()),
         versions_written: view.current_version.into_iter().collect(),
@@ -55,7 +57,7 @@ pub struct ListParams {
 #[utoipa::path(get, path = "/v1/feature-groups", params(ListParams), responses((status = 200, body = Vec<FeatureGroupView>)))]
 pub async fn list(State(state): State<AppState>, Caller(p): Caller, Query(q): Query<ListParams>) -> Result<axum::Json<Vec<FeatureGroupView>>> {
     p.require(READ, "read feature groups")?;
-    Ok(axum::Json(fg::list(&state, &p, q.include_archived).await?))
+    Ok(axum::Json(state.features.list(&p, q.include_archived).await?))
 }
 
 /// One feature group: schema, current version, row count.
@@ -63,7 +65,7 @@ pub async fn list(State(state): State<AppState>, Caller(p): Caller, Query(q): Qu
     responses((status = 200, body = FeatureGroupView), (status = 404, body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<FeatureGroupView>> {
     p.require(READ, "read feature groups")?;
-    Ok(axum::Json(fg::get(&state, &p, &name).await?))
+    Ok(axum::Json(state.features.get(&p, &name).await?))
 }
 
 /// Updates description, owner or tags.
@@ -76,7 +78,7 @@ pub async fn update(
     ApiJson(req): ApiJson<UpdateFeatureGroup>,
 ) -> Result<axum::Json<FeatureGroupView>> {
     p.require(WRITE, "change feature groups")?;
-    Ok(axum::Json(fg::update(&state, &p, &name, req).await?))
+    Ok(axum::Json(state.features.update(&p, &name, req).await?))
 }
 
 /// Evolves the schema: new nullable feature columns become a new version; type changes,
@@ -91,7 +93,7 @@ pub async fn evolve(
     ApiJson(req): ApiJson<EvolveSchema>,
 ) -> Result<(Extension<AuditFacts>, axum::Json<FeatureGroupView>)> {
     p.require(WRITE, "change feature groups")?;
-    let view = fg::evolve(&state, &p, &name, req, &ctx).await?;
+    let view = state.features.evolve(&p, &name, req, &ctx).await?;
     let facts = AuditFacts { versions_written: view.current_version.into_iter().collect(), ..Default::default() };
     Ok((Extension(facts), axum::Json(view)))
 }
@@ -101,7 +103,7 @@ pub async fn evolve(
     responses((status = 200, body = FeatureGroupView), (status = 404, body = ErrorBody)))]
 pub async fn archive(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<FeatureGroupView>> {
     p.require(WRITE, "archive feature groups")?;
-    Ok(axum::Json(fg::archive(&state, &p, &name).await?))
+    Ok(axum::Json(state.features.archive(&p, &name).await?))
 }
 
 /// The version history: version, commit time, operation, rows added, actor.
@@ -109,7 +111,7 @@ pub async fn archive(State(state): State<AppState>, Caller(p): Caller, Path(name
     responses((status = 200, body = Vec<VersionView>), (status = 404, body = ErrorBody)))]
 pub async fn versions(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<Vec<VersionView>>> {
     p.require(READ, "read feature groups")?;
-    Ok(axum::Json(fg::history(&state, &p, &name).await?))
+    Ok(axum::Json(state.features.history(&p, &name).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -141,11 +143,11 @@ pub async fn ingest(
     let format = IngestFormat::from_content_type(content_type)
         .ok_or_else(|| Error::UnsupportedMediaType(content_type.to_string()))?;
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-        && len > state.config.max_body_bytes
+        && len > state.limits.max_body_bytes
     {
-        return Err(Error::PayloadTooLarge { limit: state.config.max_body_bytes });
+        return Err(Error::PayloadTooLarge { limit: state.limits.max_body_bytes });
     }
-    let result = fg::ingest(&state, &p, &name, mode, format, body, &ctx).await?;
+    let result = state.features.ingest(&p, &name, mode, format, body, &ctx).await?;
     let facts = AuditFacts { versions_written: vec![result.version], rows: Some(result.rows), ..Default::default() };
     Ok((StatusCode::CREATED, Extension(facts), axum::Json(result)))
 }
@@ -178,14 +180,14 @@ pub async fn read(
         Some(f) => OutputFormat::from_name(f).ok_or_else(|| Error::BadRequest(format!("format `{f}` is not one of json, ndjson, csv, arrow, parquet")))?,
         None => OutputFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())).ok_or(Error::NotAcceptable)?,
     };
-    let group = fg::find(&state, &p, &name).await?;
+    let group = state.features.find(&p, &name).await?;
     let spec = ReadSpec {
         version: q.version,
         as_of: q.as_of,
-        filters: fg::parse_key_filters(&group.schema, &all)?,
+        filters: parse_key_filters(&group.schema, &all)?,
         limit: q.limit,
     };
-    let (version, body): (_, Body) = fg::read(&state, &group, spec, format).await?;
+    let (version, body): (_, Body) = state.features.read(&group, spec, format).await?;
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
@@ -205,7 +207,7 @@ pub async fn vacuum(
     ApiJson(req): ApiJson<VacuumRequest>,
 ) -> Result<(Extension<AuditFacts>, axum::Json<VacuumReport>)> {
     p.require(&[Role::Admin], "vacuum feature groups")?;
-    let report = fg::vacuum(&state, &p, &name, req).await?;
+    let report = state.features.vacuum(&p, &name, req).await?;
     let facts = AuditFacts {
         details: vec![
             ("dry_run".into(), report.dry_run.to_string()),

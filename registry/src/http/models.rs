@@ -14,13 +14,16 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiJson;
-use crate::platform::audit::{AuditContext, AuditFacts};
-use crate::identity::Caller;
+use super::audit_layer::AuditFacts;
+use crate::platform::audit::AuditContext;
+use super::auth::Caller;
 use crate::platform::catalog::Role;
-use crate::error::{Error, ErrorBody, Result};
-use crate::training::jobs::{self, CreateJob, JobView};
-use crate::models::{self, AliasMoveView, CreateModel, ModelVersionView, ModelView, MoveAlias};
-use crate::http::state::AppState;
+use super::error::ErrorBody;
+use crate::error::{Error, Result};
+use crate::training::jobs::is_final;
+use crate::training::{CreateJob, JobView};
+use crate::models::{AliasMoveView, CreateModel, ModelVersionView, ModelView, MoveAlias};
+use super::state::AppState;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
 const WRITE: &[Role] = &[Role::Admin, Role::Writer];
@@ -40,7 +43,7 @@ fn facts(name: &str, version: Option<i64>, written: bool) -> Extension<AuditFact
     responses((status = 201, body = ModelView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, Caller(p): Caller, ApiJson(req): ApiJson<CreateModel>) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<ModelView>)> {
     p.require(WRITE, "register models")?;
-    let m = models::create(&state, &p, req).await?;
+    let m = state.models.create(&p, req).await?;
     Ok((StatusCode::CREATED, facts(&m.name, None, true), axum::Json(m)))
 }
 
@@ -48,28 +51,28 @@ pub async fn create(State(state): State<AppState>, Caller(p): Caller, ApiJson(re
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = Vec<ModelView>)))]
 pub async fn list(State(state): State<AppState>, Caller(p): Caller) -> Result<axum::Json<Vec<ModelView>>> {
     p.require(READ, "read models")?;
-    Ok(axum::Json(models::list(&state, &p).await?))
+    Ok(axum::Json(state.models.list(&p).await?))
 }
 
 /// One model with its latest version and aliases.
 #[utoipa::path(get, path = "/v1/models/{name}", params(("name" = String, Path)), responses((status = 200, body = ModelView), (status = 404, body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<ModelView>> {
     p.require(READ, "read models")?;
-    Ok(axum::Json(models::get(&state, &p, &name).await?))
+    Ok(axum::Json(state.models.get(&p, &name).await?))
 }
 
 /// The public key model artifacts are signed with (C2SP verifier key).
 #[utoipa::path(get, path = "/v1/models/signing-key", responses((status = 200, description = "the verifier key, as text")))]
 pub async fn signing_key(State(state): State<AppState>, Caller(p): Caller) -> Result<String> {
     p.require(&[Role::Admin, Role::Writer, Role::Reader, Role::Auditor], "read the model-signing key")?;
-    Ok(format!("{}\n", state.model_signer.verifier().encode()))
+    Ok(format!("{}\n", state.models.signing_key()))
 }
 
 /// Every version of a model, with lineage, metrics and signature.
 #[utoipa::path(get, path = "/v1/models/{name}/versions", params(("name" = String, Path)), responses((status = 200, body = Vec<ModelVersionView>)))]
 pub async fn versions(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<axum::Json<Vec<ModelVersionView>>> {
     p.require(READ, "read models")?;
-    Ok(axum::Json(models::versions(&state, &p, &name).await?))
+    Ok(axum::Json(state.models.versions(&p, &name).await?))
 }
 
 /// Imports an artifact trained elsewhere (the lakeledger artifact format only); the
@@ -79,9 +82,9 @@ pub async fn versions(State(state): State<AppState>, Caller(p): Caller, Path(nam
     responses((status = 201, body = ModelVersionView), (status = 422, body = ErrorBody)))]
 pub async fn import(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, body: Body) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
     p.require(WRITE, "register model versions")?;
-    let limit = state.config.max_body_bytes;
+    let limit = state.limits.max_body_bytes;
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(|_| Error::PayloadTooLarge { limit })?;
-    let v = models::import(&state, &p, &name, bytes.to_vec()).await?;
+    let v = state.models.import(&p, &name, bytes.to_vec()).await?;
     Ok((StatusCode::CREATED, facts(&name, Some(v.version), true), axum::Json(v)))
 }
 
@@ -90,7 +93,7 @@ pub async fn import(State(state): State<AppState>, Caller(p): Caller, Path(name)
     responses((status = 200, body = ModelVersionView), (status = 404, body = ErrorBody)))]
 pub async fn version(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<(Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
     p.require(READ, "read models")?;
-    Ok((facts(&name, Some(version), false), axum::Json(models::version(&state, &p, &name, version).await?)))
+    Ok((facts(&name, Some(version), false), axum::Json(state.models.version(&p, &name, version).await?)))
 }
 
 /// The artifact, after its hash and signature are checked (a tampered one is refused).
@@ -98,7 +101,7 @@ pub async fn version(State(state): State<AppState>, Caller(p): Caller, Path((nam
     responses((status = 200, description = "the artifact"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn artifact(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<Response> {
     p.require(READ, "download model artifacts")?;
-    let (v, bytes) = models::artifact(&state, &p, &name, version).await?;
+    let (v, bytes) = state.models.artifact(&p, &name, version).await?;
     let mut response = (StatusCode::OK, bytes).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -114,7 +117,7 @@ pub async fn artifact(State(state): State<AppState>, Caller(p): Caller, Path((na
     responses((status = 200, body = ModelVersionView), (status = 404, body = ErrorBody)))]
 pub async fn archive(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<(Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
     p.require(WRITE, "archive model versions")?;
-    Ok((facts(&name, Some(version), true), axum::Json(models::set_state(&state, &p, &name, version, "archived").await?)))
+    Ok((facts(&name, Some(version), true), axum::Json(state.models.set_state(&p, &name, version, "archived").await?)))
 }
 
 /// Deletes a version; refused while an alias points at it.
@@ -122,7 +125,7 @@ pub async fn archive(State(state): State<AppState>, Caller(p): Caller, Path((nam
     responses((status = 200, body = ModelVersionView), (status = 409, body = ErrorBody)))]
 pub async fn delete_version(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<(Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
     p.require(WRITE, "delete model versions")?;
-    Ok((facts(&name, Some(version), true), axum::Json(models::set_state(&state, &p, &name, version, "deleted").await?)))
+    Ok((facts(&name, Some(version), true), axum::Json(state.models.set_state(&p, &name, version, "deleted").await?)))
 }
 
 /// Model version → training set → feature groups and versions.
@@ -130,7 +133,7 @@ pub async fn delete_version(State(state): State<AppState>, Caller(p): Caller, Pa
     responses((status = 200, description = "lineage"), (status = 404, body = ErrorBody)))]
 pub async fn lineage(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<axum::Json<serde_json::Value>> {
     p.require(READ, "read models")?;
-    Ok(axum::Json(models::lineage(&state, &p, &name, version).await?))
+    Ok(axum::Json(state.lineage.of_model_version(&p, &name, version).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -144,7 +147,7 @@ pub struct LineageParams {
     responses((status = 200, description = "lineage"), (status = 404, body = ErrorBody)))]
 pub async fn feature_group_lineage(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, Query(q): Query<LineageParams>) -> Result<axum::Json<serde_json::Value>> {
     p.require(READ, "read lineage")?;
-    Ok(axum::Json(models::feature_group_lineage(&state, &p, &name, q.version).await?))
+    Ok(axum::Json(state.lineage.of_feature_group(&p, &name, q.version).await?))
 }
 
 /// Points an alias at a version (creating or moving it); the move is kept in its history.
@@ -152,7 +155,7 @@ pub async fn feature_group_lineage(State(state): State<AppState>, Caller(p): Cal
     responses((status = 200, body = AliasMoveView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn move_alias(State(state): State<AppState>, Caller(p): Caller, Path((name, alias)): Path<(String, String)>, ApiJson(req): ApiJson<MoveAlias>) -> Result<(Extension<AuditFacts>, axum::Json<AliasMoveView>)> {
     p.require(WRITE, "move aliases")?;
-    let m = models::move_alias(&state, &p, &name, &alias, Some(req.version), &req.reason).await?;
+    let m = state.models.move_alias(&p, &name, &alias, Some(req.version), &req.reason).await?;
     Ok((facts(&name, Some(req.version), true), axum::Json(m)))
 }
 
@@ -177,8 +180,8 @@ pub async fn get_alias(State(state): State<AppState>, Caller(p): Caller, Path((n
         ),
         None => None,
     };
-    let version = models::resolve_alias(&state, &p, &name, &alias, at).await?;
-    Ok((facts(&name, Some(version), false), axum::Json(models::version(&state, &p, &name, version).await?)))
+    let version = state.models.resolve_alias(&p, &name, &alias, at).await?;
+    Ok((facts(&name, Some(version), false), axum::Json(state.models.version(&p, &name, version).await?)))
 }
 
 /// Removes an alias (kept in its history).
@@ -186,7 +189,7 @@ pub async fn get_alias(State(state): State<AppState>, Caller(p): Caller, Path((n
     responses((status = 200, body = AliasMoveView), (status = 404, body = ErrorBody)))]
 pub async fn delete_alias(State(state): State<AppState>, Caller(p): Caller, Path((name, alias)): Path<(String, String)>, Query(q): Query<AliasParams>) -> Result<axum::Json<AliasMoveView>> {
     p.require(WRITE, "move aliases")?;
-    Ok(axum::Json(models::move_alias(&state, &p, &name, &alias, None, q.reason.as_deref().unwrap_or("")).await?))
+    Ok(axum::Json(state.models.move_alias(&p, &name, &alias, None, q.reason.as_deref().unwrap_or("")).await?))
 }
 
 /// Every move of an alias: who, when, from, to, why.
@@ -194,7 +197,7 @@ pub async fn delete_alias(State(state): State<AppState>, Caller(p): Caller, Path
     responses((status = 200, body = Vec<AliasMoveView>), (status = 404, body = ErrorBody)))]
 pub async fn alias_history(State(state): State<AppState>, Caller(p): Caller, Path((name, alias)): Path<(String, String)>) -> Result<axum::Json<Vec<AliasMoveView>>> {
     p.require(READ, "read models")?;
-    Ok(axum::Json(models::alias_history(&state, &p, &name, &alias).await?))
+    Ok(axum::Json(state.models.alias_history(&p, &name, &alias).await?))
 }
 
 /// Starts a training job: 202 with its id; follow it with `GET …/events`.
@@ -202,7 +205,7 @@ pub async fn alias_history(State(state): State<AppState>, Caller(p): Caller, Pat
     responses((status = 202, body = JobView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_job(State(state): State<AppState>, Caller(p): Caller, ctx: AuditContext, ApiJson(req): ApiJson<CreateJob>) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<JobView>)> {
     p.require(WRITE, "start training jobs")?;
-    let job = jobs::create(&state, &p, &ctx, req).await?;
+    let job = state.jobs.create(&p, &ctx, req).await?;
     let facts = AuditFacts { resource_name: Some(job.id.clone()), details: vec![("model".into(), job.model.clone()), ("training_set_id".into(), job.training_set_id.clone())], ..Default::default() };
     Ok((StatusCode::ACCEPTED, Extension(facts), axum::Json(job)))
 }
@@ -211,21 +214,21 @@ pub async fn create_job(State(state): State<AppState>, Caller(p): Caller, ctx: A
 #[utoipa::path(get, path = "/v1/training-jobs", responses((status = 200, body = Vec<JobView>)))]
 pub async fn list_jobs(State(state): State<AppState>, Caller(p): Caller) -> Result<axum::Json<Vec<JobView>>> {
     p.require(READ, "read training jobs")?;
-    Ok(axum::Json(jobs::list(&state, &p).await?))
+    Ok(axum::Json(state.jobs.list(&p).await?))
 }
 
 /// A job: state, progress, timings, error, the model version it registered.
 #[utoipa::path(get, path = "/v1/training-jobs/{id}", params(("id" = String, Path)), responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
 pub async fn get_job(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<axum::Json<JobView>> {
     p.require(READ, "read training jobs")?;
-    Ok(axum::Json(jobs::get(&state, &p, &id).await?))
+    Ok(axum::Json(state.jobs.get(&p, &id).await?))
 }
 
 /// Cancels a job (also `DELETE /v1/training-jobs/{id}`).
 #[utoipa::path(post, path = "/v1/training-jobs/{id}/cancel", params(("id" = String, Path)), responses((status = 202, body = JobView), (status = 404, body = ErrorBody)))]
 pub async fn cancel_job(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<(StatusCode, axum::Json<JobView>)> {
     p.require(WRITE, "cancel training jobs")?;
-    Ok((StatusCode::ACCEPTED, axum::Json(jobs::cancel(&state, &p, &id).await?)))
+    Ok((StatusCode::ACCEPTED, axum::Json(state.jobs.cancel(&p, &id).await?)))
 }
 
 /// Progress as Server-Sent Events: the current state, then one `job` event per change,
@@ -233,10 +236,10 @@ pub async fn cancel_job(State(state): State<AppState>, Caller(p): Caller, Path(i
 #[utoipa::path(get, path = "/v1/training-jobs/{id}/events", params(("id" = String, Path)), responses((status = 200, description = "text/event-stream of job states")))]
 pub async fn job_events(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
     p.require(READ, "read training jobs")?;
-    let (current, rx) = jobs::subscribe(&state, &p, &id).await?;
+    let (current, rx) = state.jobs.subscribe(&p, &id).await?;
     let event = |v: &JobView| Event::default().event("job").json_data(v).unwrap_or_else(|_| Event::default().event("job"));
     let first = event(&current);
-    let done = jobs::is_final(&current.state) || rx.is_none();
+    let done = is_final(&current.state) || rx.is_none();
     let rest = futures::stream::unfold((rx, done), move |(rx, done)| async move {
         if done {
             return None;
@@ -245,7 +248,7 @@ pub async fn job_events(State(state): State<AppState>, Caller(p): Caller, Path(i
         loop {
             match rx.recv().await {
                 Ok(v) => {
-                    let last = jobs::is_final(&v.state);
+                    let last = is_final(&v.state);
                     return Some((Ok(event(&v)), (Some(rx), last)));
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,

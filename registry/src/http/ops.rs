@@ -1,13 +1,11 @@
 //! Probes, metrics and API docs: the routes that need no key.
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
-use crate::http::state::AppState;
+use super::state::AppState;
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "alive")))]
@@ -19,27 +17,24 @@ pub async fn healthz() -> impl IntoResponse {
 /// while shutting down.
 #[utoipa::path(get, path = "/readyz", security(()), responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let catalog = state.catalog.ping().await.map_err(|e| e.to_string());
-    let storage = state.tables.check().await.map_err(|e| e.to_string());
-    let accepting = state.accepting.load(Ordering::SeqCst);
-    let audit = state.audit.health();
-    let ok = catalog.is_ok() && storage.is_ok() && accepting && audit.is_ok();
-    if let Err(e) = &audit {
+    let report = state.readiness.check(&state.audit).await;
+    if let Err(e) = &report.audit {
         tracing::warn!(error = %e, "readiness: audit ledger cannot take records");
     }
-    if let Err(e) = &catalog {
+    if let Err(e) = &report.catalog {
         tracing::warn!(error = %e, "readiness: catalog unavailable");
     }
-    if let Err(e) = &storage {
+    if let Err(e) = &report.storage {
         tracing::warn!(error = %e, "readiness: storage unavailable");
     }
+    let ok = report.ready();
     let body = json!({
         "ready": ok,
-        "catalog": catalog.is_ok(),
-        "storage": storage.is_ok(),
-        "accepting": accepting,
-        "audit": audit.is_ok(),
-        "audit_problem": audit.err(),
+        "catalog": report.catalog.is_ok(),
+        "storage": report.storage.is_ok(),
+        "accepting": report.accepting,
+        "audit": report.audit.is_ok(),
+        "audit_problem": report.audit.err(),
     });
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()

@@ -11,12 +11,14 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ApiJson;
-use crate::platform::audit::{AuditContext, AuditFacts};
-use crate::identity::Caller;
+use super::audit_layer::AuditFacts;
+use crate::platform::audit::AuditContext;
+use super::auth::Caller;
 use crate::platform::catalog::Role;
-use crate::error::{Error, ErrorBody, Result};
-use crate::sql;
-use crate::http::state::AppState;
+use super::error::ErrorBody;
+use crate::error::{Error, Result};
+use crate::sql::statement_hash;
+use super::state::AppState;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
 
@@ -53,27 +55,27 @@ pub async fn query(
         let facts = AuditFacts {
             details: vec![
                 ("sql".into(), req.sql.chars().take(16_384).collect()),
-                ("sql_sha256".into(), sql::statement_hash(&req.sql)),
+                ("sql_sha256".into(), statement_hash(&req.sql)),
             ],
             ..Default::default()
         };
         r.extensions_mut().insert(facts);
         r
     };
-    let (parsed, tables, facts) = match sql::prepare(&state, &p, &req.sql).await {
+    let (parsed, tables, facts) = match state.sql.prepare(&p, &req.sql).await {
         Ok(x) => x,
         Err(e) => return Ok(refused(e)),
     };
-    sql::record_query(&state, &p, &ctx, &facts).await?;
+    state.sql.record_query(&p, &ctx, &facts).await?;
     let rows = Arc::new(AtomicU64::new(0));
-    let body = match sql::run(&state, parsed, tables, format, rows.clone()).await {
+    let body = match state.sql.run(parsed, tables, format, rows.clone()).await {
         Ok(b) => b,
         Err(e) => return Ok(refused(e)),
     };
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-    h.insert("x-lakeledger-row-limit", HeaderValue::from(state.config.sql.row_limit));
+    h.insert("x-lakeledger-row-limit", HeaderValue::from(state.sql.config().row_limit));
     let versions: Vec<String> = facts.tables.iter().map(|(n, v)| format!("{n}@{v}")).collect();
     if let Ok(v) = HeaderValue::from_str(&versions.join(",")) {
         h.insert("x-lakeledger-versions", v);

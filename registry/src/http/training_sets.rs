@@ -12,12 +12,14 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiJson;
-use crate::platform::audit::{AuditContext, AuditFacts};
-use crate::identity::Caller;
+use super::audit_layer::AuditFacts;
+use crate::platform::audit::AuditContext;
+use super::auth::Caller;
 use crate::platform::catalog::Role;
-use crate::error::{Error, ErrorBody, Result};
-use crate::http::state::AppState;
-use crate::training::sets::{self as ts, CreateTrainingSet, SpineManifest, TrainingSetManifest};
+use super::error::ErrorBody;
+use crate::error::{Error, Result};
+use super::state::AppState;
+use crate::training::{CreateTrainingSet, SpineManifest, TrainingSetManifest};
 use lakeledger_query::ingest::IngestFormat;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
@@ -34,7 +36,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateTrainingSet>,
 ) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<TrainingSetManifest>)> {
     p.require(WRITE, "create training sets")?;
-    let (manifest, versions) = ts::create(&state, &p, &ctx, req).await?;
+    let (manifest, versions) = state.training_sets.create(&p, &ctx, req).await?;
     let facts = AuditFacts { resource_name: Some(manifest.id.clone()), versions_read: versions, rows: Some(manifest.rows), ..Default::default() };
     Ok((StatusCode::CREATED, Extension(facts), axum::Json(manifest)))
 }
@@ -43,7 +45,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/training-sets", responses((status = 200, body = Vec<TrainingSetManifest>)))]
 pub async fn list(State(state): State<AppState>, Caller(p): Caller) -> Result<axum::Json<Vec<TrainingSetManifest>>> {
     p.require(READ, "read training sets")?;
-    Ok(axum::Json(ts::list(&state, &p).await?))
+    Ok(axum::Json(state.training_sets.list(&p).await?))
 }
 
 /// Deletes a training set; the feature files it pinned become eligible for vacuum.
@@ -51,7 +53,7 @@ pub async fn list(State(state): State<AppState>, Caller(p): Caller) -> Result<ax
     responses((status = 200, body = TrainingSetManifest), (status = 404, body = ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<axum::Json<TrainingSetManifest>> {
     p.require(WRITE, "delete training sets")?;
-    Ok(axum::Json(ts::delete(&state, &p, &id).await?))
+    Ok(axum::Json(state.training_sets.delete(&p, &id).await?))
 }
 
 /// The manifest: spine, features, versions, TTLs, rows and the SHA-256 of the data.
@@ -59,7 +61,7 @@ pub async fn delete(State(state): State<AppState>, Caller(p): Caller, Path(id): 
     responses((status = 200, body = TrainingSetManifest), (status = 404, body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<axum::Json<TrainingSetManifest>> {
     p.require(READ, "read training sets")?;
-    Ok(axum::Json(ts::manifest(&state, &p, &id).await?))
+    Ok(axum::Json(state.training_sets.manifest(&p, &id).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -83,7 +85,7 @@ pub async fn data(
         Some(f) => OutputFormat::from_name(f).ok_or_else(|| Error::BadRequest(format!("format `{f}` is not one of json, ndjson, csv, arrow, parquet")))?,
         None => OutputFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())).ok_or(Error::NotAcceptable)?,
     };
-    let (manifest, bytes) = ts::data(&state, &p, &id).await?;
+    let (manifest, bytes) = state.training_sets.data(&p, &id).await?;
     let body = if format == OutputFormat::Parquet {
         Body::from(bytes)
     } else {
@@ -139,11 +141,11 @@ pub async fn upload_spine(
     let time = q.time.filter(|t| !t.is_empty()).ok_or_else(|| Error::BadRequest("name the spine's time column with ?time=<column>".into()))?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let format = IngestFormat::from_content_type(content_type).ok_or_else(|| Error::UnsupportedMediaType(content_type.to_string()))?;
-    let limit = state.config.max_body_bytes;
+    let limit = state.limits.max_body_bytes;
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .await
         .map_err(|_| Error::PayloadTooLarge { limit })?;
-    let m = ts::upload_spine(&state, &p, &ctx, format, bytes, time).await?;
+    let m = state.training_sets.upload_spine(&p, &ctx, format, bytes, time).await?;
     let facts = AuditFacts { resource_name: Some(m.id.clone()), rows: Some(m.rows), details: vec![("sha256".into(), m.sha256.clone())], ..Default::default() };
     Ok((StatusCode::CREATED, Extension(facts), axum::Json(m)))
 }
@@ -153,5 +155,5 @@ pub async fn upload_spine(
     responses((status = 200, body = SpineManifest), (status = 404, body = ErrorBody)))]
 pub async fn get_spine(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<axum::Json<SpineManifest>> {
     p.require(READ, "read spines")?;
-    Ok(axum::Json(ts::spine_manifest(&state, &p, &id).await?))
+    Ok(axum::Json(state.training_sets.spine_manifest(&p, &id).await?))
 }

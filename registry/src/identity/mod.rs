@@ -1,19 +1,25 @@
-//! API keys and principals. A key is `llk_` followed by 32 random bytes (base64url);
-//! the catalog stores only its SHA-256, so a leaked catalog does not leak keys.
+//! Who is calling: tenants, API keys and the principals they stand for, and a cache of
+//! recently verified keys so hot paths do not ask the catalog on every request.
+//!
+//! A key is `llk_` followed by 32 random bytes (base64url); the catalog stores only its
+//! SHA-256, so a leaked catalog does not leak keys. Owns no HTTP: the edge turns the
+//! `Authorization` header into a call to [`Identity::authenticate`].
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use base64::Engine;
-use rand::RngCore;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
+mod keys;
+
+use std::sync::Arc;
+
+use lakeledger_audit::{Event, Phase};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::platform::catalog::{NewApiKey, Role, SharedCatalog, Tenant, now_micros};
 use crate::error::{Error, Result};
-use crate::http::state::AppState;
+use crate::platform::audit::AuditContext;
+use crate::platform::catalog::{ApiKey, Role, SharedCatalog, Tenant};
+use crate::platform::time::now_micros;
 
-pub const KEY_PREFIX: &str = "llk_";
+pub use keys::{KEY_PREFIX, KeyCache, MintedKey, authenticate, hash_secret, mint_key};
+
 /// The tenant created at first start; its admins also manage other tenants.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -47,43 +53,26 @@ impl Principal {
     pub fn actor(&self) -> String {
         format!("{}/{}", self.tenant, self.key_id)
     }
-}
 
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// A freshly minted key: the secret is returned to the caller once.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MintedKey {
-    pub id: String,
-    pub tenant: String,
-    pub name: String,
-    pub role: Role,
-    /// Shown only now; store it safely. Only its hash is kept.
-    pub secret: String,
-}
-
-pub async fn mint_key(catalog: &SharedCatalog, tenant: &Tenant, name: &str, role: Role, created_by: &str) -> Result<MintedKey> {
-    if name.trim().is_empty() || name.len() > 200 {
-        return Err(Error::Unprocessable("key name must be 1 to 200 characters".into()));
+    /// Names this principal as the actor of `e`.
+    pub fn stamp(&self, e: &mut Event) {
+        e.actor.principal = Some(self.key_id.clone());
+        e.actor.principal_type = "api_key".into();
+        e.actor.tenant = Some(self.tenant.clone());
+        e.actor.role = Some(self.role.as_str().to_string());
+        e.actor.auth_method = self.auth_method.to_string();
     }
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
-    let secret = format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
-    let id = format!("key_{}", uuid::Uuid::now_v7().simple());
-    catalog
-        .create_key(&NewApiKey {
-            id: id.clone(),
-            tenant_id: tenant.id.clone(),
-            name: name.to_string(),
-            role,
-            secret_hash: hash_secret(&secret),
-            created_at: now_micros(),
-            created_by: created_by.to_string(),
-        })
-        .await?;
-    Ok(MintedKey { id, tenant: tenant.name.clone(), name: name.to_string(), role, secret })
+
+    /// An event this principal causes within the request `ctx` (e.g. the resolved plan of
+    /// a query, recorded before anything is read).
+    pub fn event(&self, kind: &str, ctx: &AuditContext) -> Event {
+        let mut e = Event::new(kind, Phase::Intent);
+        self.stamp(&mut e);
+        e.source.request_id = Some(ctx.request_id.clone());
+        e.resource.tenant = Some(self.tenant.clone());
+        e.details.push(("intent_event_id".into(), ctx.event_id.clone()));
+        e
+    }
 }
 
 /// Tenant names become storage path segments, so they are kept simple.
@@ -102,120 +91,99 @@ pub async fn create_tenant(catalog: &SharedCatalog, name: &str) -> Result<Tenant
     Ok(tenant)
 }
 
-/// How long a verified key is trusted without asking the catalog again. Revocations made
-/// through this server apply at once (the cache is cleared); through another replica, within
-/// this time.
-const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-const KEY_CACHE_MAX: usize = 10_000;
-
-/// Keys verified recently, by the SHA-256 of the secret, so the hot serving paths do not
-/// read the catalog on every request. Unknown keys are never cached.
-#[derive(Default)]
-pub struct KeyCache {
-    entries: std::sync::RwLock<std::collections::HashMap<String, (Principal, std::time::Instant)>>,
-    /// Bumped by every clear: a key read from the catalog before a revocation is not
-    /// cached after it.
-    generation: std::sync::atomic::AtomicU64,
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: String,
+    pub role: Role,
+    /// Defaults to the caller's tenant; other tenants need an operator admin.
+    pub tenant: Option<String>,
 }
 
-impl KeyCache {
+/// Tenants, keys and authentication, over the catalog.
+pub struct Identity {
+    catalog: SharedCatalog,
+    keys: KeyCache,
+}
+
+impl Identity {
+    pub fn new(catalog: SharedCatalog) -> Arc<Identity> {
+        Arc::new(Identity { catalog, keys: KeyCache::default() })
+    }
+
     /// Resolves the caller from `Authorization: Bearer …`.
-    pub async fn authenticate(&self, catalog: &SharedCatalog, header: Option<&str>) -> Result<Principal> {
-        let token = bearer(header)?;
-        let hash = hash_secret(token);
-        if let Some((p, at)) = self.entries.read().expect("key cache lock").get(&hash)
-            && at.elapsed() < KEY_CACHE_TTL
-        {
-            return Ok(p.clone());
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal> {
+        self.keys.authenticate(&self.catalog, header).await
+    }
+
+    /// On first start: the default tenant and its first admin key.
+    pub async fn bootstrap(&self) -> Result<Option<MintedKey>> {
+        if self.catalog.tenant_by_name(DEFAULT_TENANT).await?.is_some() {
+            return Ok(None);
         }
-        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let p = lookup(catalog, &hash).await?;
-        let mut entries = self.entries.write().expect("key cache lock");
-        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
-            if entries.len() >= KEY_CACHE_MAX {
-                entries.clear();
+        let tenant = match create_tenant(&self.catalog, DEFAULT_TENANT).await {
+            Ok(t) => t,
+            // Another replica bootstrapped at the same moment.
+            Err(Error::AlreadyExists { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(mint_key(&self.catalog, &tenant, "initial admin", Role::Admin, "bootstrap").await?))
+    }
+
+    pub async fn create_tenant(&self, p: &Principal, name: &str) -> Result<Tenant> {
+        require_operator(p, "create tenants")?;
+        create_tenant(&self.catalog, name).await
+    }
+
+    /// Every tenant for operator admins; other admins see their own.
+    pub async fn tenants(&self, p: &Principal) -> Result<Vec<Tenant>> {
+        p.require(&[Role::Admin], "list tenants")?;
+        let all = self.catalog.list_tenants().await?;
+        Ok(if p.is_operator() { all } else { all.into_iter().filter(|t| t.id == p.tenant_id).collect() })
+    }
+
+    pub async fn create_key(&self, p: &Principal, req: CreateKey) -> Result<MintedKey> {
+        let tenant = self.target_tenant(p, req.tenant.as_deref(), "create keys").await?;
+        mint_key(&self.catalog, &tenant, &req.name, req.role, &p.actor()).await
+    }
+
+    /// Keys of a tenant, never their secrets.
+    pub async fn keys(&self, p: &Principal, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        let tenant = self.target_tenant(p, tenant, "list keys").await?;
+        self.catalog.list_keys(&tenant.id).await
+    }
+
+    /// Revokes a key; it stops working here at once.
+    pub async fn revoke_key(&self, p: &Principal, id: &str, tenant: Option<&str>) -> Result<()> {
+        let tenant = self.target_tenant(p, tenant, "revoke keys").await?;
+        if self.catalog.revoke_key(&tenant.id, id, now_micros()).await? {
+            self.keys.clear();
+            Ok(())
+        } else {
+            Err(Error::NotFound { kind: "key", name: id.to_string() })
+        }
+    }
+
+    /// The tenant a key request is about: the caller's own unless an operator names another.
+    async fn target_tenant(&self, p: &Principal, tenant: Option<&str>, action: &str) -> Result<Tenant> {
+        p.require(&[Role::Admin], action)?;
+        match tenant {
+            None => Ok(Tenant { id: p.tenant_id.clone(), name: p.tenant.clone(), created_at: 0 }),
+            Some(name) if name == p.tenant => Ok(Tenant { id: p.tenant_id.clone(), name: p.tenant.clone(), created_at: 0 }),
+            Some(name) => {
+                require_operator(p, action)?;
+                self.catalog.tenant_by_name(name).await?.ok_or_else(|| Error::NotFound { kind: "tenant", name: name.into() })
             }
-            entries.insert(hash, (p.clone(), std::time::Instant::now()));
-        }
-        Ok(p)
-    }
-
-    /// Forgets every key (after a revocation has been written to the catalog).
-    pub fn clear(&self) {
-        let mut entries = self.entries.write().expect("key cache lock");
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        entries.clear();
-    }
-}
-
-fn bearer(header: Option<&str>) -> Result<&str> {
-    let token = header
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(Error::Unauthenticated)?;
-    if !token.starts_with(KEY_PREFIX) {
-        return Err(Error::InvalidKey);
-    }
-    Ok(token)
-}
-
-/// Resolves the caller from `Authorization: Bearer …`, asking the catalog.
-pub async fn authenticate(catalog: &SharedCatalog, header: Option<&str>) -> Result<Principal> {
-    lookup(catalog, &hash_secret(bearer(header)?)).await
-}
-
-async fn lookup(catalog: &SharedCatalog, hash: &str) -> Result<Principal> {
-    let (key, tenant) = catalog.key_by_hash(hash).await?.ok_or(Error::InvalidKey)?;
-    Ok(Principal {
-        key_id: key.id,
-        key_name: key.name,
-        role: key.role,
-        tenant_id: tenant.id,
-        tenant: tenant.name,
-        auth_method: "api_key",
-    })
-}
-
-/// The authenticated caller. Authentication itself happens once, in the request layer
-/// (so that every request, refused ones too, is recorded with its actor); handlers take
-/// the result from the request extensions.
-pub struct Caller(pub Principal);
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self> {
-        match parts.extensions.get::<AuthOutcome>() {
-            Some(AuthOutcome::Ok(p)) => Ok(Caller(p.clone())),
-            Some(AuthOutcome::Failed(e)) => Err(e.to_error()),
-            None => Err(Error::Unauthenticated),
         }
     }
 }
 
-/// What the request layer found in the `Authorization` header.
-#[derive(Clone, Debug)]
-pub enum AuthOutcome {
-    Ok(Principal),
-    Failed(AuthFailure),
-}
-
-#[derive(Clone, Copy, Debug)]
-pub enum AuthFailure {
-    Missing,
-    Invalid,
-    Unavailable,
-}
-
-impl AuthFailure {
-    pub fn to_error(self) -> Error {
-        match self {
-            AuthFailure::Missing => Error::Unauthenticated,
-            AuthFailure::Invalid => Error::InvalidKey,
-            AuthFailure::Unavailable => Error::Unavailable("the catalog is not reachable; try again".into()),
-        }
+fn require_operator(p: &Principal, action: &str) -> Result<()> {
+    p.require(&[Role::Admin], action)?;
+    if !p.is_operator() {
+        return Err(Error::Forbidden { role: format!("admin of tenant `{}`", p.tenant), action: action.into() });
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -228,10 +196,5 @@ mod tests {
         for bad in ["", "Acme", "a/b", "-x", "a_b", &"x".repeat(64)] {
             assert!(validate_tenant_name(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn hashes_are_stable_hex() {
-        assert_eq!(hash_secret("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

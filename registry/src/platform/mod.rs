@@ -1,2 +1,13 @@
+//! What every domain stands on: the catalog (one trait, SQLite and Postgres), the audit
+//! sink, keyed locks, the query runtime, readiness, time and private key files.
+//!
+//! Imports no domain folder and nothing of the HTTP edge: everything here is a plain
+//! handle a service is given when the application is wired (`app/`).
+
 pub mod audit;
 pub mod catalog;
+pub mod keyfile;
+pub mod locks;
+pub mod readiness;
+pub mod runtime;
+pub mod time;

@@ -8,6 +8,7 @@
 //! HMAC-SHA256-signed body when a threshold is crossed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use lakeledger_trainer::data::{Encoding, RawColumn};
@@ -15,10 +16,26 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::identity::Principal;
+use lakeledger_query::feature_rows::FileSet;
+
+use super::inference_log::{LOG_TAG, group_name};
 use crate::error::{Error, Result};
-use crate::features::rfc3339;
-use crate::http::state::AppState;
+use crate::features::{FeatureGroups, ReadSpec};
+use crate::identity::Principal;
+use crate::models::Models;
+use crate::platform::audit::AuditLog;
+use crate::platform::catalog::SharedCatalog;
+use crate::platform::time::{now_micros, rfc3339};
+use crate::training::TrainingSets;
+
+/// The drift service: reads a version's training set and the rows to compare with.
+pub struct Drift {
+    models: Arc<Models>,
+    sets: Arc<TrainingSets>,
+    groups: Arc<FeatureGroups>,
+    catalog: SharedCatalog,
+    audit: Arc<AuditLog>,
+}
 
 /// PSI above this is commonly read as a significant shift.
 pub const DEFAULT_PSI_THRESHOLD: f64 = 0.2;
@@ -79,151 +96,151 @@ pub struct Window {
 }
 
 /// Compares the version's training set with its inference log in the window.
-pub async fn report(state: &AppState, p: &Principal, name: &str, version: i64, window: Window) -> Result<DriftReport> {
-    let Window { source, since, until, psi_threshold, ks_threshold } = window;
-    let v = crate::models::version(state, p, name, version).await?;
-    let Some(set_id) = v.training_set_id.clone() else {
-        return Err(Error::Unprocessable(format!("version {version} of `{name}` was imported: it has no training set to compare with")));
-    };
-    // Verified like any load, but not put in the serving cache: a drift check must not
-    // evict a model that is taking traffic.
-    let inputs = crate::models::load(state, p, name, version).await?.inputs;
-
-    let (_, bytes) = crate::training::sets::data(state, p, &set_id).await?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
-    let mut baseline: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
-    for batch in reader {
-        let batch = batch.map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
-        for (i, c) in inputs.iter().enumerate() {
-            match RawColumn::read(&batch, &c.name).map_err(|e| Error::Internal(e.to_string()))? {
-                RawColumn::Numeric(v) => baseline[i].extend(v.into_iter().map(|x| x.map_or(Value::Null, Value::from))),
-                RawColumn::Text(v) => baseline[i].extend(v.into_iter().map(|x| x.map_or(Value::Null, Value::from))),
-            }
-        }
+impl Drift {
+    pub fn new(models: Arc<Models>, sets: Arc<TrainingSets>, groups: Arc<FeatureGroups>, catalog: SharedCatalog, audit: Arc<AuditLog>) -> Arc<Drift> {
+        Arc::new(Drift { models, sets, groups, catalog, audit })
     }
 
-    let names: Vec<String> = inputs.iter().map(|c| c.name.clone()).collect();
-    let current = match &source {
-        Source::InferenceLog => log_values(state, p, name, version, &names, since, until).await?,
-        Source::FeatureGroup { name: group, from_version, to_version } => group_values(state, p, &names, group, *from_version, *to_version).await?,
-    };
-
-    let mut features = Vec::new();
-    let mut drifted = Vec::new();
-    for (i, c) in inputs.iter().enumerate() {
-        let f = match &c.encoding {
-            Encoding::Standardized { .. } => {
-                let (b, bn) = numbers(&baseline[i]);
-                let (cur, cn) = numbers(&current[i]);
-                let (ks, p_value) = ks_test(&b, &cur).map_or((None, None), |(d, p)| (Some(d), Some(p)));
-                FeatureDrift { name: c.name.clone(), kind: "numeric", psi: psi_numeric(&b, bn, &cur, cn), ks, ks_p_value: p_value, baseline_nulls: bn, current_nulls: cn }
-            }
-            Encoding::OneHot { .. } => {
-                let bn = baseline[i].iter().filter(|v| v.is_null()).count() as u64;
-                let cn = current[i].iter().filter(|v| v.is_null()).count() as u64;
-                FeatureDrift { name: c.name.clone(), kind: "categorical", psi: psi_categorical(&baseline[i], &current[i]), ks: None, ks_p_value: None, baseline_nulls: bn, current_nulls: cn }
-            }
+    pub async fn report(&self, p: &Principal, name: &str, version: i64, window: Window) -> Result<DriftReport> {
+        let Window { source, since, until, psi_threshold, ks_threshold } = window;
+        let v = self.models.version(p, name, version).await?;
+        let Some(set_id) = v.training_set_id.clone() else {
+            return Err(Error::Unprocessable(format!("version {version} of `{name}` was imported: it has no training set to compare with")));
         };
-        if f.psi.is_some_and(|x| x > psi_threshold) || f.ks.is_some_and(|x| x > ks_threshold) {
-            drifted.push(f.name.clone());
-        }
-        features.push(f);
-    }
-    Ok(DriftReport {
-        model: name.to_string(),
-        version,
-        training_set_id: set_id,
-        baseline_rows: baseline.first().map_or(0, |b| b.len() as u64),
-        current_rows: current.iter().map(|c| c.len() as u64).max().unwrap_or(0),
-        current_source: match source {
-            Source::InferenceLog => "inference_log".to_string(),
-            Source::FeatureGroup { name, from_version, to_version } => {
-                format!("{name}: versions after {from_version} up to {}", to_version.map_or("the latest".to_string(), |v| v.to_string()))
-            }
-        },
-        since: since.map(rfc3339),
-        until: until.map(rfc3339),
-        psi_threshold,
-        ks_threshold,
-        features,
-        drifted,
-    })
-}
+        // Verified like any load, but not put in the serving cache: a drift check must not
+        // evict a model that is taking traffic.
+        let inputs = self.models.load(p, name, version).await?.inputs;
 
-/// Per input, the values logged for `version` in `[since, until)`.
-async fn log_values(state: &AppState, p: &Principal, model: &str, version: i64, inputs: &[String], since: Option<i64>, until: Option<i64>) -> Result<Vec<Vec<Value>>> {
-    use arrow::array::AsArray;
-    let mut current: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
-    let log = state.catalog.feature_group(&p.tenant_id, &crate::serving::inference_log::group_name(model)).await?;
-    let Some(g) = log.filter(|g| g.tags.get(crate::serving::inference_log::LOG_TAG).map(String::as_str) == Some(model)) else {
-        return Ok(current);
-    };
-    let table = state.tables.open(&state.tables.location(&g.location)?, None).await?;
-    let mut stream = lakeledger_query::tables::scan(&table, &g.schema, &[], None).await?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| Error::Internal(format!("reading the inference log: {e}")))?;
-        let (Some(versions), Some(times), Some(rows)) = (batch.column_by_name("model_version"), batch.column_by_name("served_at"), batch.column_by_name("inputs")) else {
-            continue;
-        };
-        let versions = versions.as_primitive::<arrow::datatypes::Int64Type>();
-        let times = times.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-        let rows = arrow::compute::cast(rows, &arrow::datatypes::DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?;
-        let rows = rows.as_string::<i32>();
-        for r in 0..batch.num_rows() {
-            let t = times.value(r);
-            if versions.value(r) != version || since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
-                continue;
-            }
-            let Ok(Value::Object(row)) = serde_json::from_str::<Value>(rows.value(r)) else { continue };
+        let (_, bytes) = self.sets.data(p, &set_id).await?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
+        let mut baseline: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
+        for batch in reader {
+            let batch = batch.map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
             for (i, c) in inputs.iter().enumerate() {
-                current[i].push(row.get(c).cloned().unwrap_or(Value::Null));
+                match RawColumn::read(&batch, &c.name).map_err(|e| Error::Internal(e.to_string()))? {
+                    RawColumn::Numeric(v) => baseline[i].extend(v.into_iter().map(|x| x.map_or(Value::Null, Value::from))),
+                    RawColumn::Text(v) => baseline[i].extend(v.into_iter().map(|x| x.map_or(Value::Null, Value::from))),
+                }
             }
         }
-    }
-    Ok(current)
-}
 
-/// Per input `<group>__<feature>`, the values the group's commits after `from` up to `to`
-/// wrote; other inputs get none.
-async fn group_values(state: &AppState, p: &Principal, inputs: &[String], group: &str, from: i64, to: Option<i64>) -> Result<Vec<Vec<Value>>> {
-    use lakeledger_query::feature_rows::{FileSet, file_lineage, read_rows};
-    let g = crate::features::find(state, p, group).await?;
-    let spec = crate::features::ReadSpec { version: to, ..Default::default() };
-    let to = crate::features::resolve_version(state, &g, &spec).await?.version;
-    if from >= to {
-        return Err(Error::Unprocessable(format!("from_version {from} must be below to_version {to}")));
-    }
-    let table = state.tables.open(&state.tables.location(&g.location)?, Some(to)).await?;
-    let (schema, arrow_schema) = crate::training::sets::schema_at(&table, &g.schema).await?;
-    let prefix = format!("{group}__");
-    let wanted: Vec<Option<String>> = inputs
-        .iter()
-        .map(|n| n.strip_prefix(&prefix).filter(|f| schema.features.iter().any(|c| c.name == *f)).map(str::to_string))
-        .collect();
-    let columns: Vec<String> = wanted.iter().flatten().cloned().collect();
-    if columns.is_empty() {
-        return Err(Error::Unprocessable(format!("no input of this model comes from feature group `{group}` (inputs are named `{group}__<feature>`)")));
-    }
-    let threads = state.config.sql.threads.max(1);
-    let read = columns.clone();
-    let rows = crate::training::sets::on_query_runtime(state, async move {
-        let files: Vec<_> = file_lineage(&table, to, FileSet::Live).await?.into_iter().filter(|f| f.added.is_some_and(|a| a > from)).collect();
-        Ok(read_rows(&table, &arrow_schema, &read, files, threads).await?)
-    })
-    .await?;
-    let batch = rows.concat()?;
-    wanted
-        .iter()
-        .map(|w| match w {
-            None => Ok(Vec::new()),
-            Some(f) => Ok(match RawColumn::read(&batch, f).map_err(|e| Error::Unprocessable(e.to_string()))? {
-                RawColumn::Numeric(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
-                RawColumn::Text(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
-            }),
+        let names: Vec<String> = inputs.iter().map(|c| c.name.clone()).collect();
+        let current = match &source {
+            Source::InferenceLog => self.log_values(p, name, version, &names, since, until).await?,
+            Source::FeatureGroup { name: group, from_version, to_version } => self.group_values(p, &names, group, *from_version, *to_version).await?,
+        };
+
+        let mut features = Vec::new();
+        let mut drifted = Vec::new();
+        for (i, c) in inputs.iter().enumerate() {
+            let f = match &c.encoding {
+                Encoding::Standardized { .. } => {
+                    let (b, bn) = numbers(&baseline[i]);
+                    let (cur, cn) = numbers(&current[i]);
+                    let (ks, p_value) = ks_test(&b, &cur).map_or((None, None), |(d, p)| (Some(d), Some(p)));
+                    FeatureDrift { name: c.name.clone(), kind: "numeric", psi: psi_numeric(&b, bn, &cur, cn), ks, ks_p_value: p_value, baseline_nulls: bn, current_nulls: cn }
+                }
+                Encoding::OneHot { .. } => {
+                    let bn = baseline[i].iter().filter(|v| v.is_null()).count() as u64;
+                    let cn = current[i].iter().filter(|v| v.is_null()).count() as u64;
+                    FeatureDrift { name: c.name.clone(), kind: "categorical", psi: psi_categorical(&baseline[i], &current[i]), ks: None, ks_p_value: None, baseline_nulls: bn, current_nulls: cn }
+                }
+            };
+            if f.psi.is_some_and(|x| x > psi_threshold) || f.ks.is_some_and(|x| x > ks_threshold) {
+                drifted.push(f.name.clone());
+            }
+            features.push(f);
+        }
+        Ok(DriftReport {
+            model: name.to_string(),
+            version,
+            training_set_id: set_id,
+            baseline_rows: baseline.first().map_or(0, |b| b.len() as u64),
+            current_rows: current.iter().map(|c| c.len() as u64).max().unwrap_or(0),
+            current_source: match source {
+                Source::InferenceLog => "inference_log".to_string(),
+                Source::FeatureGroup { name, from_version, to_version } => {
+                    format!("{name}: versions after {from_version} up to {}", to_version.map_or("the latest".to_string(), |v| v.to_string()))
+                }
+            },
+            since: since.map(rfc3339),
+            until: until.map(rfc3339),
+            psi_threshold,
+            ks_threshold,
+            features,
+            drifted,
         })
-        .collect()
+    }
+
+    /// Per input, the values logged for `version` in `[since, until)`.
+    async fn log_values(&self, p: &Principal, model: &str, version: i64, inputs: &[String], since: Option<i64>, until: Option<i64>) -> Result<Vec<Vec<Value>>> {
+        use arrow::array::AsArray;
+        let mut current: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
+        let log = self.groups.record(&p.tenant_id, &group_name(model)).await?;
+        let Some(g) = log.filter(|g| g.tags.get(LOG_TAG).map(String::as_str) == Some(model)) else {
+            return Ok(current);
+        };
+        let (table, _) = self.groups.open_at(&g, None).await?;
+        let mut stream = lakeledger_query::tables::scan(&table, &g.schema, &[], None).await?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| Error::Internal(format!("reading the inference log: {e}")))?;
+            let (Some(versions), Some(times), Some(rows)) = (batch.column_by_name("model_version"), batch.column_by_name("served_at"), batch.column_by_name("inputs")) else {
+                continue;
+            };
+            let versions = versions.as_primitive::<arrow::datatypes::Int64Type>();
+            let times = times.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            let rows = arrow::compute::cast(rows, &arrow::datatypes::DataType::Utf8).map_err(|e| Error::Internal(e.to_string()))?;
+            let rows = rows.as_string::<i32>();
+            for r in 0..batch.num_rows() {
+                let t = times.value(r);
+                if versions.value(r) != version || since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
+                    continue;
+                }
+                let Ok(Value::Object(row)) = serde_json::from_str::<Value>(rows.value(r)) else { continue };
+                for (i, c) in inputs.iter().enumerate() {
+                    current[i].push(row.get(c).cloned().unwrap_or(Value::Null));
+                }
+            }
+        }
+        Ok(current)
+    }
+
+    /// Per input `<group>__<feature>`, the values the group's commits after `from` up to `to`
+    /// wrote; other inputs get none.
+    async fn group_values(&self, p: &Principal, inputs: &[String], group: &str, from: i64, to: Option<i64>) -> Result<Vec<Vec<Value>>> {
+        let g = self.groups.find(p, group).await?;
+        let spec = ReadSpec { version: to, ..Default::default() };
+        let to = self.groups.resolve_version(&g, &spec).await?.version;
+        if from >= to {
+            return Err(Error::Unprocessable(format!("from_version {from} must be below to_version {to}")));
+        }
+        let snap = self.groups.snapshot(&g, Some(to)).await?;
+        let schema = &snap.schema;
+        let prefix = format!("{group}__");
+        let wanted: Vec<Option<String>> = inputs
+            .iter()
+            .map(|n| n.strip_prefix(&prefix).filter(|f| schema.features.iter().any(|c| c.name == *f)).map(str::to_string))
+            .collect();
+        let columns: Vec<String> = wanted.iter().flatten().cloned().collect();
+        if columns.is_empty() {
+            return Err(Error::Unprocessable(format!("no input of this model comes from feature group `{group}` (inputs are named `{group}__<feature>`)")));
+        }
+        let rows = self.groups.read_rows(&snap, columns.clone(), FileSet::Live, Some(from)).await?;
+        let batch = rows.concat()?;
+        wanted
+            .iter()
+            .map(|w| match w {
+                None => Ok(Vec::new()),
+                Some(f) => Ok(match RawColumn::read(&batch, f).map_err(|e| Error::Unprocessable(e.to_string()))? {
+                    RawColumn::Numeric(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
+                    RawColumn::Text(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
+                }),
+            })
+            .collect()
+    }
+
 }
 
 fn numbers(values: &[Value]) -> (Vec<f64>, u64) {
@@ -383,70 +400,72 @@ pub fn sign_webhook(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(ctx.sign().as_ref()))
 }
 
-/// Runs one configured check forever.
-pub async fn run_check(state: AppState, check: DriftCheck) {
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap_or_default();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_secs(check.every_seconds.max(1))).await;
-        if let Err(e) = check_once(&state, &client, &check).await {
-            metrics::counter!("lakeledger_drift_check_failures_total", "model" => format!("{}/{}", check.tenant, check.model)).increment(1);
-            tracing::warn!(error = %e, model = %check.model, alias = %check.alias, "drift check failed");
+impl Drift {
+    /// Runs one configured check forever.
+    pub async fn run_check(self: Arc<Self>, check: DriftCheck) {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap_or_default();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(check.every_seconds.max(1))).await;
+            if let Err(e) = self.check_once(&client, &check).await {
+                metrics::counter!("lakeledger_drift_check_failures_total", "model" => format!("{}/{}", check.tenant, check.model)).increment(1);
+                tracing::warn!(error = %e, model = %check.model, alias = %check.alias, "drift check failed");
+            }
         }
     }
-}
 
-async fn check_once(state: &AppState, client: &reqwest::Client, check: &DriftCheck) -> Result<()> {
-    let tenant = state.catalog.tenant_by_name(&check.tenant).await?.ok_or_else(|| Error::NotFound { kind: "tenant", name: check.tenant.clone() })?;
-    let p = Principal {
-        key_id: "system:drift-check".into(),
-        key_name: "drift check".into(),
-        role: crate::platform::catalog::Role::Reader,
-        tenant_id: tenant.id,
-        tenant: tenant.name,
-        auth_method: "internal",
-    };
-    let version = crate::models::resolve_alias(state, &p, &check.model, &check.alias, None).await?;
-    let now = crate::platform::catalog::now_micros();
-    let since = now - (check.window_seconds as i64).saturating_mul(1_000_000);
-    let window = Window {
-        source: Source::InferenceLog,
-        since: Some(since),
-        until: Some(now),
-        psi_threshold: check.psi_threshold.unwrap_or(DEFAULT_PSI_THRESHOLD),
-        ks_threshold: check.ks_threshold.unwrap_or(DEFAULT_KS_THRESHOLD),
-    };
-    let report = report(state, &p, &check.model, version, window).await?;
-    let mut e = lakeledger_audit::Event::new("model.drift_check", lakeledger_audit::Phase::Intent);
-    e.actor.principal = Some(p.key_id.clone());
-    e.actor.principal_type = "system".into();
-    e.actor.tenant = Some(p.tenant.clone());
-    e.resource.kind = Some("model".into());
-    e.resource.name = Some(format!("{}@{}", check.model, check.alias));
-    e.resource.tenant = Some(p.tenant.clone());
-    e.resource.versions_read = vec![version];
-    e.details.push(("current_rows".into(), report.current_rows.to_string()));
-    e.details.push(("drifted".into(), report.drifted.join(",")));
-    state.audit.record(&e).await?;
-    if report.drifted.is_empty() || report.current_rows == 0 {
-        return Ok(());
+    async fn check_once(&self, client: &reqwest::Client, check: &DriftCheck) -> Result<()> {
+        let tenant = self.catalog.tenant_by_name(&check.tenant).await?.ok_or_else(|| Error::NotFound { kind: "tenant", name: check.tenant.clone() })?;
+        let p = Principal {
+            key_id: "system:drift-check".into(),
+            key_name: "drift check".into(),
+            role: crate::platform::catalog::Role::Reader,
+            tenant_id: tenant.id,
+            tenant: tenant.name,
+            auth_method: "internal",
+        };
+        let version = self.models.resolve_alias(&p, &check.model, &check.alias, None).await?;
+        let now = now_micros();
+        let since = now - (check.window_seconds as i64).saturating_mul(1_000_000);
+        let window = Window {
+            source: Source::InferenceLog,
+            since: Some(since),
+            until: Some(now),
+            psi_threshold: check.psi_threshold.unwrap_or(DEFAULT_PSI_THRESHOLD),
+            ks_threshold: check.ks_threshold.unwrap_or(DEFAULT_KS_THRESHOLD),
+        };
+        let report = self.report(&p, &check.model, version, window).await?;
+        let mut e = lakeledger_audit::Event::new("model.drift_check", lakeledger_audit::Phase::Intent);
+        e.actor.principal = Some(p.key_id.clone());
+        e.actor.principal_type = "system".into();
+        e.actor.tenant = Some(p.tenant.clone());
+        e.resource.kind = Some("model".into());
+        e.resource.name = Some(format!("{}@{}", check.model, check.alias));
+        e.resource.tenant = Some(p.tenant.clone());
+        e.resource.versions_read = vec![version];
+        e.details.push(("current_rows".into(), report.current_rows.to_string()));
+        e.details.push(("drifted".into(), report.drifted.join(",")));
+        self.audit.record(&e).await?;
+        if report.drifted.is_empty() || report.current_rows == 0 {
+            return Ok(());
+        }
+        let secret = check.secret()?;
+        let body = serde_json::to_vec(&serde_json::json!({"event": "drift", "alias": check.alias, "report": report})).map_err(|e| Error::Internal(e.to_string()))?;
+        let ts = now / 1_000_000;
+        let r = client
+            .post(&check.webhook_url)
+            .header("content-type", "application/json")
+            .header("x-lakeledger-timestamp", ts.to_string())
+            .header("x-lakeledger-signature", sign_webhook(&secret, ts, &body))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::Unavailable(format!("drift webhook {}: {e}", check.webhook_url)))?;
+        if !r.status().is_success() {
+            return Err(Error::Unavailable(format!("drift webhook {} answered {}", check.webhook_url, r.status())));
+        }
+        metrics::counter!("lakeledger_drift_alerts_total", "model" => format!("{}/{}", check.tenant, check.model)).increment(1);
+        Ok(())
     }
-    let secret = check.secret()?;
-    let body = serde_json::to_vec(&serde_json::json!({"event": "drift", "alias": check.alias, "report": report})).map_err(|e| Error::Internal(e.to_string()))?;
-    let ts = now / 1_000_000;
-    let r = client
-        .post(&check.webhook_url)
-        .header("content-type", "application/json")
-        .header("x-lakeledger-timestamp", ts.to_string())
-        .header("x-lakeledger-signature", sign_webhook(&secret, ts, &body))
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| Error::Unavailable(format!("drift webhook {}: {e}", check.webhook_url)))?;
-    if !r.status().is_success() {
-        return Err(Error::Unavailable(format!("drift webhook {} answered {}", check.webhook_url, r.status())));
-    }
-    metrics::counter!("lakeledger_drift_alerts_total", "model" => format!("{}/{}", check.tenant, check.model)).increment(1);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -15,11 +15,11 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use lakeledger_audit::{Event, Phase};
 use lakeledger_query::{Column, ColumnType};
 
-use crate::platform::audit::AuditContext;
-use crate::identity::Principal;
-use crate::platform::catalog::{FeatureGroupRecord, Role};
 use crate::error::{Error, Result};
-use crate::http::state::AppState;
+use crate::features::{CreateFeatureGroup, FeatureWriter};
+use crate::identity::Principal;
+use crate::platform::audit::{AuditContext, AuditLog};
+use crate::platform::catalog::{FeatureGroupRecord, Role};
 
 /// Rows held per model while commits fail; beyond this the oldest are dropped.
 const MAX_BUFFERED_ROWS: usize = 1_000_000;
@@ -42,9 +42,12 @@ pub struct LogRow {
     pub prediction: String,
 }
 
-#[derive(Default)]
+/// The inference-log service: buffers per model, committed through the feature writer.
 pub struct InferenceLog {
     buffers: Mutex<HashMap<(String, String), Buffer>>,
+    writer: FeatureWriter,
+    audit: Arc<AuditLog>,
+    flush_every: std::time::Duration,
 }
 
 struct Buffer {
@@ -59,6 +62,10 @@ pub fn group_name(model: &str) -> String {
 }
 
 impl InferenceLog {
+    pub fn new(writer: FeatureWriter, audit: Arc<AuditLog>, flush_every: std::time::Duration) -> Arc<InferenceLog> {
+        Arc::new(InferenceLog { buffers: Default::default(), writer, audit, flush_every })
+    }
+
     pub fn push(&self, p: &Principal, model: &str, rows: Vec<LogRow>) {
         let mut buffers = self.buffers.lock().expect("inference log lock");
         let b = buffers
@@ -83,35 +90,98 @@ impl InferenceLog {
         failed.rows.append(&mut b.rows);
         b.rows = failed.rows;
     }
-}
 
-/// Commits buffered rows every flush interval until `stop` changes. A flush that has
-/// begun always finishes (its rows are taken out of the buffers, so cutting it short would
-/// lose them); the caller flushes once more after this returns.
-pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(state.config.serving.inference_log_flush) => flush(&state).await,
-            _ = stop.changed() => return,
+    /// Commits buffered rows every flush interval until `stop` changes. A flush that has
+    /// begun always finishes (its rows are taken out of the buffers, so cutting it short would
+    /// lose them); the caller flushes once more after this returns.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.flush_every) => self.flush().await,
+                _ = stop.changed() => return,
+            }
         }
     }
-}
 
-/// Commits every buffer now (also at shutdown).
-pub async fn flush(state: &AppState) {
-    for (key, buffer) in state.inference_log.take() {
-        let (tenant_id, model) = key.clone();
-        match commit(state, &tenant_id, &buffer.tenant, &model, &buffer.rows).await {
-            Ok(version) => {
-                metrics::counter!("lakeledger_inference_log_rows_total", "model" => format!("{}/{model}", buffer.tenant)).increment(buffer.rows.len() as u64);
-                tracing::debug!(model = %model, rows = buffer.rows.len(), version, "inference log committed");
-            }
-            Err(e) => {
-                metrics::counter!("lakeledger_inference_log_failures_total", "model" => format!("{}/{model}", buffer.tenant)).increment(1);
-                tracing::error!(error = %e, model = %model, rows = buffer.rows.len(), "inference log commit failed; keeping the rows for the next round");
-                state.inference_log.put_back(key, buffer);
+    /// Commits every buffer now (also at shutdown).
+    pub async fn flush(&self) {
+        for (key, buffer) in self.take() {
+            let (tenant_id, model) = key.clone();
+            match self.commit(&tenant_id, &buffer.tenant, &model, &buffer.rows).await {
+                Ok(version) => {
+                    metrics::counter!("lakeledger_inference_log_rows_total", "model" => format!("{}/{model}", buffer.tenant)).increment(buffer.rows.len() as u64);
+                    tracing::debug!(model = %model, rows = buffer.rows.len(), version, "inference log committed");
+                }
+                Err(e) => {
+                    metrics::counter!("lakeledger_inference_log_failures_total", "model" => format!("{}/{model}", buffer.tenant)).increment(1);
+                    tracing::error!(error = %e, model = %model, rows = buffer.rows.len(), "inference log commit failed; keeping the rows for the next round");
+                    self.put_back(key, buffer);
+                }
             }
         }
+    }
+
+    /// The model's log group, created on first use.
+    async fn log_group(&self, p: &Principal, model: &str, ctx: &AuditContext) -> Result<FeatureGroupRecord> {
+        let name = group_name(model);
+        if let Some(g) = self.writer.group(p, &name).await? {
+            return if g.tags.get(LOG_TAG).map(String::as_str) == Some(model) {
+                Ok(g)
+            } else {
+                Err(Error::Conflict(format!("feature group `{name}` exists and is not the inference log of model `{model}`")))
+            };
+        }
+        let s = schema();
+        let req = CreateFeatureGroup {
+            name: name.clone(),
+            entity_keys: s.entity_keys,
+            event_time: s.event_time,
+            features: s.features,
+            description: format!("Inference log of model `{model}`: inputs, entity keys and predictions of sampled scoring requests"),
+            owner: "lakeledger".into(),
+            tags: [(LOG_TAG.to_string(), model.to_string())].into(),
+            online: false,
+            online_max_age_seconds: None,
+        };
+        self.writer.ensure(p, req, ctx).await
+    }
+
+    async fn commit(&self, tenant_id: &str, tenant: &str, model: &str, rows: &[LogRow]) -> Result<i64> {
+        let p = system_principal(tenant_id, tenant);
+        // Announced durably before anything is written, as every write is.
+        let mut intent = Event::new("inference_log.append", Phase::Intent);
+        intent.actor.principal = Some(p.key_id.clone());
+        intent.actor.principal_type = "system".into();
+        intent.actor.tenant = Some(tenant.to_string());
+        intent.resource.kind = Some("feature_group".into());
+        intent.resource.name = Some(group_name(model));
+        intent.resource.tenant = Some(tenant.to_string());
+        intent.details.push(("model".into(), model.to_string()));
+        intent.details.push(("rows".into(), rows.len().to_string()));
+        let receipt = self.audit.record(&intent).await?;
+        let ctx = AuditContext { request_id: format!("inference-log-{}", uuid::Uuid::now_v7()), event_id: intent.event_id.clone(), intent_seq: receipt.seq };
+        let result = async {
+            let g = self.log_group(&p, model, &ctx).await?;
+            let batch = to_batch(rows)?;
+            self.writer.append(&p, &g, vec![batch], &ctx).await
+        }
+        .await;
+        let mut outcome = intent.clone();
+        outcome.event_id = uuid::Uuid::now_v7().to_string();
+        outcome.phase = Phase::Outcome;
+        outcome.intent_seq = Some(receipt.seq);
+        outcome.details.push(("intent_event_id".into(), intent.event_id.clone()));
+        outcome.outcome = Some(lakeledger_audit::event::Result {
+            result: if result.is_ok() { "success" } else { "error" }.into(),
+            status: if result.is_ok() { 201 } else { 500 },
+            rows: Some(rows.len() as u64),
+            ..Default::default()
+        });
+        if let Ok(r) = &result {
+            outcome.resource.versions_written = vec![r.version];
+        }
+        self.audit.record_later(&outcome);
+        Ok(result?.version)
     }
 }
 
@@ -139,73 +209,6 @@ fn schema() -> lakeledger_query::FeatureSchema {
             Column::new("prediction", ColumnType::String),
         ],
     }
-}
-
-/// The model's log group, created on first use.
-pub async fn log_group(state: &AppState, p: &Principal, model: &str, ctx: &AuditContext) -> Result<FeatureGroupRecord> {
-    let name = group_name(model);
-    if let Some(g) = state.catalog.feature_group(&p.tenant_id, &name).await? {
-        return if g.tags.get(LOG_TAG).map(String::as_str) == Some(model) {
-            Ok(g)
-        } else {
-            Err(Error::Conflict(format!("feature group `{name}` exists and is not the inference log of model `{model}`")))
-        };
-    }
-    let s = schema();
-    let req = crate::features::CreateFeatureGroup {
-        name: name.clone(),
-        entity_keys: s.entity_keys,
-        event_time: s.event_time,
-        features: s.features,
-        description: format!("Inference log of model `{model}`: inputs, entity keys and predictions of sampled scoring requests"),
-        owner: "lakeledger".into(),
-        tags: [(LOG_TAG.to_string(), model.to_string())].into(),
-        online: false,
-        online_max_age_seconds: None,
-    };
-    match crate::features::create(state, p, req, ctx).await {
-        Ok(_) | Err(Error::AlreadyExists { .. }) => {}
-        Err(e) => return Err(e),
-    }
-    crate::features::find(state, p, &name).await
-}
-
-async fn commit(state: &AppState, tenant_id: &str, tenant: &str, model: &str, rows: &[LogRow]) -> Result<i64> {
-    let p = system_principal(tenant_id, tenant);
-    // Announced durably before anything is written, as every write is.
-    let mut intent = Event::new("inference_log.append", Phase::Intent);
-    intent.actor.principal = Some(p.key_id.clone());
-    intent.actor.principal_type = "system".into();
-    intent.actor.tenant = Some(tenant.to_string());
-    intent.resource.kind = Some("feature_group".into());
-    intent.resource.name = Some(group_name(model));
-    intent.resource.tenant = Some(tenant.to_string());
-    intent.details.push(("model".into(), model.to_string()));
-    intent.details.push(("rows".into(), rows.len().to_string()));
-    let receipt = state.audit.record(&intent).await?;
-    let ctx = AuditContext { request_id: format!("inference-log-{}", uuid::Uuid::now_v7()), event_id: intent.event_id.clone(), intent_seq: receipt.seq };
-    let result = async {
-        let g = log_group(state, &p, model, &ctx).await?;
-        let batch = to_batch(rows)?;
-        crate::features::append_batches(state, &p, &g, vec![batch], &ctx).await
-    }
-    .await;
-    let mut outcome = intent.clone();
-    outcome.event_id = uuid::Uuid::now_v7().to_string();
-    outcome.phase = Phase::Outcome;
-    outcome.intent_seq = Some(receipt.seq);
-    outcome.details.push(("intent_event_id".into(), intent.event_id.clone()));
-    outcome.outcome = Some(lakeledger_audit::event::Result {
-        result: if result.is_ok() { "success" } else { "error" }.into(),
-        status: if result.is_ok() { 201 } else { 500 },
-        rows: Some(rows.len() as u64),
-        ..Default::default()
-    });
-    if let Ok(r) = &result {
-        outcome.resource.versions_written = vec![r.version];
-    }
-    state.audit.record_later(&outcome);
-    Ok(result?.version)
 }
 
 fn to_batch(rows: &[LogRow]) -> Result<RecordBatch> {

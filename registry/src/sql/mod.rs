@@ -2,8 +2,11 @@
 //! statement to an exact version in the caller's tenant, records what will be read in the
 //! audit ledger, then runs the query on the query runtime and streams the result.
 //!
-//! Queries run on their own thread pool so a heavy query never stalls other requests;
-//! each has a memory limit (operators spill, then fail), a time limit and a row limit.
+//! Queries run on the query runtime so a heavy query never stalls other requests; each
+//! has a memory limit (operators spill, then fail), a time limit and a row limit.
+//!
+//! Holds a group resolver (the feature-group service), the query runtime and the audit
+//! sink; never imports `http/` or `app/`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,11 +21,11 @@ use lakeledger_query::formats::{Encoder, OutputFormat};
 use lakeledger_query::sql::{self, Parsed, ResolvedTable, SqlLimits, VersionSpec};
 use sha2::{Digest, Sha256};
 
-use crate::platform::audit::AuditContext;
-use crate::identity::Principal;
 use crate::error::{Error, Result};
-use crate::features::{self as fg, ReadSpec};
-use crate::http::state::AppState;
+use crate::features::{FeatureGroups, ReadSpec, encoded_body};
+use crate::identity::Principal;
+use crate::platform::audit::{AuditContext, AuditLog};
+use crate::platform::runtime::QueryRuntime;
 
 /// Limits for SQL, from the config.
 #[derive(Clone, Copy, Debug)]
@@ -33,38 +36,12 @@ pub struct SqlConfig {
     pub threads: usize,
 }
 
-impl Default for SqlConfig {
-    fn default() -> Self {
-        Self { memory_bytes: 1 << 30, timeout: Duration::from_secs(300), row_limit: 10_000_000, threads: 2 }
-    }
-}
-
-/// The thread pool queries run on, apart from the one serving requests.
-pub struct QueryRuntime(Option<tokio::runtime::Runtime>);
-
-impl QueryRuntime {
-    pub fn new(threads: usize) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name("sql-query")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot start the query runtime: {e}")))?;
-        Ok(Self(Some(rt)))
-    }
-
-    pub fn handle(&self) -> &tokio::runtime::Handle {
-        self.0.as_ref().expect("query runtime is running").handle()
-    }
-}
-
-impl Drop for QueryRuntime {
-    fn drop(&mut self) {
-        // Dropping a runtime from inside another one must not block.
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
+/// The SQL service.
+pub struct Sql {
+    groups: Arc<FeatureGroups>,
+    runtime: Arc<QueryRuntime>,
+    audit: Arc<AuditLog>,
+    config: SqlConfig,
 }
 
 /// What a statement read, for the audit outcome and response headers.
@@ -90,143 +67,169 @@ pub fn statement_hash(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))
 }
 
-/// Checks and resolves a statement: every table a visible feature group at an exact
-/// version. Returns the parsed statement, its resolved tables and what will be read.
-pub async fn prepare(state: &AppState, p: &Principal, text: &str) -> Result<(Parsed, Vec<ResolvedTable>, SqlFacts)> {
-    let parsed = sql::parse(text)?;
-    let mut resolved = Vec::with_capacity(parsed.tables.len());
-    let mut tables = Vec::with_capacity(parsed.tables.len());
-    for t in &parsed.tables {
-        let g = match fg::find(state, p, &t.name).await {
-            Ok(g) => g,
-            Err(Error::NotFound { .. }) => return Err(Error::SqlTableNotVisible(t.name.clone())),
-            Err(e) => return Err(e),
-        };
-        let spec = match &t.version {
-            VersionSpec::Latest => ReadSpec { version: None, as_of: None, filters: vec![], limit: None },
-            VersionSpec::Version(v) => ReadSpec { version: Some(*v), as_of: None, filters: vec![], limit: None },
-            VersionSpec::Timestamp(ts) => ReadSpec { version: None, as_of: Some(ts.clone()), filters: vec![], limit: None },
-        };
-        let version = fg::resolve_version(state, &g, &spec).await?.version;
-        let url = state.tables.location(&g.location)?;
-        let table = state.tables.open(&url, Some(version)).await?;
-        // A version clause is honoured or the query fails: never another snapshot.
-        if table.version().map(|v| v as i64) != Some(version) {
-            return Err(Error::Internal(format!("asked for version {version} of `{}` but the table opened at {:?}", g.name, table.version())));
-        }
-        let provider = table.table_provider().await.map_err(|e| Error::Engine(lakeledger_query::Error::DataFusion(e)))?;
-        resolved.push(ResolvedTable { internal: t.internal.clone(), provider });
-        tables.push((g.name.clone(), version));
+impl Sql {
+    pub fn new(groups: Arc<FeatureGroups>, runtime: Arc<QueryRuntime>, audit: Arc<AuditLog>, config: SqlConfig) -> Arc<Sql> {
+        Arc::new(Sql { groups, runtime, audit, config })
     }
-    let facts = SqlFacts { normalized: parsed.normalized.clone(), sha256: statement_hash(text), tables };
-    Ok((parsed, resolved, facts))
-}
 
-/// Records, durably, the statement and the exact versions it is about to read (`sql.plan`,
-/// after the request's own `sql.query` intent and before any data is read).
-pub async fn record_query(state: &AppState, p: &Principal, ctx: &AuditContext, facts: &SqlFacts) -> Result<()> {
-    let mut e = crate::platform::audit::principal_event("sql.plan", p, ctx);
-    e.resource.kind = Some("feature_group".into());
-    e.resource.versions_read = facts.tables.iter().map(|(_, v)| *v).collect();
-    e.details.extend(facts.details());
-    state.audit.record(&e).await.map(|_| ())
-}
+    /// The limits queries run under.
+    pub fn config(&self) -> SqlConfig {
+        self.config
+    }
 
-/// Runs a prepared statement on the query runtime and returns the encoded, streaming
-/// body. Planning errors (and the time limit while planning) come back as errors; once
-/// rows flow, exceeding the row or time limit cuts the stream, so a client never mistakes
-/// a partial result for a whole one.
-pub async fn run(
-    state: &AppState,
-    parsed: Parsed,
-    tables: Vec<ResolvedTable>,
-    format: OutputFormat,
-    rows: Arc<AtomicU64>,
-) -> Result<Body> {
-    let cfg = state.config.sql;
-    let deadline = Instant::now() + cfg.timeout;
-    let limits = SqlLimits { memory_bytes: cfg.memory_bytes, target_partitions: cfg.threads };
-    let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
-    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel::<std::result::Result<RecordBatch, DataFusionError>>(2);
-    let task = state.query_runtime.handle().spawn(async move {
-        let mut stream = match parsed.execute(tables, limits).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = schema_tx.send(Err(e));
+    /// The memory limit and parallelism of one query.
+    pub fn limits(&self) -> SqlLimits {
+        SqlLimits { memory_bytes: self.config.memory_bytes, target_partitions: self.config.threads }
+    }
+
+    /// Checks and resolves a statement: every table a visible feature group at an exact
+    /// version. Returns the parsed statement, its resolved tables and what will be read.
+    pub async fn prepare(&self, p: &Principal, text: &str) -> Result<(Parsed, Vec<ResolvedTable>, SqlFacts)> {
+        let parsed = sql::parse(text)?;
+        let mut resolved = Vec::with_capacity(parsed.tables.len());
+        let mut tables = Vec::with_capacity(parsed.tables.len());
+        for t in &parsed.tables {
+            let g = match self.groups.find(p, &t.name).await {
+                Ok(g) => g,
+                Err(Error::NotFound { .. }) => return Err(Error::SqlTableNotVisible(t.name.clone())),
+                Err(e) => return Err(e),
+            };
+            let spec = match &t.version {
+                VersionSpec::Latest => ReadSpec { version: None, as_of: None, filters: vec![], limit: None },
+                VersionSpec::Version(v) => ReadSpec { version: Some(*v), as_of: None, filters: vec![], limit: None },
+                VersionSpec::Timestamp(ts) => ReadSpec { version: None, as_of: Some(ts.clone()), filters: vec![], limit: None },
+            };
+            let version = self.groups.resolve_version(&g, &spec).await?.version;
+            // A version clause is honoured or the query fails: never another snapshot.
+            let (table, _) = self.groups.open_at(&g, Some(version)).await?;
+            let provider = table.table_provider().await.map_err(|e| Error::Engine(lakeledger_query::Error::DataFusion(e)))?;
+            resolved.push(ResolvedTable { internal: t.internal.clone(), provider });
+            tables.push((g.name.clone(), version));
+        }
+        let facts = SqlFacts { normalized: parsed.normalized.clone(), sha256: statement_hash(text), tables };
+        Ok((parsed, resolved, facts))
+    }
+
+    /// Runs a prepared statement to the end on the query runtime and returns its rows as
+    /// one batch (a training set's spine).
+    pub async fn collect(&self, parsed: Parsed, tables: Vec<ResolvedTable>) -> Result<RecordBatch> {
+        let limits = self.limits();
+        self.runtime
+            .run(async move {
+                let stream = parsed.execute(tables, limits).await?;
+                let schema = stream.schema();
+                let batches = lakeledger_query::datafusion::physical_plan::common::collect(stream).await.map_err(|e| parsed.user_error(e))?;
+                Ok(lakeledger_query::arrow::compute::concat_batches(&schema, &batches).map_err(lakeledger_query::Error::from)?)
+            })
+            .await
+    }
+
+    /// Records, durably, the statement and the exact versions it is about to read (`sql.plan`,
+    /// after the request's own `sql.query` intent and before any data is read).
+    pub async fn record_query(&self, p: &Principal, ctx: &AuditContext, facts: &SqlFacts) -> Result<()> {
+        let mut e = p.event("sql.plan", ctx);
+        e.resource.kind = Some("feature_group".into());
+        e.resource.versions_read = facts.tables.iter().map(|(_, v)| *v).collect();
+        e.details.extend(facts.details());
+        self.audit.record(&e).await.map(|_| ())
+    }
+
+    /// Runs a prepared statement on the query runtime and returns the encoded, streaming
+    /// body. Planning errors (and the time limit while planning) come back as errors; once
+    /// rows flow, exceeding the row or time limit cuts the stream, so a client never mistakes
+    /// a partial result for a whole one.
+    pub async fn run(
+        &self,
+        parsed: Parsed,
+        tables: Vec<ResolvedTable>,
+        format: OutputFormat,
+        rows: Arc<AtomicU64>,
+    ) -> Result<Body> {
+        let cfg = self.config;
+        let deadline = Instant::now() + cfg.timeout;
+        let limits = SqlLimits { memory_bytes: cfg.memory_bytes, target_partitions: cfg.threads };
+        let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
+        let (batch_tx, batch_rx) = tokio::sync::mpsc::channel::<std::result::Result<RecordBatch, DataFusionError>>(2);
+        let task = self.runtime.handle().spawn(async move {
+            let mut stream = match parsed.execute(tables, limits).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = schema_tx.send(Err(e));
+                    return;
+                }
+            };
+            // Wait for the first batch before answering, so that failures that show up only
+            // when execution starts (memory, time, bad data) get a proper error status.
+            let schema = stream.schema();
+            let first = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+            match first {
+                Err(_) => {
+                    let e = lakeledger_query::Error::LimitExceeded(format!("the query ran past its time limit of {:?}", cfg.timeout));
+                    let _ = schema_tx.send(Err(e));
+                    return;
+                }
+                Ok(Some(Err(e))) => {
+                    let _ = schema_tx.send(Err(parsed.user_error(e)));
+                    return;
+                }
+                _ => {}
+            }
+            if schema_tx.send(Ok(schema)).is_err() {
                 return;
+            }
+            let mut first = Some(first);
+            let mut sent = 0u64;
+            loop {
+                let next = match first.take() {
+                    Some(f) => f,
+                    None => tokio::time::timeout_at(deadline.into(), stream.next()).await,
+                };
+                let item = match next {
+                    Err(_) => Some(Err(DataFusionError::ResourcesExhausted(format!("the query ran past its time limit of {:?}", cfg.timeout)))),
+                    Ok(None) => None,
+                    Ok(Some(Ok(batch))) => {
+                        sent += batch.num_rows() as u64;
+                        if sent > cfg.row_limit {
+                            Some(Err(DataFusionError::ResourcesExhausted(format!(
+                                "the result has more than {} rows, the row limit; add a LIMIT or aggregate",
+                                cfg.row_limit
+                            ))))
+                        } else {
+                            rows.store(sent, Ordering::Relaxed);
+                            Some(Ok(batch))
+                        }
+                    }
+                    Ok(Some(Err(e))) => Some(Err(e)),
+                };
+                let Some(item) = item else { break };
+                let stop = item.is_err();
+                if let Err(e) = &item {
+                    tracing::warn!(error = %e, "SQL result stream stopped");
+                }
+                // The client went away: dropping the stream cancels the query.
+                if batch_tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let schema = match tokio::time::timeout_at(deadline.into(), schema_rx).await {
+            Ok(Ok(Ok(schema))) => schema,
+            Ok(Ok(Err(e))) => return Err(e.into()),
+            Ok(Err(_)) => return Err(Error::Internal("the query task ended without an answer".into())),
+            Err(_) => {
+                task.abort();
+                return Err(Error::Engine(lakeledger_query::Error::LimitExceeded(format!(
+                    "the query ran past its time limit of {:?} while planning",
+                    cfg.timeout
+                ))));
             }
         };
-        // Wait for the first batch before answering, so that failures that show up only
-        // when execution starts (memory, time, bad data) get a proper error status.
-        let schema = stream.schema();
-        let first = tokio::time::timeout_at(deadline.into(), stream.next()).await;
-        match first {
-            Err(_) => {
-                let e = lakeledger_query::Error::LimitExceeded(format!("the query ran past its time limit of {:?}", cfg.timeout));
-                let _ = schema_tx.send(Err(e));
-                return;
-            }
-            Ok(Some(Err(e))) => {
-                let _ = schema_tx.send(Err(parsed.user_error(e)));
-                return;
-            }
-            _ => {}
-        }
-        if schema_tx.send(Ok(schema)).is_err() {
-            return;
-        }
-        let mut first = Some(first);
-        let mut sent = 0u64;
-        loop {
-            let next = match first.take() {
-                Some(f) => f,
-                None => tokio::time::timeout_at(deadline.into(), stream.next()).await,
-            };
-            let item = match next {
-                Err(_) => Some(Err(DataFusionError::ResourcesExhausted(format!("the query ran past its time limit of {:?}", cfg.timeout)))),
-                Ok(None) => None,
-                Ok(Some(Ok(batch))) => {
-                    sent += batch.num_rows() as u64;
-                    if sent > cfg.row_limit {
-                        Some(Err(DataFusionError::ResourcesExhausted(format!(
-                            "the result has more than {} rows, the row limit; add a LIMIT or aggregate",
-                            cfg.row_limit
-                        ))))
-                    } else {
-                        rows.store(sent, Ordering::Relaxed);
-                        Some(Ok(batch))
-                    }
-                }
-                Ok(Some(Err(e))) => Some(Err(e)),
-            };
-            let Some(item) = item else { break };
-            let stop = item.is_err();
-            if let Err(e) = &item {
-                tracing::warn!(error = %e, "SQL result stream stopped");
-            }
-            // The client went away: dropping the stream cancels the query.
-            if batch_tx.send(item).await.is_err() || stop {
-                break;
-            }
-        }
-    });
-    let schema = match tokio::time::timeout_at(deadline.into(), schema_rx).await {
-        Ok(Ok(Ok(schema))) => schema,
-        Ok(Ok(Err(e))) => return Err(e.into()),
-        Ok(Err(_)) => return Err(Error::Internal("the query task ended without an answer".into())),
-        Err(_) => {
-            task.abort();
-            return Err(Error::Engine(lakeledger_query::Error::LimitExceeded(format!(
-                "the query ran past its time limit of {:?} while planning",
-                cfg.timeout
-            ))));
-        }
-    };
-    let stream = futures::stream::unfold(batch_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), stream));
-    let mut encoder = Encoder::new(format, &schema)?;
-    Ok(fg::encoded_body(stream, move |batch| match batch {
-        Some(b) => encoder.encode(&b),
-        None => encoder.finish(),
-    }))
+        let stream = futures::stream::unfold(batch_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), stream));
+        let mut encoder = Encoder::new(format, &schema)?;
+        Ok(encoded_body(stream, move |batch| match batch {
+            Some(b) => encoder.encode(&b),
+            None => encoder.finish(),
+        }))
+    }
 }

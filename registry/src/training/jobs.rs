@@ -16,17 +16,20 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast};
 use utoipa::ToSchema;
 
-use crate::platform::audit::AuditContext;
-use crate::identity::Principal;
-use crate::platform::catalog::{JobRecord, now_micros};
+use super::sets::{CreateTrainingSet, TrainingSetManifest, TrainingSets};
 use crate::error::{Error, Result};
-use crate::features::rfc3339;
-use crate::models::{self, NewVersion};
-use crate::http::state::AppState;
-use crate::training::sets::{self, CreateTrainingSet, TrainingSetManifest};
+use crate::identity::Principal;
+use crate::models::{Models, NewVersion};
+use crate::platform::audit::{AuditContext, AuditLog};
+use crate::platform::catalog::{JobRecord, SharedCatalog};
+use crate::platform::time::{now_micros, rfc3339};
 
-/// The pool and the jobs of this process that have not finished.
+/// The job service: the pool and the jobs of this process that have not finished.
 pub struct Jobs {
+    catalog: SharedCatalog,
+    sets: Arc<TrainingSets>,
+    models: Arc<Models>,
+    audit: Arc<AuditLog>,
     permits: Arc<Semaphore>,
     live: Mutex<HashMap<String, Live>>,
 }
@@ -37,8 +40,8 @@ struct Live {
 }
 
 impl Jobs {
-    pub fn new(workers: usize) -> Self {
-        Jobs { permits: Arc::new(Semaphore::new(workers.max(1))), live: Mutex::new(HashMap::new()) }
+    pub fn new(catalog: SharedCatalog, sets: Arc<TrainingSets>, models: Arc<Models>, audit: Arc<AuditLog>, workers: usize) -> Arc<Self> {
+        Arc::new(Jobs { catalog, sets, models, audit, permits: Arc::new(Semaphore::new(workers.max(1))), live: Mutex::new(HashMap::new()) })
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -132,217 +135,219 @@ pub fn is_final(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled")
 }
 
-pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: CreateJob) -> Result<JobView> {
-    req.config.check().map_err(|e| Error::Unprocessable(e.to_string()))?;
-    let backend = req.backend.unwrap_or(ComputeBackend::Cpu);
-    if !backend.available() {
-        return Err(Error::Unprocessable(format!("backend `{}` is not built into this server (build with the `{}` feature)", backend.name(), backend.name())));
+impl Jobs {
+    pub async fn create(self: &Arc<Self>, p: &Principal, ctx: &AuditContext, req: CreateJob) -> Result<JobView> {
+        req.config.check().map_err(|e| Error::Unprocessable(e.to_string()))?;
+        let backend = req.backend.unwrap_or(ComputeBackend::Cpu);
+        if !backend.available() {
+            return Err(Error::Unprocessable(format!("backend `{}` is not built into this server (build with the `{}` feature)", backend.name(), backend.name())));
+        }
+        if req.label.is_empty() {
+            return Err(Error::Unprocessable("name the label column".into()));
+        }
+        let manifest = match (req.training_set_id, req.training_set) {
+            (Some(id), None) => self.sets.manifest(p, &id).await?,
+            (None, Some(spec)) => self.sets.create(p, ctx, spec).await?.0,
+            _ => return Err(Error::Unprocessable("give exactly one of training_set_id or training_set".into())),
+        };
+        let model = self.models.find_or_create(p, &req.model).await?;
+        let spec = JobSpec {
+            training_set_id: manifest.id.clone(),
+            label: req.label,
+            inputs: req.inputs,
+            config: req.config,
+            backend,
+            request_id: ctx.request_id.clone(),
+            event_id: ctx.event_id.clone(),
+        };
+        let record = JobRecord {
+            id: format!("job_{}", uuid::Uuid::now_v7().simple()),
+            tenant_id: p.tenant_id.clone(),
+            model_name: model.name.clone(),
+            state: "queued".into(),
+            spec_json: serde_json::to_string(&spec).map_err(|e| Error::Internal(e.to_string()))?,
+            progress_json: "null".into(),
+            error: None,
+            model_version: None,
+            created_at: now_micros(),
+            started_at: None,
+            finished_at: None,
+            created_by: p.actor(),
+        };
+        self.catalog.insert_job(&record).await?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (events, _) = broadcast::channel(64);
+        self.live().insert(record.id.clone(), Live { cancel: cancel.clone(), events });
+        let out = view(&record)?;
+        let (jobs, p2) = (self.clone(), p.clone());
+        tokio::spawn(async move {
+            let id = record.id.clone();
+            jobs.run(&p2, record, spec, manifest, cancel).await;
+            jobs.live().remove(&id);
+        });
+        Ok(out)
     }
-    if req.label.is_empty() {
-        return Err(Error::Unprocessable("name the label column".into()));
-    }
-    let manifest = match (req.training_set_id, req.training_set) {
-        (Some(id), None) => sets::manifest(state, p, &id).await?,
-        (None, Some(spec)) => sets::create(state, p, ctx, spec).await?.0,
-        _ => return Err(Error::Unprocessable("give exactly one of training_set_id or training_set".into())),
-    };
-    let model = models::find_or_create(state, p, &req.model).await?;
-    let spec = JobSpec {
-        training_set_id: manifest.id.clone(),
-        label: req.label,
-        inputs: req.inputs,
-        config: req.config,
-        backend,
-        request_id: ctx.request_id.clone(),
-        event_id: ctx.event_id.clone(),
-    };
-    let record = JobRecord {
-        id: format!("job_{}", uuid::Uuid::now_v7().simple()),
-        tenant_id: p.tenant_id.clone(),
-        model_name: model.name.clone(),
-        state: "queued".into(),
-        spec_json: serde_json::to_string(&spec).map_err(|e| Error::Internal(e.to_string()))?,
-        progress_json: "null".into(),
-        error: None,
-        model_version: None,
-        created_at: now_micros(),
-        started_at: None,
-        finished_at: None,
-        created_by: p.actor(),
-    };
-    state.catalog.insert_job(&record).await?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (events, _) = broadcast::channel(64);
-    state.jobs.live().insert(record.id.clone(), Live { cancel: cancel.clone(), events });
-    let out = view(&record)?;
-    let (state2, p2) = (state.clone(), p.clone());
-    tokio::spawn(async move {
-        let id = record.id.clone();
-        run(&state2, &p2, record, spec, manifest, cancel).await;
-        state2.jobs.live().remove(&id);
-    });
-    Ok(out)
-}
 
-/// Persists a change of the job and tells subscribers.
-async fn publish(state: &AppState, j: &JobRecord) {
-    if let Err(e) = state.catalog.update_job(j).await {
-        tracing::error!(job = %j.id, error = %e, "could not persist the job's state");
-    }
-    if let (Ok(v), Some(live)) = (view(j), state.jobs.live().get(&j.id)) {
-        let _ = live.events.send(v);
-    }
-}
-
-async fn run(state: &AppState, p: &Principal, mut job: JobRecord, spec: JobSpec, manifest: TrainingSetManifest, cancel: Arc<AtomicBool>) {
-    let permit = state.jobs.permits.clone().acquire_owned().await;
-    if cancel.load(Ordering::SeqCst) || permit.is_err() {
-        return finish(state, p, &spec, job, "cancelled", None, None).await;
-    }
-    job.state = "running".into();
-    job.started_at = Some(now_micros());
-    publish(state, &job).await;
-
-    let outcome = train(state, p, &mut job, &spec, &manifest, cancel).await;
-    drop(permit);
-    match outcome {
-        Ok(version) => finish(state, p, &spec, job, "succeeded", None, Some(version)).await,
-        Err(Error::Cancelled) => finish(state, p, &spec, job, "cancelled", None, None).await,
-        Err(e) => {
-            // Like 5xx bodies, internal causes stay in the server log.
-            let message = match e.status_and_code().0.is_server_error() {
-                true => {
-                    tracing::error!(job = %job.id, error = %e, "training job failed");
-                    format!("internal error; the server log has the cause under job {}", job.id)
-                }
-                false => e.to_string(),
-            };
-            finish(state, p, &spec, job, "failed", Some(message), None).await
+    /// Persists a change of the job and tells subscribers.
+    async fn publish(&self, j: &JobRecord) {
+        if let Err(e) = self.catalog.update_job(j).await {
+            tracing::error!(job = %j.id, error = %e, "could not persist the job's state");
+        }
+        if let (Ok(v), Some(live)) = (view(j), self.live().get(&j.id)) {
+            let _ = live.events.send(v);
         }
     }
-}
 
-async fn train(state: &AppState, p: &Principal, job: &mut JobRecord, spec: &JobSpec, manifest: &TrainingSetManifest, cancel: Arc<AtomicBool>) -> Result<i64> {
-    let (_, bytes) = sets::data(state, p, &manifest.id).await?;
-    let batch = tokio::task::spawn_blocking(move || -> Result<RecordBatch> {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.build())
-            .map_err(|e| Error::Internal(format!("reading the training set: {e}")))?;
-        let schema = reader.schema();
-        let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Internal(format!("reading the training set: {e}")))?;
-        Ok(lakeledger_query::arrow::compute::concat_batches(&schema, &batches).map_err(lakeledger_query::Error::from)?)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("training-set reader: {e}")))??;
-    let inputs: Vec<String> = if spec.inputs.is_empty() {
-        batch.schema().fields().iter().map(|f| f.name().clone()).filter(|n| n.contains("__") && *n != spec.label).collect()
-    } else {
-        spec.inputs.clone()
-    };
-    if batch.column_by_name(&spec.label).is_none() {
-        let columns: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
-        return Err(Error::Unprocessable(format!("training set {} has no column `{}`; it has {}", manifest.id, spec.label, columns.join(", "))));
+    async fn run(&self, p: &Principal, mut job: JobRecord, spec: JobSpec, manifest: TrainingSetManifest, cancel: Arc<AtomicBool>) {
+        let permit = self.permits.clone().acquire_owned().await;
+        if cancel.load(Ordering::SeqCst) || permit.is_err() {
+            return self.finish(p, &spec, job, "cancelled", None, None).await;
+        }
+        job.state = "running".into();
+        job.started_at = Some(now_micros());
+        self.publish(&job).await;
+
+        let outcome = self.train(p, &mut job, &spec, &manifest, cancel).await;
+        drop(permit);
+        match outcome {
+            Ok(version) => self.finish(p, &spec, job, "succeeded", None, Some(version)).await,
+            Err(Error::Cancelled) => self.finish(p, &spec, job, "cancelled", None, None).await,
+            Err(e) => {
+                // Like 5xx bodies, internal causes stay in the server log.
+                let message = match e.status_and_code().0.is_server_error() {
+                    true => {
+                        tracing::error!(job = %job.id, error = %e, "training job failed");
+                        format!("internal error; the server log has the cause under job {}", job.id)
+                    }
+                    false => e.to_string(),
+                };
+                self.finish(p, &spec, job, "failed", Some(message), None).await
+            }
+        }
     }
 
-    // Epoch reports flow from the training thread to here, to be stored and broadcast.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<EpochReport>();
-    let (label, config, backend) = (spec.label.clone(), spec.config.clone(), spec.backend);
-    let training = tokio::task::spawn_blocking(move || {
-        lakeledger_trainer::train(&batch, &label, &inputs, &config, backend, &mut |report| {
-            let _ = tx.send(report.clone());
-            !cancel.load(Ordering::SeqCst)
+    async fn train(&self, p: &Principal, job: &mut JobRecord, spec: &JobSpec, manifest: &TrainingSetManifest, cancel: Arc<AtomicBool>) -> Result<i64> {
+        let (_, bytes) = self.sets.data(p, &manifest.id).await?;
+        let batch = tokio::task::spawn_blocking(move || -> Result<RecordBatch> {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .and_then(|b| b.build())
+                .map_err(|e| Error::Internal(format!("reading the training set: {e}")))?;
+            let schema = reader.schema();
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Internal(format!("reading the training set: {e}")))?;
+            Ok(lakeledger_query::arrow::compute::concat_batches(&schema, &batches).map_err(lakeledger_query::Error::from)?)
         })
-    });
-    while let Some(report) = rx.recv().await {
-        job.progress_json = serde_json::to_string(&report).unwrap_or_else(|_| "null".into());
-        publish(state, job).await;
-    }
-    let trained = training.await.map_err(|e| Error::Internal(format!("training thread: {e}")))?.map_err(|e| match e {
-        lakeledger_trainer::Error::Cancelled => Error::Cancelled,
-        lakeledger_trainer::Error::BackendUnavailable(_) | lakeledger_trainer::Error::InvalidInput(_) | lakeledger_trainer::Error::InvalidConfig(_) => {
-            Error::Unprocessable(e.to_string())
+        .await
+        .map_err(|e| Error::Internal(format!("training-set reader: {e}")))??;
+        let inputs: Vec<String> = if spec.inputs.is_empty() {
+            batch.schema().fields().iter().map(|f| f.name().clone()).filter(|n| n.contains("__") && *n != spec.label).collect()
+        } else {
+            spec.inputs.clone()
+        };
+        if batch.column_by_name(&spec.label).is_none() {
+            let columns: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            return Err(Error::Unprocessable(format!("training set {} has no column `{}`; it has {}", manifest.id, spec.label, columns.join(", "))));
         }
-        other => Error::Internal(other.to_string()),
-    })?;
 
-    let lineage = serde_json::json!({
-        "training_set_id": manifest.id,
-        "training_set_sha256": manifest.sha256,
-        "feature_groups": manifest.features.iter().map(|f| serde_json::json!({"group": f.group, "version": f.version})).collect::<Vec<_>>(),
-        "spine_versions": manifest.spine_versions,
-        "spine_upload": manifest.spine_upload,
-        "label": spec.label,
-        "inputs": trained.artifact.input_names(),
-    });
-    let model = models::find(state, p, &job.model_name).await?;
-    let bytes = trained.artifact.to_bytes();
-    let new = NewVersion { source: "trained", training_set_id: Some(manifest.id.clone()), lineage, job_id: Some(job.id.clone()) };
-    let v = models::register(state, p, &model, &trained.artifact, bytes, new).await?;
-    Ok(v.version)
-}
+        // Epoch reports flow from the training thread to here, to be stored and broadcast.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<EpochReport>();
+        let (label, config, backend) = (spec.label.clone(), spec.config.clone(), spec.backend);
+        let training = tokio::task::spawn_blocking(move || {
+            lakeledger_trainer::train(&batch, &label, &inputs, &config, backend, &mut |report| {
+                let _ = tx.send(report.clone());
+                !cancel.load(Ordering::SeqCst)
+            })
+        });
+        while let Some(report) = rx.recv().await {
+            job.progress_json = serde_json::to_string(&report).unwrap_or_else(|_| "null".into());
+            self.publish(job).await;
+        }
+        let trained = training.await.map_err(|e| Error::Internal(format!("training thread: {e}")))?.map_err(|e| match e {
+            lakeledger_trainer::Error::Cancelled => Error::Cancelled,
+            lakeledger_trainer::Error::BackendUnavailable(_) | lakeledger_trainer::Error::InvalidInput(_) | lakeledger_trainer::Error::InvalidConfig(_) => {
+                Error::Unprocessable(e.to_string())
+            }
+            other => Error::Internal(other.to_string()),
+        })?;
 
-async fn finish(state: &AppState, p: &Principal, spec: &JobSpec, mut job: JobRecord, to: &str, error: Option<String>, version: Option<i64>) {
-    job.state = to.into();
-    job.error = error;
-    job.model_version = version;
-    job.finished_at = Some(now_micros());
-    // The outcome goes through the ledger like any change, naming the request that
-    // started the job.
-    let ctx = AuditContext { request_id: spec.request_id.clone(), event_id: spec.event_id.clone(), intent_seq: 0 };
-    let mut e = crate::platform::audit::principal_event("training_job.finish", p, &ctx);
-    e.resource.kind = Some("training_job".into());
-    e.resource.name = Some(job.id.clone());
-    e.resource.versions_written = version.into_iter().collect();
-    e.details.push(("state".into(), to.into()));
-    e.details.push(("model".into(), job.model_name.clone()));
-    e.details.push(("training_set_id".into(), spec.training_set_id.clone()));
-    if let Some(err) = &job.error {
-        e.details.push(("error".into(), err.clone()));
+        let lineage = serde_json::json!({
+            "training_set_id": manifest.id,
+            "training_set_sha256": manifest.sha256,
+            "feature_groups": manifest.features.iter().map(|f| serde_json::json!({"group": f.group, "version": f.version})).collect::<Vec<_>>(),
+            "spine_versions": manifest.spine_versions,
+            "spine_upload": manifest.spine_upload,
+            "label": spec.label,
+            "inputs": trained.artifact.input_names(),
+        });
+        let model = self.models.find(p, &job.model_name).await?;
+        let bytes = trained.artifact.to_bytes();
+        let new = NewVersion { source: "trained", training_set_id: Some(manifest.id.clone()), lineage, job_id: Some(job.id.clone()) };
+        let v = self.models.register(p, &model, &trained.artifact, bytes, new).await?;
+        Ok(v.version)
     }
-    if let Err(err) = state.audit.record(&e).await {
-        tracing::error!(job = %job.id, error = %err, "could not record the job's outcome in the audit ledger");
+
+    async fn finish(&self, p: &Principal, spec: &JobSpec, mut job: JobRecord, to: &str, error: Option<String>, version: Option<i64>) {
+        job.state = to.into();
+        job.error = error;
+        job.model_version = version;
+        job.finished_at = Some(now_micros());
+        // The outcome goes through the ledger like any change, naming the request that
+        // started the job.
+        let ctx = AuditContext { request_id: spec.request_id.clone(), event_id: spec.event_id.clone(), intent_seq: 0 };
+        let mut e = p.event("training_job.finish", &ctx);
+        e.resource.kind = Some("training_job".into());
+        e.resource.name = Some(job.id.clone());
+        e.resource.versions_written = version.into_iter().collect();
+        e.details.push(("state".into(), to.into()));
+        e.details.push(("model".into(), job.model_name.clone()));
+        e.details.push(("training_set_id".into(), spec.training_set_id.clone()));
+        if let Some(err) = &job.error {
+            e.details.push(("error".into(), err.clone()));
+        }
+        if let Err(err) = self.audit.record(&e).await {
+            tracing::error!(job = %job.id, error = %err, "could not record the job's outcome in the audit ledger");
+        }
+        self.publish(&job).await;
     }
-    publish(state, &job).await;
-}
 
-pub async fn get(state: &AppState, p: &Principal, id: &str) -> Result<JobView> {
-    view(&find(state, p, id).await?)
-}
-
-async fn find(state: &AppState, p: &Principal, id: &str) -> Result<JobRecord> {
-    state.catalog.job(&p.tenant_id, id).await?.ok_or_else(|| Error::NotFound { kind: "training job", name: id.to_string() })
-}
-
-pub async fn list(state: &AppState, p: &Principal) -> Result<Vec<JobView>> {
-    state.catalog.list_jobs(&p.tenant_id).await?.iter().map(view).collect()
-}
-
-/// Asks a job to stop: a queued job never starts, a running one stops after its current
-/// epoch. A finished job is left as it is.
-pub async fn cancel(state: &AppState, p: &Principal, id: &str) -> Result<JobView> {
-    let job = find(state, p, id).await?;
-    if let Some(live) = state.jobs.live().get(id) {
-        live.cancel.store(true, Ordering::SeqCst);
+    pub async fn get(&self, p: &Principal, id: &str) -> Result<JobView> {
+        view(&self.find(p, id).await?)
     }
-    view(&job)
-}
 
-/// The job's current state, then every change until it ends.
-pub async fn subscribe(state: &AppState, p: &Principal, id: &str) -> Result<(JobView, Option<broadcast::Receiver<JobView>>)> {
-    // Subscribe before reading, so no change falls between the two.
-    let rx = state.jobs.live().get(id).map(|l| l.events.subscribe());
-    let current = view(&find(state, p, id).await?)?;
-    Ok((current, rx))
-}
-
-/// Marks jobs a previous process left queued or running as failed, saying why.
-pub async fn fail_unfinished(state: &AppState) -> Result<usize> {
-    let jobs = state.catalog.unfinished_jobs().await?;
-    for mut j in jobs.iter().cloned() {
-        j.error = Some(format!("the server stopped while the job was {}; start it again", j.state));
-        j.state = "failed".into();
-        j.finished_at = Some(now_micros());
-        state.catalog.update_job(&j).await?;
+    async fn find(&self, p: &Principal, id: &str) -> Result<JobRecord> {
+        self.catalog.job(&p.tenant_id, id).await?.ok_or_else(|| Error::NotFound { kind: "training job", name: id.to_string() })
     }
-    Ok(jobs.len())
+
+    pub async fn list(&self, p: &Principal) -> Result<Vec<JobView>> {
+        self.catalog.list_jobs(&p.tenant_id).await?.iter().map(view).collect()
+    }
+
+    /// Asks a job to stop: a queued job never starts, a running one stops after its current
+    /// epoch. A finished job is left as it is.
+    pub async fn cancel(&self, p: &Principal, id: &str) -> Result<JobView> {
+        let job = self.find(p, id).await?;
+        if let Some(live) = self.live().get(id) {
+            live.cancel.store(true, Ordering::SeqCst);
+        }
+        view(&job)
+    }
+
+    /// The job's current state, then every change until it ends.
+    pub async fn subscribe(&self, p: &Principal, id: &str) -> Result<(JobView, Option<broadcast::Receiver<JobView>>)> {
+        // Subscribe before reading, so no change falls between the two.
+        let rx = self.live().get(id).map(|l| l.events.subscribe());
+        let current = view(&self.find(p, id).await?)?;
+        Ok((current, rx))
+    }
+
+    /// Marks jobs a previous process left queued or running as failed, saying why.
+    pub async fn fail_unfinished(&self) -> Result<usize> {
+        let jobs = self.catalog.unfinished_jobs().await?;
+        for mut j in jobs.iter().cloned() {
+            j.error = Some(format!("the server stopped while the job was {}; start it again", j.state));
+            j.state = "failed".into();
+            j.finished_at = Some(now_micros());
+            self.catalog.update_job(&j).await?;
+        }
+        Ok(jobs.len())
+    }
 }

@@ -5,22 +5,25 @@
 //! rewritten, and every read checks its SHA-256.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
 
 use lakeledger_query::arrow::array::RecordBatch;
-use lakeledger_query::arrow::compute::concat_batches;
-use lakeledger_query::ingest::{IngestFormat, decode_inferred, spine_time_column};
-use lakeledger_query::feature_rows::{FeatureRows, FileSet, file_lineage, read_rows};
+use lakeledger_query::ingest::{IngestFormat, decode_inferred};
+use lakeledger_query::feature_rows::{FeatureRows, FileSet};
+use lakeledger_query::tables::TableStore;
 use lakeledger_query::point_in_time::{FeatureSide, KnownAt, deterministic_parquet, point_in_time_join, sort_spine, versions_known_at};
-use lakeledger_query::sql::SqlLimits;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::platform::audit::AuditContext;
-use crate::identity::Principal;
+use super::stored::TRAINING_SETS;
 use crate::error::{Error, Result};
-use crate::features::{self as fg, ReadSpec};
-use crate::http::state::AppState;
+use crate::features::{FeatureGroups, PinSource, ReadSpec};
+use crate::identity::Principal;
+use crate::platform::audit::{AuditContext, AuditLog};
+use crate::sql::Sql;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -126,113 +129,15 @@ pub struct SpineColumn {
     pub dtype: String,
 }
 
-/// Immutable things kept under a tenant's area as `<folder>/<id>/data.parquet` plus a
-/// `manifest.json` holding the data's SHA-256. A thing exists once its manifest does.
-#[derive(Clone, Copy)]
-struct Stored {
-    kind: &'static str,
-    folder: &'static str,
-    /// Ids are this prefix and 32 hex digits.
-    prefix: &'static str,
-}
-
-const TRAINING_SETS: Stored = Stored { kind: "training set", folder: "training-sets", prefix: "ts_" };
-const SPINES: Stored = Stored { kind: "spine", folder: "spines", prefix: "sp_" };
-
-impl Stored {
-    fn new_id(self) -> String {
-        format!("{}{}", self.prefix, uuid::Uuid::now_v7().simple())
-    }
-
-    fn root(self, tenant: &str) -> String {
-        format!("tenants/{tenant}/{}", self.folder)
-    }
-
-    fn dir(self, tenant: &str, id: &str) -> String {
-        format!("{}/{id}", self.root(tenant))
-    }
-
-    fn valid(self, id: &str) -> bool {
-        id.len() == self.prefix.len() + 32 && id.starts_with(self.prefix) && id[self.prefix.len()..].bytes().all(|c| c.is_ascii_hexdigit())
-    }
-
-    /// Data first, manifest last.
-    async fn write(self, state: &AppState, tenant: &str, id: &str, data: Vec<u8>, manifest: &impl Serialize) -> Result<()> {
-        let dir = self.dir(tenant, id);
-        state.tables.put_object(&format!("{dir}/data.parquet"), data.into()).await?;
-        let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(state.tables.put_object(&format!("{dir}/manifest.json"), json.into()).await?)
-    }
-
-    async fn manifest<T: serde::de::DeserializeOwned>(self, state: &AppState, tenant: &str, id: &str) -> Result<T> {
-        let not_found = || Error::NotFound { kind: self.kind, name: id.to_string() };
-        if !self.valid(id) {
-            return Err(not_found());
-        }
-        let bytes = state.tables.get_object(&format!("{}/manifest.json", self.dir(tenant, id))).await?.ok_or_else(not_found)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("{} {id}: manifest unreadable: {e}", self.kind)))
-    }
-
-    /// The data, checked against the SHA-256 its manifest records.
-    async fn data(self, state: &AppState, tenant: &str, id: &str, sha256: &str) -> Result<bytes::Bytes> {
-        let bytes = state
-            .tables
-            .get_object(&format!("{}/data.parquet", self.dir(tenant, id)))
-            .await?
-            .ok_or_else(|| Error::Internal(format!("{} {id}: data file is missing", self.kind)))?;
-        if hex::encode(Sha256::digest(&bytes)) != sha256 {
-            return Err(Error::Internal(format!("{} {id}: data does not match its manifest's SHA-256", self.kind)));
-        }
-        Ok(bytes)
-    }
-
-    /// Manifest first: the thing stops existing before its data goes.
-    async fn delete(self, state: &AppState, tenant: &str, id: &str) -> Result<()> {
-        let dir = self.dir(tenant, id);
-        state.tables.delete_object(&format!("{dir}/manifest.json")).await?;
-        Ok(state.tables.delete_object(&format!("{dir}/data.parquet")).await?)
-    }
-}
-
-/// Stores an uploaded spine (any ingest format); `time` names its time column.
-pub async fn upload_spine(state: &AppState, p: &Principal, ctx: &AuditContext, format: IngestFormat, body: bytes::Bytes, time: String) -> Result<SpineManifest> {
-    let time_name = time.clone();
-    let threads = state.config.sql.threads.max(1);
-    let (batch, parquet) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let batch = decode_inferred(format, body)?;
-        if batch.num_rows() == 0 {
-            return Err(Error::Unprocessable("the spine has no rows".into()));
-        }
-        let batch = spine_time_column(&batch, &time)?;
-        let parquet = deterministic_parquet(&batch, threads)?;
-        Ok((batch, parquet))
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("spine decoding failed: {e}")))??;
-    let m = SpineManifest {
-        id: SPINES.new_id(),
-        tenant: p.tenant.clone(),
-        time: time_name,
-        columns: batch.schema().fields().iter().map(|f| SpineColumn { name: f.name().clone(), dtype: f.data_type().to_string() }).collect(),
-        rows: batch.num_rows() as u64,
-        bytes: parquet.len() as u64,
-        sha256: hex::encode(Sha256::digest(&parquet)),
-        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        created_by: p.actor(),
-        audit_event_id: ctx.event_id.clone(),
-    };
-    SPINES.write(state, &p.tenant, &m.id, parquet, &m).await?;
-    Ok(m)
-}
-
-pub async fn spine_manifest(state: &AppState, p: &Principal, id: &str) -> Result<SpineManifest> {
-    SPINES.manifest(state, &p.tenant, id).await
-}
-
-async fn spine_data(state: &AppState, p: &Principal, id: &str) -> Result<(SpineManifest, bytes::Bytes)> {
-    let m: SpineManifest = SPINES.manifest(state, &p.tenant, id).await?;
-    let bytes = SPINES.data(state, &p.tenant, id, &m.sha256).await?;
-    Ok((m, bytes))
+/// The training-set service: builds sets from pinned versions, stores them immutably,
+/// and tells vacuum which files they read.
+pub struct TrainingSets {
+    groups: Arc<FeatureGroups>,
+    sql: Arc<Sql>,
+    pub(super) tables: TableStore,
+    audit: Arc<AuditLog>,
+    /// Threads for the join and the Parquet encoding.
+    pub(super) threads: usize,
 }
 
 /// `group:feature` / `group` specs, grouped by group in first-mention order.
@@ -263,222 +168,6 @@ fn parse_features(specs: &[String]) -> Result<Vec<(String, Option<Vec<String>>)>
     Ok(out)
 }
 
-pub(crate) async fn on_query_runtime<T: Send + 'static>(
-    state: &AppState,
-    f: impl std::future::Future<Output = Result<T>> + Send + 'static,
-) -> Result<T> {
-    state.query_runtime.handle().spawn(f).await.map_err(|e| Error::Internal(format!("query task failed: {e}")))?
-}
-
-pub async fn create(state: &AppState, p: &Principal, ctx: &AuditContext, req: CreateTrainingSet) -> Result<(TrainingSetManifest, Vec<i64>)> {
-    if req.name.trim().is_empty() || req.name.len() > 200 {
-        return Err(Error::Unprocessable("name must be 1 to 200 characters".into()));
-    }
-    let specs = parse_features(&req.features)?;
-    for g in req.ttl_seconds.keys().chain(req.versions.keys()) {
-        if !specs.iter().any(|(s, _)| s == g) {
-            return Err(Error::Unprocessable(format!("`{g}` has a ttl or version but no features were asked of it")));
-        }
-    }
-    if let Some((g, t)) = req.ttl_seconds.iter().find(|(_, t)| **t < 0) {
-        return Err(Error::Unprocessable(format!("ttl for `{g}` is negative ({t})")));
-    }
-
-    // Held until the manifest is written, so no vacuum runs between reading and pinning.
-    let _pins = state.pins.read().await;
-    // Resolve everything first: the spine and each group at its version.
-    let spine_source = match (&req.spine_sql, &req.spine_upload) {
-        (Some(sql), None) => {
-            let (parsed, tables, facts) = crate::sql::prepare(state, p, sql).await?;
-            SpineSource::Sql { parsed: Box::new(parsed), tables, facts }
-        }
-        (None, Some(id)) => {
-            let (m, bytes) = spine_data(state, p, id).await?;
-            SpineSource::Upload { manifest: m, bytes }
-        }
-        _ => return Err(Error::Unprocessable("give the spine as exactly one of spine_sql or spine_upload".into())),
-    };
-    let spine_versions_read: Vec<(String, i64)> = match &spine_source {
-        SpineSource::Sql { facts, .. } => facts.tables.clone(),
-        SpineSource::Upload { .. } => Vec::new(),
-    };
-    let mut inputs = Vec::new();
-    let mut tables = Vec::new();
-    for (group, wanted) in &specs {
-        let g = fg::find(state, p, group).await?;
-        let spec = ReadSpec { version: req.versions.get(group).copied(), as_of: None, filters: vec![], limit: None };
-        let version = fg::resolve_version(state, &g, &spec).await?.version;
-        let table = state.tables.open(&state.tables.location(&g.location)?, Some(version)).await?;
-        if table.version().map(|v| v as i64) != Some(version) {
-            return Err(Error::Internal(format!("asked for version {version} of `{group}` but the table opened at {:?}", table.version())));
-        }
-        let (schema, arrow) = schema_at(&table, &g.schema).await?;
-        let features = match wanted {
-            None => schema.features.iter().map(|c| c.name.clone()).collect(),
-            Some(list) => {
-                for f in list {
-                    if !schema.features.iter().any(|c| &c.name == f) {
-                        return Err(Error::Unprocessable(format!("feature group `{group}` has no feature `{f}` at version {version}")));
-                    }
-                }
-                list.clone()
-            }
-        };
-        let keys: Vec<String> = schema.entity_keys.iter().map(|c| c.name.clone()).collect();
-        let commits: Vec<(i64, i64)> = if req.as_known_at_spine_time {
-            state.catalog.versions(&g.id).await?.iter().filter(|v| v.version <= version).map(|v| (v.version, v.committed_at)).collect()
-        } else {
-            Vec::new()
-        };
-        let input = FeatureInput { group: g.name.clone(), version, features, ttl_seconds: req.ttl_seconds.get(group).copied(), files: vec![] };
-        inputs.push((input, keys, schema.event_time.clone()));
-        tables.push((table, arrow, commits));
-    }
-
-    // Everything that will be read, recorded before it is read.
-    let mut e = crate::platform::audit::principal_event("training_set.plan", p, ctx);
-    e.resource.kind = Some("training_set".into());
-    e.resource.name = Some(req.name.clone());
-    e.resource.versions_read = spine_versions_read.iter().map(|(_, v)| *v).chain(inputs.iter().map(|(i, ..)| i.version)).collect();
-    match &spine_source {
-        SpineSource::Sql { facts, .. } => e.details.extend(facts.details()),
-        SpineSource::Upload { manifest, .. } => {
-            e.details.push(("spine_upload".into(), manifest.id.clone()));
-            e.details.push(("spine_upload_sha256".into(), manifest.sha256.clone()));
-        }
-    }
-    let features: Vec<String> = inputs.iter().map(|(i, ..)| format!("{}@{}:{}", i.group, i.version, i.features.join("+"))).collect();
-    e.details.push(("features".into(), features.join(",")));
-    if req.as_known_at_spine_time {
-        e.details.push(("as_known_at_spine_time".into(), "true".into()));
-    }
-    state.audit.record(&e).await?;
-
-    // The spine, then each group's rows, on the query runtime. Phase times go to the log
-    // so an operator can see where a slow build spends its time.
-    let started = std::time::Instant::now();
-    let limits = SqlLimits { memory_bytes: state.config.sql.memory_bytes, target_partitions: state.config.sql.threads };
-    let (spine_sql_sha256, spine_upload) = match &spine_source {
-        SpineSource::Sql { facts, .. } => (Some(facts.sha256.clone()), None),
-        SpineSource::Upload { manifest, .. } => (None, Some((manifest.id.clone(), manifest.sha256.clone()))),
-    };
-    let spine: RecordBatch = on_query_runtime(state, async move {
-        match spine_source {
-            SpineSource::Sql { parsed, tables, .. } => {
-                let stream = parsed.execute(tables, limits).await?;
-                let schema = stream.schema();
-                let batches = lakeledger_query::datafusion::physical_plan::common::collect(stream).await.map_err(|e| parsed.user_error(e))?;
-                Ok(concat_batches(&schema, &batches).map_err(lakeledger_query::Error::from)?)
-            }
-            SpineSource::Upload { bytes, .. } => Ok(decode_inferred(IngestFormat::Parquet, bytes)?),
-        }
-    })
-    .await?;
-    let spine_done = started.elapsed();
-    // Each group's rows in (version, file, row) order, with the versions that held them.
-    let set = if req.as_known_at_spine_time { FileSet::History } else { FileSet::Live };
-    let threads = state.config.sql.threads.max(1);
-    let mut sides_data: Vec<(FeatureRows, Vec<(i64, i64)>)> = Vec::new();
-    for ((input, keys, event_time), (table, arrow, commits)) in inputs.iter_mut().zip(tables) {
-        let columns: Vec<String> = keys.iter().chain(std::iter::once(&*event_time)).chain(input.features.iter()).cloned().collect();
-        let version = input.version;
-        let rows: FeatureRows = on_query_runtime(state, async move {
-            let files = file_lineage(&table, version, set).await?;
-            Ok(read_rows(&table, &arrow, &columns, files, threads).await?)
-        })
-        .await?;
-        input.files = rows.files.iter().map(|f| f.path.clone()).collect();
-        sides_data.push((rows, commits));
-    }
-    let read_done = started.elapsed();
-
-    // The join and the encoding are CPU work: off the request runtime.
-    let join_inputs = inputs.clone();
-    let (spine_time, bitemporal) = (req.spine_time.clone(), req.as_known_at_spine_time);
-    let (rows, bytes, sha256) = tokio::task::spawn_blocking(move || -> Result<(usize, Vec<u8>, String)> {
-        let spine = sort_spine(&spine, &spine_time).map_err(join_error)?;
-        let spine_versions: Vec<Vec<Option<i64>>> = sides_data
-            .iter()
-            .map(|(_, commits)| versions_known_at(&spine, &spine_time, commits))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(join_error)?;
-        let sides: Vec<FeatureSide<'_>> = join_inputs
-            .iter()
-            .zip(&sides_data)
-            .zip(&spine_versions)
-            .map(|(((input, keys, event_time), (rows, _)), spine_version)| FeatureSide {
-                name: &input.group,
-                batches: &rows.batches,
-                schema: &rows.schema,
-                keys,
-                event_time,
-                features: &input.features,
-                ttl_micros: input.ttl_seconds.map(|s| s.saturating_mul(1_000_000)),
-                known: bitemporal.then_some(KnownAt { added: &rows.added, removed: &rows.removed, spine_version }),
-            })
-            .collect();
-        let joined = point_in_time_join(&spine, &spine_time, &sides, threads).map_err(join_error)?;
-        // Handing the feature rows' memory back takes a while; not on the request's time.
-        drop(sides);
-        std::thread::spawn(move || drop(sides_data));
-        let join_done = started.elapsed();
-        let bytes = deterministic_parquet(&joined, threads)?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        tracing::info!(
-            rows = joined.num_rows(),
-            spine_ms = spine_done.as_millis() as u64,
-            read_ms = (read_done - spine_done).as_millis() as u64,
-            join_ms = (join_done - read_done).as_millis() as u64,
-            encode_ms = (started.elapsed() - join_done).as_millis() as u64,
-            "training set joined and encoded"
-        );
-        Ok((joined.num_rows(), bytes, sha256))
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("the training-set join failed: {e}")))??;
-    let (manifest, bytes) = {
-        let id = TRAINING_SETS.new_id();
-        let manifest = TrainingSetManifest {
-            id,
-            name: req.name.clone(),
-            tenant: p.tenant.clone(),
-            spine_sql: req.spine_sql.clone(),
-            spine_sql_sha256,
-            spine_versions: spine_versions_read.iter().map(|(n, v)| format!("{n}@{v}")).collect(),
-            spine_upload_sha256: spine_upload.as_ref().map(|(_, sha)| sha.clone()),
-            spine_upload: spine_upload.map(|(id, _)| id),
-            spine_time: req.spine_time.clone(),
-            features: inputs.iter().map(|(i, ..)| i.clone()).collect(),
-            as_known_at_spine_time: req.as_known_at_spine_time,
-            semantics: SEMANTICS.into(),
-            rows: rows as u64,
-            bytes: bytes.len() as u64,
-            sha256,
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            created_by: p.actor(),
-            audit_event_id: ctx.event_id.clone(),
-        };
-        (manifest, bytes)
-    };
-    TRAINING_SETS.write(state, &p.tenant, &manifest.id, bytes, &manifest).await?;
-    let versions = e.resource.versions_read.clone();
-    Ok((manifest, versions))
-}
-
-/// The group's schema as of the opened version (columns added later are absent), and
-/// the table's Arrow schema there.
-pub(crate) async fn schema_at(
-    table: &lakeledger_query::deltalake::DeltaTable,
-    latest: &lakeledger_query::FeatureSchema,
-) -> Result<(lakeledger_query::FeatureSchema, lakeledger_query::arrow::datatypes::SchemaRef)> {
-    let provider = table.table_provider().await.map_err(lakeledger_query::Error::DataFusion)?;
-    let arrow = provider.schema();
-    let present = |name: &str| arrow.field_with_name(name).is_ok();
-    let mut schema = latest.clone();
-    schema.features.retain(|c| present(&c.name));
-    Ok((schema, arrow))
-}
-
 fn join_error(e: lakeledger_query::Error) -> Error {
     match e {
         lakeledger_query::Error::InvalidSchema(m) => Error::Unprocessable(m),
@@ -486,49 +175,246 @@ fn join_error(e: lakeledger_query::Error) -> Error {
     }
 }
 
-pub async fn manifest(state: &AppState, p: &Principal, id: &str) -> Result<TrainingSetManifest> {
-    TRAINING_SETS.manifest(state, &p.tenant, id).await
-}
-
-/// The Parquet bytes, checked against the manifest's SHA-256.
-pub async fn data(state: &AppState, p: &Principal, id: &str) -> Result<(TrainingSetManifest, bytes::Bytes)> {
-    let m = manifest(state, p, id).await?;
-    let bytes = TRAINING_SETS.data(state, &p.tenant, id, &m.sha256).await?;
-    Ok((m, bytes))
-}
-
-/// The tenant's training sets, oldest first (ids are time-ordered).
-pub async fn list(state: &AppState, p: &Principal) -> Result<Vec<TrainingSetManifest>> {
-    let ids = state.tables.list_children(&TRAINING_SETS.root(&p.tenant)).await?;
-    let mut out = Vec::new();
-    for id in ids.iter().filter(|id| TRAINING_SETS.valid(id)) {
-        // A directory without a manifest is a build that did not finish: not a training set.
-        match manifest(state, p, id).await {
-            Ok(m) => out.push(m),
-            Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
+impl TrainingSets {
+    pub fn new(groups: Arc<FeatureGroups>, sql: Arc<Sql>, tables: TableStore, audit: Arc<AuditLog>, threads: usize) -> Arc<TrainingSets> {
+        Arc::new(TrainingSets { groups, sql, tables, audit, threads: threads.max(1) })
     }
-    Ok(out)
-}
 
-/// Deletes a training set: the manifest first (it stops existing and pins nothing), then
-/// the data.
-pub async fn delete(state: &AppState, p: &Principal, id: &str) -> Result<TrainingSetManifest> {
-    let m = manifest(state, p, id).await?;
-    TRAINING_SETS.delete(state, &p.tenant, id).await?;
-    Ok(m)
-}
-
-/// Per file of `group` that a live training set read: the ids of those sets.
-pub async fn pinned_files(state: &AppState, p: &Principal, group: &str) -> Result<BTreeMap<String, Vec<String>>> {
-    let mut pins: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in list(state, p).await? {
-        for input in m.features.iter().filter(|i| i.group == group) {
-            for f in &input.files {
-                pins.entry(f.clone()).or_default().push(m.id.clone());
+    pub async fn create(&self, p: &Principal, ctx: &AuditContext, req: CreateTrainingSet) -> Result<(TrainingSetManifest, Vec<i64>)> {
+        if req.name.trim().is_empty() || req.name.len() > 200 {
+            return Err(Error::Unprocessable("name must be 1 to 200 characters".into()));
+        }
+        let specs = parse_features(&req.features)?;
+        for g in req.ttl_seconds.keys().chain(req.versions.keys()) {
+            if !specs.iter().any(|(s, _)| s == g) {
+                return Err(Error::Unprocessable(format!("`{g}` has a ttl or version but no features were asked of it")));
             }
         }
+        if let Some((g, t)) = req.ttl_seconds.iter().find(|(_, t)| **t < 0) {
+            return Err(Error::Unprocessable(format!("ttl for `{g}` is negative ({t})")));
+        }
+
+        // Held until the manifest is written, so no vacuum runs between reading and pinning.
+        let _pins = self.groups.hold_pins().await;
+        // Resolve everything first: the spine and each group at its version.
+        let spine_source = match (&req.spine_sql, &req.spine_upload) {
+            (Some(sql), None) => {
+                let (parsed, tables, facts) = self.sql.prepare(p, sql).await?;
+                SpineSource::Sql { parsed: Box::new(parsed), tables, facts }
+            }
+            (None, Some(id)) => {
+                let (m, bytes) = self.spine_data(p, id).await?;
+                SpineSource::Upload { manifest: m, bytes }
+            }
+            _ => return Err(Error::Unprocessable("give the spine as exactly one of spine_sql or spine_upload".into())),
+        };
+        let spine_versions_read: Vec<(String, i64)> = match &spine_source {
+            SpineSource::Sql { facts, .. } => facts.tables.clone(),
+            SpineSource::Upload { .. } => Vec::new(),
+        };
+        let mut inputs = Vec::new();
+        let mut tables = Vec::new();
+        for (group, wanted) in &specs {
+            let g = self.groups.find(p, group).await?;
+            let spec = ReadSpec { version: req.versions.get(group).copied(), as_of: None, filters: vec![], limit: None };
+            let version = self.groups.resolve_version(&g, &spec).await?.version;
+            let snapshot = self.groups.snapshot(&g, Some(version)).await?;
+            let schema = snapshot.schema.clone();
+            let features = match wanted {
+                None => schema.features.iter().map(|c| c.name.clone()).collect(),
+                Some(list) => {
+                    for f in list {
+                        if !schema.features.iter().any(|c| &c.name == f) {
+                            return Err(Error::Unprocessable(format!("feature group `{group}` has no feature `{f}` at version {version}")));
+                        }
+                    }
+                    list.clone()
+                }
+            };
+            let keys: Vec<String> = schema.entity_keys.iter().map(|c| c.name.clone()).collect();
+            let commits: Vec<(i64, i64)> = if req.as_known_at_spine_time {
+                self.groups.versions(&g).await?.iter().filter(|v| v.version <= version).map(|v| (v.version, v.committed_at)).collect()
+            } else {
+                Vec::new()
+            };
+            let input = FeatureInput { group: g.name.clone(), version, features, ttl_seconds: req.ttl_seconds.get(group).copied(), files: vec![] };
+            inputs.push((input, keys, schema.event_time.clone()));
+            tables.push((snapshot, commits));
+        }
+
+        // Everything that will be read, recorded before it is read.
+        let mut e = p.event("training_set.plan", ctx);
+        e.resource.kind = Some("training_set".into());
+        e.resource.name = Some(req.name.clone());
+        e.resource.versions_read = spine_versions_read.iter().map(|(_, v)| *v).chain(inputs.iter().map(|(i, ..)| i.version)).collect();
+        match &spine_source {
+            SpineSource::Sql { facts, .. } => e.details.extend(facts.details()),
+            SpineSource::Upload { manifest, .. } => {
+                e.details.push(("spine_upload".into(), manifest.id.clone()));
+                e.details.push(("spine_upload_sha256".into(), manifest.sha256.clone()));
+            }
+        }
+        let features: Vec<String> = inputs.iter().map(|(i, ..)| format!("{}@{}:{}", i.group, i.version, i.features.join("+"))).collect();
+        e.details.push(("features".into(), features.join(",")));
+        if req.as_known_at_spine_time {
+            e.details.push(("as_known_at_spine_time".into(), "true".into()));
+        }
+        self.audit.record(&e).await?;
+
+        // The spine, then each group's rows, on the query runtime. Phase times go to the log
+        // so an operator can see where a slow build spends its time.
+        let started = std::time::Instant::now();
+        let (spine_sql_sha256, spine_upload) = match &spine_source {
+            SpineSource::Sql { facts, .. } => (Some(facts.sha256.clone()), None),
+            SpineSource::Upload { manifest, .. } => (None, Some((manifest.id.clone(), manifest.sha256.clone()))),
+        };
+        let spine: RecordBatch = match spine_source {
+            SpineSource::Sql { parsed, tables, .. } => self.sql.collect(*parsed, tables).await?,
+            SpineSource::Upload { bytes, .. } => decode_inferred(IngestFormat::Parquet, bytes)?,
+        };
+        let spine_done = started.elapsed();
+        // Each group's rows in (version, file, row) order, with the versions that held them.
+        let set = if req.as_known_at_spine_time { FileSet::History } else { FileSet::Live };
+        let threads = self.threads;
+        let mut sides_data: Vec<(FeatureRows, Vec<(i64, i64)>)> = Vec::new();
+        for ((input, keys, event_time), (snapshot, commits)) in inputs.iter_mut().zip(tables) {
+            let columns: Vec<String> = keys.iter().chain(std::iter::once(&*event_time)).chain(input.features.iter()).cloned().collect();
+            let rows: FeatureRows = self.groups.read_rows(&snapshot, columns, set, None).await?;
+            input.files = rows.files.iter().map(|f| f.path.clone()).collect();
+            sides_data.push((rows, commits));
+        }
+        let read_done = started.elapsed();
+
+        // The join and the encoding are CPU work: off the request runtime.
+        let join_inputs = inputs.clone();
+        let (spine_time, bitemporal) = (req.spine_time.clone(), req.as_known_at_spine_time);
+        let (rows, bytes, sha256) = tokio::task::spawn_blocking(move || -> Result<(usize, Vec<u8>, String)> {
+            let spine = sort_spine(&spine, &spine_time).map_err(join_error)?;
+            let spine_versions: Vec<Vec<Option<i64>>> = sides_data
+                .iter()
+                .map(|(_, commits)| versions_known_at(&spine, &spine_time, commits))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(join_error)?;
+            let sides: Vec<FeatureSide<'_>> = join_inputs
+                .iter()
+                .zip(&sides_data)
+                .zip(&spine_versions)
+                .map(|(((input, keys, event_time), (rows, _)), spine_version)| FeatureSide {
+                    name: &input.group,
+                    batches: &rows.batches,
+                    schema: &rows.schema,
+                    keys,
+                    event_time,
+                    features: &input.features,
+                    ttl_micros: input.ttl_seconds.map(|s| s.saturating_mul(1_000_000)),
+                    known: bitemporal.then_some(KnownAt { added: &rows.added, removed: &rows.removed, spine_version }),
+                })
+                .collect();
+            let joined = point_in_time_join(&spine, &spine_time, &sides, threads).map_err(join_error)?;
+            // Handing the feature rows' memory back takes a while; not on the request's time.
+            drop(sides);
+            std::thread::spawn(move || drop(sides_data));
+            let join_done = started.elapsed();
+            let bytes = deterministic_parquet(&joined, threads)?;
+            let sha256 = hex::encode(Sha256::digest(&bytes));
+            tracing::info!(
+                rows = joined.num_rows(),
+                spine_ms = spine_done.as_millis() as u64,
+                read_ms = (read_done - spine_done).as_millis() as u64,
+                join_ms = (join_done - read_done).as_millis() as u64,
+                encode_ms = (started.elapsed() - join_done).as_millis() as u64,
+                "training set joined and encoded"
+            );
+            Ok((joined.num_rows(), bytes, sha256))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("the training-set join failed: {e}")))??;
+        let (manifest, bytes) = {
+            let id = TRAINING_SETS.new_id();
+            let manifest = TrainingSetManifest {
+                id,
+                name: req.name.clone(),
+                tenant: p.tenant.clone(),
+                spine_sql: req.spine_sql.clone(),
+                spine_sql_sha256,
+                spine_versions: spine_versions_read.iter().map(|(n, v)| format!("{n}@{v}")).collect(),
+                spine_upload_sha256: spine_upload.as_ref().map(|(_, sha)| sha.clone()),
+                spine_upload: spine_upload.map(|(id, _)| id),
+                spine_time: req.spine_time.clone(),
+                features: inputs.iter().map(|(i, ..)| i.clone()).collect(),
+                as_known_at_spine_time: req.as_known_at_spine_time,
+                semantics: SEMANTICS.into(),
+                rows: rows as u64,
+                bytes: bytes.len() as u64,
+                sha256,
+                created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                created_by: p.actor(),
+                audit_event_id: ctx.event_id.clone(),
+            };
+            (manifest, bytes)
+        };
+        TRAINING_SETS.write(&self.tables, &p.tenant, &manifest.id, bytes, &manifest).await?;
+        let versions = e.resource.versions_read.clone();
+        Ok((manifest, versions))
     }
-    Ok(pins)
+
+    pub async fn manifest(&self, p: &Principal, id: &str) -> Result<TrainingSetManifest> {
+        self.manifest_in(&p.tenant, id).await
+    }
+
+    /// A training set's manifest in a tenant (by name).
+    pub async fn manifest_in(&self, tenant: &str, id: &str) -> Result<TrainingSetManifest> {
+        TRAINING_SETS.manifest(&self.tables, tenant, id).await
+    }
+
+    /// The Parquet bytes, checked against the manifest's SHA-256.
+    pub async fn data(&self, p: &Principal, id: &str) -> Result<(TrainingSetManifest, bytes::Bytes)> {
+        let m = self.manifest(p, id).await?;
+        let bytes = TRAINING_SETS.data(&self.tables, &p.tenant, id, &m.sha256).await?;
+        Ok((m, bytes))
+    }
+
+    /// The tenant's training sets, oldest first (ids are time-ordered).
+    pub async fn list(&self, p: &Principal) -> Result<Vec<TrainingSetManifest>> {
+        self.list_in(&p.tenant).await
+    }
+
+    /// The training sets of a tenant (by name), oldest first.
+    pub async fn list_in(&self, tenant: &str) -> Result<Vec<TrainingSetManifest>> {
+        let ids = self.tables.list_children(&TRAINING_SETS.root(tenant)).await?;
+        let mut out = Vec::new();
+        for id in ids.iter().filter(|id| TRAINING_SETS.valid(id)) {
+            // A directory without a manifest is a build that did not finish: not a training set.
+            match self.manifest_in(tenant, id).await {
+                Ok(m) => out.push(m),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a training set: the manifest first (it stops existing and pins nothing), then
+    /// the data.
+    pub async fn delete(&self, p: &Principal, id: &str) -> Result<TrainingSetManifest> {
+        let m = self.manifest(p, id).await?;
+        TRAINING_SETS.delete(&self.tables, &p.tenant, id).await?;
+        Ok(m)
+    }
+}
+
+#[async_trait]
+impl PinSource for TrainingSets {
+    /// Per file of `group` that a live training set read: the ids of those sets.
+    async fn pinned_files(&self, tenant: &str, group: &str) -> Result<BTreeMap<String, Vec<String>>> {
+        let mut pins: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in self.list_in(tenant).await? {
+            for input in m.features.iter().filter(|i| i.group == group) {
+                for f in &input.files {
+                    pins.entry(f.clone()).or_default().push(m.id.clone());
+                }
+            }
+        }
+        Ok(pins)
+    }
 }

@@ -316,8 +316,3 @@ pub async fn connect(url: &str) -> Result<SharedCatalog> {
         Ok(Arc::new(SqliteCatalog::connect(url).await?))
     }
 }
-
-/// Microseconds since the Unix epoch, the time unit of the catalog.
-pub fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}

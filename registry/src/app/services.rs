@@ -1,0 +1,100 @@
+//! Wiring: every service built from the configuration with exactly the handles it uses,
+//! and the subscriptions between domains (commit observers, vacuum's pin source, the
+//! registry's events) made here, so no domain names another's concrete type to be told.
+
+use std::sync::Arc;
+
+use lakeledger_query::tables::TableStore;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::config::Config;
+use crate::error::{Error, Result};
+use crate::features::{CommitObserver, FeatureGroups, FeatureSettings, FeatureWriter, PinSource};
+use crate::http::{AppState, HttpLimits, Services};
+use crate::identity::Identity;
+use crate::lineage::Lineage;
+use crate::models::{ModelEvents, ModelSigner, Models};
+use crate::online::{EntityHasher, OnlineStore};
+use crate::platform::audit::AuditLog;
+use crate::platform::catalog::SharedCatalog;
+use crate::platform::locks::KeyedLocks;
+use crate::platform::readiness::Readiness;
+use crate::platform::runtime::QueryRuntime;
+use crate::serving::drift::{Drift, DriftCheck};
+use crate::serving::{InferenceLog, Serving, ServingConfig};
+use crate::sql::{Sql, SqlConfig};
+use crate::training::{Jobs, TrainingSets};
+
+/// Builds the services over an opened ledger, catalog and table store.
+pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalog, tables: TableStore, metrics: PrometheusHandle) -> Result<AppState> {
+    let runtime = Arc::new(QueryRuntime::new(config.sql_threads)?);
+    let locks = Arc::new(KeyedLocks::default());
+    let (signer, _) = ModelSigner::load(&config.model_key_path)?;
+    let hasher = EntityHasher::load(&config.entity_hash_key_path)?;
+
+    let features = FeatureGroups::new(
+        catalog.clone(),
+        tables.clone(),
+        locks.clone(),
+        runtime.clone(),
+        FeatureSettings {
+            max_body_bytes: config.max_body_bytes,
+            default_read_limit: config.default_read_limit,
+            spool_dir: config.data_dir.join("tmp"),
+            read_threads: config.sql_threads,
+        },
+    );
+    let online = OnlineStore::new(features.clone(), hasher);
+    features.subscribe(Arc::downgrade(&(online.clone() as Arc<dyn CommitObserver>)));
+    let sql_config = SqlConfig {
+        memory_bytes: config.sql_memory_limit_bytes,
+        timeout: config.sql_timeout,
+        row_limit: config.sql_row_limit,
+        threads: config.sql_threads,
+    };
+    let sql = Sql::new(features.clone(), runtime.clone(), audit.clone(), sql_config);
+    let training_sets = TrainingSets::new(features.clone(), sql.clone(), tables.clone(), audit.clone(), config.sql_threads);
+    features.set_pin_source(Arc::downgrade(&(training_sets.clone() as Arc<dyn PinSource>)));
+    let models = Models::new(catalog.clone(), tables.clone(), signer, locks);
+    let jobs = Jobs::new(catalog.clone(), training_sets.clone(), models.clone(), audit.clone(), config.training_workers);
+    let inference_log = InferenceLog::new(FeatureWriter::new(features.clone()), audit.clone(), config.inference_log_flush);
+    let serving_config = ServingConfig {
+        max_loaded_models: config.serving_max_loaded_models,
+        max_batch_rows: config.serving_max_batch_rows,
+        max_batch_wait: config.serving_max_batch_wait,
+        inference_log_sample_rate: config.inference_log_sample_rate,
+    };
+    let serving = Serving::new(serving_config, catalog.clone(), models.clone(), online.clone(), audit.clone(), inference_log.clone());
+    models.set_events(Arc::downgrade(&(serving.clone() as Arc<dyn ModelEvents>)));
+    let drift = Drift::new(models.clone(), training_sets.clone(), features.clone(), catalog.clone(), audit.clone());
+    let lineage = Lineage::new(features.clone(), training_sets.clone(), models.clone());
+    Ok(AppState(Arc::new(Services {
+        identity: Identity::new(catalog.clone()),
+        features,
+        online,
+        sql,
+        training_sets,
+        jobs,
+        models,
+        serving,
+        inference_log,
+        drift,
+        lineage,
+        audit,
+        readiness: Readiness::new(catalog, tables),
+        metrics,
+        limits: HttpLimits { max_body_bytes: config.max_body_bytes },
+    })))
+}
+
+/// The `[[drift_checks]]` of the configuration, each checked before the server starts.
+pub(super) fn drift_checks(config: &Config) -> Result<Vec<DriftCheck>> {
+    config
+        .drift_checks
+        .iter()
+        .enumerate()
+        .map(|(i, table)| {
+            toml::Value::Table(table.clone()).try_into().map_err(|e| Error::BadRequest(format!("config file: drift_checks[{i}]: {e}")))
+        })
+        .collect()
+}

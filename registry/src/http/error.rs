@@ -1,0 +1,61 @@
+//! The one error body at the HTTP edge: `{"error": {"code", "message", "error_id"}}`
+//! with the status the error's classification gives; 5xx bodies carry only the error id
+//! (the detail goes to the log under it), and 503s say when to retry.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::Error;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// The error body every endpoint returns.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `feature_group_not_found`.
+    pub code: String,
+    /// What went wrong; for 5xx errors only a generic sentence.
+    pub message: String,
+    /// Quote this id when asking an operator; the log holds the detail under it.
+    pub error_id: String,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let error_id = uuid::Uuid::now_v7().to_string();
+        // 503s say why (the ledger or a dependency is down, or busy) and when to retry;
+        // other 5xx details stay in the log.
+        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            // The detail may name paths, hosts or SQL; it goes to the log only.
+            tracing::error!(%error_id, %code, error = %self, "request failed");
+            "internal error; quote the error_id to an operator".to_string()
+        } else if let Error::Catalog(_) = self {
+            tracing::warn!(%error_id, %code, error = %self, "request refused: the catalog is busy");
+            "the catalog is busy; retry the request".to_string()
+        } else {
+            tracing::debug!(%error_id, %code, error = %self, "request refused");
+            self.to_string()
+        };
+        let mut response =
+            (status, Json(ErrorBody { error: ErrorDetail { code: code.clone(), message, error_id } })).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        response.extensions_mut().insert(ErrorCode(code));
+        response
+    }
+}
+
+/// Attached to error responses so the recording layer can log the code.
+#[derive(Clone, Debug)]
+pub struct ErrorCode(pub String);
