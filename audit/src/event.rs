@@ -100,6 +100,51 @@ impl Event {
         }
     }
 
+    /// The canonical forms to append for this event, the event itself last. One that fits
+    /// in `max` bytes is alone. Otherwise its longest detail values move, in pieces, into
+    /// `audit.continuation` records (each naming the event, the detail, its part and the
+    /// value's SHA-256), and the event keeps `moved to N continuation records` in their
+    /// place: nothing is dropped, and every record fits.
+    pub fn split_to_fit(&self, max: usize) -> Vec<Vec<u8>> {
+        let whole = self.to_canonical_json();
+        if whole.len() <= max {
+            return vec![whole];
+        }
+        let mut main = self.clone();
+        let mut parts = Vec::new();
+        // Longest values first, until the event fits.
+        let mut order: Vec<usize> = (0..main.details.len()).collect();
+        order.sort_by_key(|i| std::cmp::Reverse(main.details[*i].1.len()));
+        for i in order {
+            if main.to_canonical_json().len() <= max {
+                break;
+            }
+            let (key, value) = main.details[i].clone();
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(value.as_bytes()));
+            // Room for the value in a continuation record: escaping may grow a character
+            // up to six times (`\u0001`).
+            let room = max.saturating_sub(2048).max(1024) / 6;
+            let chunks = chunk_str(&value, room);
+            for (n, chunk) in chunks.iter().enumerate() {
+                let mut c = Event::new("audit.continuation", main.phase);
+                c.actor = main.actor.clone();
+                c.source.request_id = main.source.request_id.clone();
+                c.resource = Resource { kind: main.resource.kind.clone(), name: main.resource.name.clone(), tenant: main.resource.tenant.clone(), ..Default::default() };
+                c.details = vec![
+                    ("continues".into(), main.event_id.clone()),
+                    ("detail".into(), key.clone()),
+                    ("part".into(), format!("{}/{}", n + 1, chunks.len())),
+                    ("sha256".into(), digest.clone()),
+                    ("value".into(), chunk.to_string()),
+                ];
+                parts.push(c.to_canonical_json());
+            }
+            main.details[i].1 = format!("moved to {} continuation records; sha256={digest}", chunks.len());
+        }
+        parts.push(main.to_canonical_json());
+        parts
+    }
+
     pub fn to_canonical_json(&self) -> Vec<u8> {
         let mut w = Obj::new();
         w.str("event_id", &self.event_id)
@@ -275,6 +320,21 @@ fn write_str(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// Splits `s` into pieces of at most `max` bytes, on character boundaries.
+fn chunk_str(s: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(max.max(4));
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    out
 }
 
 #[cfg(test)]

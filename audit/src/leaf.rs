@@ -17,8 +17,10 @@ use crate::merkle::{Hash, leaf_hash};
 
 pub const LEAF_VERSION: u8 = 1;
 pub const LEAF_HEADER_LEN: usize = 54;
-/// Upper bound on one payload; larger requests are refused before they reach the writer.
-pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Upper bound on one payload, so a whole leaf fits the 16-bit length of a C2SP
+/// tlog-tiles entry bundle; larger payloads are refused before they reach the writer
+/// (events split their largest details into continuation records to fit).
+pub const MAX_PAYLOAD: usize = u16::MAX as usize - LEAF_HEADER_LEN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]

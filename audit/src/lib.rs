@@ -24,20 +24,27 @@
 //!
 //! All integers in the binary formats are big-endian.
 
+pub mod checkpoints;
 pub mod error;
 pub mod event;
 pub mod leaf;
 pub mod ledger;
+pub mod lru;
 pub mod merkle;
 pub mod note;
 pub mod package;
+pub mod scrub;
 pub mod segment;
+pub mod seq_index;
+pub mod store;
+pub mod tiles;
 pub mod verify;
 
 pub use error::{Error, ProofError, Result};
 pub use event::{Event, Phase};
 pub use leaf::{RecordType, StoredLeaf};
-pub use ledger::{Ledger, LedgerConfig, key_file, OpenReport, PendingReceipt, Receipt, StoredCheckpoint};
+pub use checkpoints::StoredCheckpoint;
+pub use ledger::{Ledger, LedgerConfig, OpenReport, PendingReceipt, Receipt, SegmentInfo, key_file};
 pub use merkle::Hash;
 pub use note::{Checkpoint, SignerKey, VerifierKey};
 pub use package::{Package, RecordFilter};

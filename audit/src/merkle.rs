@@ -49,13 +49,156 @@ pub fn naive_root(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// Where proofs find the roots of complete subtrees: the in-memory [`Tree`] in tests and
+/// tools, the persisted tiles in the ledger.
+pub trait NodeSource {
+    /// Root of the perfect subtree of height `height` over leaves
+    /// `[index·2^height, (index+1)·2^height)`.
+    fn node(&self, height: u32, index: u64) -> crate::Result<Hash>;
+}
+
+/// Root of the leaves `[lo, hi)` as RFC 6962 defines it, from perfect subtrees: the
+/// largest aligned one that fits first, then the rest, folded from the right. For the
+/// ranges the RFC's recursion visits this is exactly `MTH(D[lo:hi])`.
+pub fn range_root<S: NodeSource + ?Sized>(src: &S, lo: u64, hi: u64) -> crate::Result<Hash> {
+    if lo >= hi {
+        return Ok(empty_root());
+    }
+    let mut parts = Vec::new();
+    let mut at = lo;
+    while at < hi {
+        let mut h = at.trailing_zeros().min(63);
+        while (1u64 << h) > hi - at {
+            h -= 1;
+        }
+        parts.push(src.node(h, at >> h)?);
+        at += 1 << h;
+    }
+    let mut root = parts.pop().expect("a non-empty range");
+    while let Some(left) = parts.pop() {
+        root = node_hash(&left, &root);
+    }
+    Ok(root)
+}
+
+/// Inclusion proof for leaf `index` in the tree of `size` leaves (RFC 9162 §2.1.3.1).
+/// The caller checks that `size` leaves exist.
+pub fn inclusion_proof<S: NodeSource + ?Sized>(src: &S, index: u64, size: u64) -> crate::Result<Vec<Hash>> {
+    if index >= size {
+        return Err(ProofError::OutOfRange { index, size }.into());
+    }
+    let mut proof = Vec::new();
+    path(src, index, 0, size, &mut proof)?;
+    Ok(proof)
+}
+
+fn path<S: NodeSource + ?Sized>(src: &S, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) -> crate::Result<()> {
+    let n = hi - lo;
+    if n <= 1 {
+        return Ok(());
+    }
+    let k = split(n);
+    if m < k {
+        path(src, m, lo, lo + k, out)?;
+        out.push(range_root(src, lo + k, hi)?);
+    } else {
+        path(src, m - k, lo + k, hi, out)?;
+        out.push(range_root(src, lo, lo + k)?);
+    }
+    Ok(())
+}
+
+/// Consistency proof between the trees of `old` and `new` leaves (RFC 9162 §2.1.4.1).
+/// The caller checks that `new` leaves exist.
+pub fn consistency_proof<S: NodeSource + ?Sized>(src: &S, old: u64, new: u64) -> crate::Result<Vec<Hash>> {
+    if old > new {
+        return Err(ProofError::BadSizes { old, new }.into());
+    }
+    let mut proof = Vec::new();
+    if old > 0 && old < new {
+        subproof(src, old, 0, new, true, &mut proof)?;
+    }
+    Ok(proof)
+}
+
+fn subproof<S: NodeSource + ?Sized>(src: &S, m: u64, lo: u64, hi: u64, complete: bool, out: &mut Vec<Hash>) -> crate::Result<()> {
+    let n = hi - lo;
+    if m == n {
+        if !complete {
+            out.push(range_root(src, lo, hi)?);
+        }
+        return Ok(());
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(src, m, lo, lo + k, complete, out)?;
+        out.push(range_root(src, lo + k, hi)?);
+    } else {
+        subproof(src, m - k, lo + k, hi, false, out)?;
+        out.push(range_root(src, lo, lo + k)?);
+    }
+    Ok(())
+}
+
+/// The right edge of a growing tree: the roots of its perfect subtrees, largest first.
+/// Enough to compute the root of everything pushed so far in O(log n) memory, which is
+/// what streaming verification needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactRange {
+    size: u64,
+    /// (height, root), heights strictly decreasing.
+    peaks: Vec<(u32, Hash)>,
+}
+
+impl CompactRange {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (0u32, leaf);
+        while let Some(&(h, left)) = self.peaks.last() {
+            if h != node.0 {
+                break;
+            }
+            self.peaks.pop();
+            node = (h + 1, node_hash(&left, &node.1));
+        }
+        self.peaks.push(node);
+        self.size += 1;
+    }
+
+    pub fn root(&self) -> Hash {
+        let mut it = self.peaks.iter().rev();
+        let Some(&(_, mut root)) = it.next() else { return empty_root() };
+        for (_, left) in it {
+            root = node_hash(left, &root);
+        }
+        root
+    }
+}
+
 /// A Merkle tree held as its complete levels: `levels[0]` are the leaf hashes and
 /// `levels[h][i]` is the root of the perfect subtree over leaves `[i·2^h, (i+1)·2^h)`.
-/// Appending is O(log n) amortised; any subtree root the proofs need is found in
-/// O(log² n). Memory is about 64 bytes per leaf.
+/// Memory is about 64 bytes per leaf: the reference the tiles are tested against, and
+/// what offline tools use on small logs.
 #[derive(Clone, Debug, Default)]
 pub struct Tree {
     levels: Vec<Vec<Hash>>,
+}
+
+impl NodeSource for Tree {
+    fn node(&self, height: u32, index: u64) -> crate::Result<Hash> {
+        self.levels
+            .get(height as usize)
+            .and_then(|l| l.get(index as usize))
+            .copied()
+            .ok_or_else(|| ProofError::OutOfRange { index: index << height, size: self.size() }.into())
+    }
 }
 
 impl Tree {
@@ -97,27 +240,11 @@ impl Tree {
         if size > self.size() {
             return None;
         }
-        Some(if size == 0 {
-            empty_root()
-        } else {
-            self.subtree(0, size)
-        })
+        range_root(self, 0, size).ok()
     }
 
     pub fn root(&self) -> Hash {
         self.root_at(self.size()).unwrap_or_else(empty_root)
-    }
-
-    /// Root of the subtree over leaves `[lo, hi)`, where `lo` is a multiple of the
-    /// largest power of two not above `hi - lo` (always so for the ranges RFC 6962 visits).
-    fn subtree(&self, lo: u64, hi: u64) -> Hash {
-        let n = hi - lo;
-        if n.is_power_of_two() && lo.is_multiple_of(n) {
-            let h = n.trailing_zeros() as usize;
-            return self.levels[h][(lo >> h) as usize];
-        }
-        let k = split(n);
-        node_hash(&self.subtree(lo, lo + k), &self.subtree(lo + k, hi))
     }
 
     /// Inclusion proof for leaf `index` in the tree of `size` leaves (RFC 9162 §2.1.3.1).
@@ -125,24 +252,7 @@ impl Tree {
         if size > self.size() || index >= size {
             return Err(ProofError::OutOfRange { index, size });
         }
-        let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof);
-        Ok(proof)
-    }
-
-    fn path(&self, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if n <= 1 {
-            return;
-        }
-        let k = split(n);
-        if m < k {
-            self.path(m, lo, lo + k, out);
-            out.push(self.subtree(lo + k, hi));
-        } else {
-            self.path(m - k, lo + k, hi, out);
-            out.push(self.subtree(lo, lo + k));
-        }
+        inclusion_proof(self, index, size).map_err(|_| ProofError::OutOfRange { index, size })
     }
 
     /// Consistency proof between the trees of `old` and `new` leaves (RFC 9162 §2.1.4.1).
@@ -150,29 +260,7 @@ impl Tree {
         if new > self.size() || old > new {
             return Err(ProofError::BadSizes { old, new });
         }
-        let mut proof = Vec::new();
-        if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut proof);
-        }
-        Ok(proof)
-    }
-
-    fn subproof(&self, m: u64, lo: u64, hi: u64, complete: bool, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if m == n {
-            if !complete {
-                out.push(self.subtree(lo, hi));
-            }
-            return;
-        }
-        let k = split(n);
-        if m <= k {
-            self.subproof(m, lo, lo + k, complete, out);
-            out.push(self.subtree(lo + k, hi));
-        } else {
-            self.subproof(m - k, lo + k, hi, false, out);
-            out.push(self.subtree(lo, lo + k));
-        }
+        consistency_proof(self, old, new).map_err(|_| ProofError::BadSizes { old, new })
     }
 }
 

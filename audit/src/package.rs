@@ -213,7 +213,11 @@ impl Package {
 
         // Complete packages carry the whole checkpoint history (each root is recomputed);
         // partial ones the newest checkpoint at or below `from`, and the end.
-        let history = ledger.checkpoints();
+        let mut history = Vec::new();
+        ledger.each_checkpoint(|c| {
+            history.push(c);
+            Ok(())
+        })?;
         let mut cps: Vec<(u64, String)> = if complete {
             history
                 .iter()

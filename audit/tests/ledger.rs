@@ -630,3 +630,343 @@ fn a_forged_newest_checkpoint_refuses_to_open() {
     let err = Ledger::open(cfg).err().expect("must refuse");
     assert!(err.to_string().contains("does not verify"), "{err}");
 }
+
+// ---- tiles, indexes, compression, scrub, upgrade ---------------------------------------
+
+/// Appends records until the log holds exactly `size`, then signs a checkpoint there.
+fn grow_to(ledger: &Ledger, size: u64) {
+    let have = ledger.size();
+    let pending: Vec<_> = (have..size).map(|i| ledger.append_event(&event(i as usize)).unwrap()).collect();
+    for p in pending {
+        p.wait(WAIT).unwrap();
+    }
+    assert_eq!(ledger.checkpoint().unwrap().checkpoint.size, size);
+}
+
+/// The in-memory reference tree over every record of the log.
+fn reference(ledger: &Ledger) -> lakeledger_audit::merkle::Tree {
+    let mut t = lakeledger_audit::merkle::Tree::new();
+    for l in ledger.read(0, ledger.size()).unwrap() {
+        t.push(l.hash);
+    }
+    t
+}
+
+/// Every tile the log should hold at its size, byte for byte as the naive tree gives it.
+fn assert_tiles_match(ledger: &Ledger, dir: &Path) {
+    use lakeledger_audit::merkle::NodeSource;
+    use lakeledger_audit::tiles::{HEIGHT, WIDTH, tile_path};
+    let tree = reference(ledger);
+    let size = tree.size();
+    for level in 0..4u32 {
+        let nodes = size >> (HEIGHT * level);
+        if nodes == 0 {
+            break;
+        }
+        for index in 0..nodes.div_ceil(WIDTH) {
+            let width = (nodes - index * WIDTH).min(WIDTH);
+            let want: Vec<u8> = (0..width).flat_map(|i| tree.node(HEIGHT * level, index * WIDTH + i).unwrap()).collect();
+            let path = dir.join(tile_path(level, index, width));
+            assert_eq!(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())), want, "{} at size {size}", path.display());
+            // Served the same way, too.
+            assert_eq!(ledger.tile(level, index, width).unwrap().unwrap(), want);
+        }
+    }
+}
+
+#[test]
+fn tiles_are_byte_identical_to_a_naive_tree_around_every_boundary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    for size in [255, 256, 257, 65535, 65536, 65537] {
+        grow_to(&ledger, size);
+        assert_tiles_match(&ledger, &cfg.dir);
+    }
+    // Entry bundles hold the exact leaf bytes, each after its 16-bit length.
+    let bundle = ledger.entry_bundle(1, 256).unwrap().unwrap();
+    let leaves = ledger.read(256, 512).unwrap();
+    let mut at = 0;
+    for l in &leaves {
+        let len = u16::from_be_bytes([bundle[at], bundle[at + 1]]) as usize;
+        assert_eq!(&bundle[at + 2..at + 2 + len], &l.bytes[..]);
+        at += 2 + len;
+    }
+    assert_eq!(at, bundle.len());
+    assert!(ledger.entry_bundle(257, 1).unwrap().is_none(), "beyond the log");
+}
+
+#[test]
+fn proofs_from_tiles_equal_proofs_from_the_in_memory_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    grow_to(&ledger, 70_000);
+    // Reopened: nothing of the tree is in memory but the edge.
+    drop(ledger);
+    let (ledger, _) = Ledger::open(cfg).unwrap();
+    let tree = reference(&ledger);
+    let size = ledger.size();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |bound: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % bound
+    };
+    for _ in 0..300 {
+        let n = 1 + next(size);
+        let m = next(n);
+        assert_eq!(ledger.inclusion_proof(m, n).unwrap(), tree.inclusion_proof(m, n).unwrap(), "inclusion {m} in {n}");
+        assert_eq!(ledger.consistency_proof(m, n).unwrap(), tree.consistency_proof(m, n).unwrap(), "consistency {m} → {n}");
+        assert_eq!(ledger.root_at(n), tree.root_at(n), "root at {n}");
+    }
+    // Served proofs are checked against a signed checkpoint first.
+    let (leaf, root, proof) = ledger.prove_inclusion(12_345, size).unwrap();
+    lakeledger_audit::merkle::verify_inclusion(12_345, size, &leaf.hash, &proof, &root).unwrap();
+    assert!(ledger.cached_tiles() <= 4096);
+}
+
+fn tile_file(dir: &Path, level: u32, index: u64) -> PathBuf {
+    dir.join(lakeledger_audit::tiles::tile_path(level, index, 256))
+}
+
+#[test]
+fn a_torn_tile_or_index_is_repaired_from_the_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    grow_to(&ledger, 700);
+    drop(ledger);
+    // The newest full tile was being written when the power went.
+    let newest = tile_file(&cfg.dir, 0, 1);
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..100]).unwrap();
+    // And the segment's index lost its tail.
+    let idx = cfg.dir.join("seg-00000001.idx");
+    let len = std::fs::metadata(&idx).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&idx).unwrap().set_len(len - 40).unwrap();
+    let (ledger, report) = Ledger::open(cfg.clone()).unwrap();
+    assert!(report.rebuilt.as_deref().unwrap().contains("tile/0/001"), "{report:?}");
+    assert_eq!(std::fs::read(&newest).unwrap(), bytes, "rebuilt from the segments");
+    assert_tiles_match(&ledger, &cfg.dir);
+    // Records read through the rebuilt index; a wrong index entry is rebuilt on read too.
+    drop(ledger);
+    let mut b = std::fs::read(&idx).unwrap();
+    b[24 + 4 * 10] ^= 0x08;
+    std::fs::write(&idx, &b).unwrap();
+    let (ledger, _) = Ledger::open(cfg).unwrap();
+    assert_eq!(ledger.read(10, 11).unwrap()[0].seq, 10);
+}
+
+#[test]
+fn a_tampered_tile_is_found_by_scrub_and_never_served_as_a_proof() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    // Small segments: the first tile covers records of a sealed segment, which opening
+    // does not read again.
+    cfg.segment_max_bytes = 64 << 10;
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    grow_to(&ledger, 1200);
+    drop(ledger);
+    let clean = lakeledger_audit::scrub::scrub(&cfg.dir, false).unwrap();
+    assert!(clean.clean(), "{clean:?}");
+    assert!(clean.records > 1200 && clean.checkpoints >= 2 && clean.tiles >= 5, "{clean:?}");
+
+    // An old full tile is changed: opening does not look at it, but no proof built
+    // from it is served, and scrub names it.
+    let old = tile_file(&cfg.dir, 0, 0);
+    let mut b = std::fs::read(&old).unwrap();
+    b[32 * 7] ^= 1;
+    std::fs::write(&old, &b).unwrap();
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    let size = ledger.size();
+    let err = ledger.prove_inclusion(7, size).unwrap_err();
+    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+    assert!(ledger.prove_inclusion(900, size).is_ok(), "proofs that do not use it are served");
+    drop(ledger);
+    let found = lakeledger_audit::scrub::scrub(&cfg.dir, false).unwrap();
+    assert_eq!(found.bad_tiles, vec!["tile/0/000".to_string()], "{found:?}");
+    assert_eq!(found.first_bad_seq, Some(0));
+    // An index entry changed is named too; repair rewrites both from the segments.
+    let idx = cfg.dir.join("seg-00000001.idx");
+    let mut b = std::fs::read(&idx).unwrap();
+    b[24 + 4 * 3] ^= 0x10;
+    std::fs::write(&idx, &b).unwrap();
+    let found = lakeledger_audit::scrub::scrub(&cfg.dir, true).unwrap();
+    assert_eq!(found.bad_indexes, vec!["seg-00000001.idx".to_string()], "{found:?}");
+    assert!(found.repaired);
+    assert!(lakeledger_audit::scrub::scrub(&cfg.dir, false).unwrap().clean());
+    let (ledger, _) = Ledger::open(cfg).unwrap();
+    assert!(ledger.prove_inclusion(7, ledger.size()).is_ok());
+}
+
+#[test]
+fn scrub_names_the_first_edited_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    append_events(&ledger, 10);
+    drop(ledger);
+    edit_record_fixing_crc(&cfg.dir, 6);
+    let report = lakeledger_audit::scrub::scrub(&cfg.dir, true).unwrap();
+    assert_eq!(report.first_bad_seq, Some(7), "{report:?}");
+    assert!(!report.repaired, "segments are never rewritten");
+}
+
+#[test]
+fn sealed_segments_are_compressed_and_read_back_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_max_bytes = 64 << 10;
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    let receipts = append_events(&ledger, 3000);
+    ledger.checkpoint().unwrap();
+    let before = ledger.read(0, ledger.size()).unwrap();
+    // The compactor works off the write path; wait for it.
+    let sealed = ledger.segments().len() - 1;
+    for _ in 0..500 {
+        if ledger.segments().iter().filter(|s| s.stored == lakeledger_audit::store::Stored::Compressed).count() == sealed {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let names: Vec<String> = std::fs::read_dir(&cfg.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with(".zst")).count(), sealed, "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.ends_with(".log") && n.starts_with("seg-")).count(), 1);
+    let raw: u64 = before.iter().map(|l| l.bytes.len() as u64).sum();
+    let stored: u64 = names.iter().filter(|n| n.starts_with("seg-")).map(|n| std::fs::metadata(cfg.dir.join(n)).unwrap().len()).sum();
+    assert!(stored * 3 < raw, "compressed {stored} bytes for {raw} bytes of records");
+    let after = ledger.read(0, ledger.size()).unwrap();
+    assert_eq!(before.iter().map(|l| l.hash).collect::<Vec<_>>(), after.iter().map(|l| l.hash).collect::<Vec<_>>());
+    drop(ledger);
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    for r in &receipts {
+        assert_eq!(ledger.read(r.seq, r.seq + 1).unwrap()[0].hash, r.leaf_hash);
+    }
+    drop(ledger);
+    assert!(lakeledger_audit::scrub::scrub(&cfg.dir, false).unwrap().clean());
+}
+
+#[test]
+fn a_first_format_directory_is_upgraded_once_and_the_upgrade_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    let receipts = append_events(&ledger, 600);
+    drop(ledger);
+    // The first format had segments and checkpoints only.
+    for e in std::fs::read_dir(&cfg.dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name == "tile" {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else if name == "FORMAT" || name == "keys.log" || name.ends_with(".idx") {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let (ledger, report) = Ledger::open(cfg.clone()).unwrap();
+    assert!(report.rebuilt.as_deref().unwrap().contains("upgraded"), "{report:?}");
+    let size = ledger.size();
+    let records = ledger.read(0, size).unwrap();
+    let upgrade = records.iter().rev().find(|l| l.view().unwrap().record_type == RecordType::Recovery).expect("the upgrade is recorded");
+    assert!(upgrade.view().unwrap().payload_str().contains("upgraded"));
+    for r in &receipts {
+        assert_eq!(records[r.seq as usize].hash, r.leaf_hash);
+    }
+    assert_tiles_match(&ledger, &cfg.dir);
+    drop(ledger);
+    let (_, again) = Ledger::open(cfg).unwrap();
+    assert!(again.rebuilt.is_none(), "only once");
+}
+
+#[test]
+fn an_event_too_large_for_one_record_moves_its_details_into_continuations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ledger, _) = Ledger::open(config(tmp.path())).unwrap();
+    let mut e = event(0);
+    let big: String = (0..30_000).map(|i| format!("{:x},", i % 4096)).collect();
+    e.details.push(("entity_key_hashes".into(), big.clone()));
+    let receipt = ledger.append_event(&e).unwrap().wait(WAIT).unwrap();
+    let records = ledger.read(0, ledger.size()).unwrap();
+    let main: Value = serde_json::from_slice(records[receipt.seq as usize].view().unwrap().payload).unwrap();
+    let moved = main["details"]["entity_key_hashes"].as_str().unwrap().to_string();
+    assert!(moved.starts_with("moved to "), "{moved}");
+    let mut joined = String::new();
+    for l in &records[..receipt.seq as usize] {
+        let v: Value = serde_json::from_slice(l.view().unwrap().payload).unwrap_or_default();
+        if v["kind"] == "audit.continuation" && v["details"]["continues"] == main["event_id"] {
+            joined.push_str(v["details"]["value"].as_str().unwrap());
+        }
+    }
+    assert_eq!(joined, big, "nothing is dropped");
+}
+
+/// The child half of the kill -9 test: appends until killed, printing each receipt as
+/// soon as it is durable. Does nothing unless started by that test.
+#[test]
+fn child_appender() {
+    use std::io::Write;
+    let Ok(dir) = std::env::var("LAKELEDGER_AUDIT_CHILD_DIR") else { return };
+    let mut cfg = config(Path::new(&dir));
+    // Many segments, tiles and checkpoints, so the kill lands amid all of them.
+    cfg.segment_max_bytes = 128 << 10;
+    cfg.checkpoint_interval = Duration::from_millis(20);
+    let (ledger, _) = Ledger::open(cfg).unwrap();
+    let mut out = std::io::stdout();
+    let mut i = 0;
+    loop {
+        let pending: Vec<_> = (0..50)
+            .map(|_| {
+                i += 1;
+                ledger.append_event(&event(i)).unwrap()
+            })
+            .collect();
+        for p in pending {
+            let r = p.wait(WAIT).unwrap();
+            writeln!(out, "receipt {} {}", r.seq, hex::encode(r.leaf_hash)).unwrap();
+        }
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_while_tiles_and_segments_are_written_loses_no_receipt() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let mut receipts: BTreeMap<u64, String> = BTreeMap::new();
+    for round in 0..6 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["child_appender", "--exact", "--nocapture", "--test-threads=1"])
+            .env("LAKELEDGER_AUDIT_CHILD_DIR", tmp.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut seen = 0;
+        for line in reader.lines() {
+            let line = line.unwrap();
+            let Some(rest) = line.strip_prefix("receipt ") else { continue };
+            let (seq, hash) = rest.split_once(' ').unwrap();
+            receipts.insert(seq.parse().unwrap(), hash.to_string());
+            seen += 1;
+            // Kill at a different point each round.
+            if seen >= 1500 + 377 * round {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    assert!(ledger.segments().len() > 3);
+    let records = ledger.read(0, ledger.size()).unwrap();
+    for (seq, hash) in &receipts {
+        assert_eq!(&hex::encode(records[*seq as usize].hash), hash, "receipt {seq} is durable with its hash");
+    }
+    drop(ledger);
+    let report = lakeledger_audit::scrub::scrub(&cfg.dir, false).unwrap();
+    assert!(report.clean(), "{report:?}");
+}

@@ -181,7 +181,8 @@ pub async fn checkpoints(
 ) -> Result<axum::Json<Vec<CheckpointView>>> {
     p.require(AUDITOR, "read audit checkpoints")?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let page = state.audit.ledger.checkpoints_from(q.from_size.unwrap_or(0), limit);
+    let ledger = state.audit.ledger.clone();
+    let page = blocking(move || Ok(ledger.checkpoints_from(q.from_size.unwrap_or(0), limit)?)).await?;
     Ok(axum::Json(page.iter().map(checkpoint_view).collect()))
 }
 
@@ -217,9 +218,11 @@ pub async fn inclusion(
             Some(s) => s,
             None => ledger.checkpoint()?.checkpoint.size,
         };
-        let proof = ledger.inclusion_proof(q.seq, size)?;
-        let leaf = ledger.read(q.seq, q.seq + 1)?.pop().ok_or_else(|| Error::NotFound { kind: "audit record", name: q.seq.to_string() })?;
-        let root = ledger.root_at(size).ok_or_else(|| Error::Unprocessable(format!("size {size} is beyond the log")))?;
+        if size > ledger.size() {
+            return Err(Error::Unprocessable(format!("size {size} is beyond the log")));
+        }
+        // Checked against a signed checkpoint before it leaves.
+        let (leaf, root, proof) = ledger.prove_inclusion(q.seq, size)?;
         Ok(InclusionProof { seq: q.seq, size, leaf_hash: hex::encode(leaf.hash), root: hex::encode(root), proof: proof.iter().map(hex::encode).collect() })
     })
     .await?;
@@ -257,9 +260,12 @@ pub async fn consistency(
             Some(s) => s,
             None => ledger.checkpoint()?.checkpoint.size,
         };
-        let proof = ledger.consistency_proof(q.from, to)?;
-        let root = |s| ledger.root_at(s).map(hex::encode).ok_or_else(|| Error::Unprocessable(format!("size {s} is beyond the log")));
-        Ok(ConsistencyProof { from: q.from, to, from_root: root(q.from)?, to_root: root(to)?, proof: proof.iter().map(hex::encode).collect() })
+        if to > ledger.size() {
+            return Err(Error::Unprocessable(format!("size {to} is beyond the log")));
+        }
+        // Checked against a signed checkpoint before it leaves.
+        let (from_root, to_root, proof) = ledger.prove_consistency(q.from, to)?;
+        Ok(ConsistencyProof { from: q.from, to, from_root: hex::encode(from_root), to_root: hex::encode(to_root), proof: proof.iter().map(hex::encode).collect() })
     })
     .await?;
     Ok(axum::Json(proof))
