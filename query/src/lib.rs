@@ -12,6 +12,8 @@ pub mod feature_rows;
 pub mod formats;
 pub mod ingest;
 pub mod point_in_time;
+#[cfg(feature = "s3")]
+mod s3;
 pub mod schema;
 pub mod sql;
 pub mod tables;

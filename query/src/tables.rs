@@ -67,7 +67,11 @@ pub fn register_storage_handlers() {
     #[cfg(feature = "s3")]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
+        // The AWS SDK's credential chain when built in (profiles, SSO), else object_store's.
+        #[cfg(feature = "s3-aws-sdk")]
         ONCE.call_once(|| deltalake::aws::register_handlers(None));
+        #[cfg(not(feature = "s3-aws-sdk"))]
+        ONCE.call_once(crate::s3::register);
     }
 }
 
@@ -539,6 +543,32 @@ impl TableStore {
         let mut names: Vec<String> = listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
         names.sort();
         Ok(names)
+    }
+
+    /// Writes one object at `relative` under the root unless one is there already (a
+    /// conditional put): `false` when it was. Never replaces an object.
+    pub async fn put_object_new(&self, relative: &str, bytes: Bytes) -> Result<bool> {
+        let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
+        let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match store.put_opts(&Path::from(relative), bytes.into(), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(Error::Storage(e.to_string())),
+        }
+    }
+
+    /// The names (relative to the root) of the objects directly in the folder `folder`
+    /// (`""` for the root) whose file name starts with `name_prefix`.
+    pub async fn list_objects(&self, folder: &str, name_prefix: &str) -> Result<Vec<String>> {
+        let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
+        let prefix = (!folder.is_empty()).then(|| Path::from(folder));
+        let listing = store.list_with_delimiter(prefix.as_ref()).await.map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(listing
+            .objects
+            .iter()
+            .filter(|o| o.location.filename().is_some_and(|n| n.starts_with(name_prefix)))
+            .map(|o| o.location.to_string())
+            .collect())
     }
 
     /// Reads one object at `relative` under the root; `None` when there is none.

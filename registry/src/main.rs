@@ -3,7 +3,6 @@
 
 #![forbid(unsafe_code)]
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    lakeledger::cli::run().await
+fn main() -> std::process::ExitCode {
+    lakeledger::cli::main()
 }

@@ -112,6 +112,19 @@ fn init_logs(json: bool) {
     }
 }
 
+/// The process entry point: runs [`run`] on a multi-threaded runtime. (Starting the
+/// runtime here rather than in `main.rs` lets this crate compile the whole server's
+/// futures, in parallel with the rest of it, instead of leaving them to the binary.)
+pub fn main() -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Parses the command line and runs the command.
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();

@@ -4,6 +4,7 @@
 //! production), chosen by URL scheme. Both run the same SQL, kept portable on purpose,
 //! and each has its own migration folder.
 
+mod migrations;
 mod sql;
 
 use std::sync::Arc;

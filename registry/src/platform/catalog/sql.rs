@@ -748,7 +748,7 @@ impl SqliteCatalog {
             .busy_timeout(std::time::Duration::from_secs(10))
             .foreign_keys(true);
         let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        super::migrations::migrator(super::migrations::SQLITE).run(&pool).await?;
         Ok(SqliteCatalog { pool })
     }
 }
@@ -760,7 +760,7 @@ impl PostgresCatalog {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await?;
-        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        super::migrations::migrator(super::migrations::POSTGRES).run(&pool).await?;
         Ok(PostgresCatalog { pool })
     }
 }
