@@ -260,6 +260,9 @@ def verify_consistency(old, new, old_root, new_root, proof):
 
 RECORD_TYPES = {0: "genesis", 1: "event", 2: "recovery", 3: "startup", 4: "shutdown", 5: "key_rotation"}
 FILES = ["leaves.jsonl", "checkpoints.jsonl", "proofs.json", "keys.txt"]
+# Version 2 carries each record's inclusion proof on its line ("inclusion"); version 1
+# gathered them in proofs.json under "inclusion", keyed by seq.
+FORMATS = ["lakeledger-audit-package/1", "lakeledger-audit-package/2"]
 
 
 def read_package(path):
@@ -287,6 +290,8 @@ def decode_leaf(b, seq):
 
 def verify(files, keys, kept_note=None):
     manifest = json.loads(files["manifest.json"])
+    if manifest.get("format") not in FORMATS:
+        raise VerifyError(f"manifest format is {manifest.get('format')!r}, expected one of {FORMATS}")
     for name in FILES:
         if hashlib.sha256(files[name].encode()).hexdigest() != manifest["files"][name]:
             raise VerifyError(f"{name} does not match its hash in the manifest")
@@ -309,9 +314,9 @@ def verify(files, keys, kept_note=None):
         if rtype == "key_rotation":
             p = json.loads(payload)
             rotation = (p["old_key"], p["new_key"])
-        records.append((seq, h, prev, rotation))
+        records.append((seq, h, prev, rotation, v.get("inclusion")))
 
-    for i, (seq, h, prev, _) in enumerate(records):
+    for i, (seq, h, prev, _, _) in enumerate(records):
         if i > 0:
             pseq, ph = records[i - 1][0], records[i - 1][1]
             if seq <= pseq:
@@ -369,8 +374,8 @@ def verify(files, keys, kept_note=None):
     proofs = json.loads(files["proofs.json"])
     consistency = {(c["old"], c["new"]): [bytes.fromhex(x) for x in c["proof"]] for c in proofs["consistency"]}
     if not complete:
-        for seq, h, _, _ in records:
-            proof = proofs["inclusion"].get(str(seq))
+        for seq, h, _, _, inline in records:
+            proof = inline if inline is not None else proofs.get("inclusion", {}).get(str(seq))
             if proof is None or root_from_inclusion(seq, end_size, h, [bytes.fromhex(x) for x in proof]) != end_root:
                 raise VerifyError("record is not in the log of the end checkpoint", seq)
         for (a, ra), (b, rb) in zip(cps, cps[1:]):

@@ -124,7 +124,10 @@ pub fn tail(dir: &Path) -> Result<Tail> {
 fn line_at_or_after(f: &File, at: u64, len: u64) -> Result<Option<(u64, u64, StoredCheckpoint)>> {
     let mut r = BufReader::new(f);
     let mut start = 0;
-    if at > 0 {
+    // The handle's position is shared by every call: always seek.
+    if at == 0 {
+        r.seek(SeekFrom::Start(0)).map_err(Error::io(format!("seek {FILE}")))?;
+    } else {
         // A line starts at `at` exactly when the byte before it ends a line.
         r.seek(SeekFrom::Start(at - 1)).map_err(Error::io(format!("seek {FILE}")))?;
         let mut skipped = Vec::new();
@@ -172,6 +175,34 @@ pub fn from_size(dir: &Path, from_size: u64, limit: usize) -> Result<Vec<StoredC
         at = end;
     }
     Ok(out)
+}
+
+/// The newest checkpoint of at most `size` records, by binary search.
+pub fn newest_at_most(dir: &Path, size: u64) -> Result<Option<StoredCheckpoint>> {
+    let path = dir.join(FILE);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Io { context: format!("open {}", path.display()), source: e }),
+    };
+    let len = f.metadata().map_err(Error::io(format!("stat {}", path.display())))?.len();
+    // The largest offset whose next line holds at most `size` records; that line is it.
+    let at_most = |at: u64| -> Result<Option<StoredCheckpoint>> {
+        Ok(line_at_or_after(&f, at, len)?.map(|(_, _, cp)| cp).filter(|cp| cp.checkpoint.size <= size))
+    };
+    let Some(mut best) = at_most(0)? else { return Ok(None) };
+    let (mut lo, mut hi) = (0u64, len);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match at_most(mid)? {
+            Some(cp) => {
+                best = cp;
+                lo = mid;
+            }
+            None => hi = mid,
+        }
+    }
+    Ok(Some(best))
 }
 
 /// Every checkpoint, oldest first, one at a time (scrub, exports).

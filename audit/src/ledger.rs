@@ -41,6 +41,7 @@ use crate::leaf::{self, MAX_PAYLOAD, RecordType, StoredLeaf};
 use crate::merkle::{self, Hash, NodeSource, leaf_hash, verify_consistency, verify_inclusion};
 use crate::note::{Checkpoint, SignerKey, VerifierKey};
 use crate::segment::{self, HEADER_LEN, SegmentHeader};
+use crate::search;
 use crate::seq_index::{self, IndexWriter};
 use crate::store::{self, BlockCache, SegmentFile, Stored};
 use crate::tiles::{self, Edge, TileCache, TileDir, TileNodes};
@@ -74,6 +75,9 @@ pub struct LedgerConfig {
     pub block_cache: usize,
     /// Compress sealed segments once a checkpoint covers them.
     pub compress_sealed: bool,
+    /// Where archived segments are fetched back from once their local copy is dropped
+    /// (see [`crate::archive`]).
+    pub archive: Option<Arc<dyn crate::archive::ArchiveStore>>,
 }
 
 impl LedgerConfig {
@@ -89,6 +93,7 @@ impl LedgerConfig {
             tile_cache: 4096,
             block_cache: 64,
             compress_sealed: true,
+            archive: None,
         }
     }
 }
@@ -144,6 +149,25 @@ struct Shared {
     state: RwLock<State>,
     /// Why the writer stopped taking records; once set, every append fails.
     failure: Mutex<Option<String>>,
+    search: Mutex<SearchCache>,
+    archive: Option<Arc<dyn crate::archive::ArchiveStore>>,
+}
+
+/// The search indexes in use: sealed segments' (bounded), and the open segment's, kept
+/// in memory and caught up from the log when a query reaches it.
+struct SearchCache {
+    sealed: crate::lru::Lru<u32, search::Terms>,
+    open: Option<(u32, search::Builder)>,
+}
+
+/// A page of records found by [`Ledger::search`].
+#[derive(Debug)]
+pub struct SearchPage {
+    pub leaves: Vec<StoredLeaf>,
+    /// Where the next page starts; `None` when the range was searched to its end.
+    pub next_seq: Option<u64>,
+    /// Records in the log when the search began.
+    pub size: u64,
 }
 
 #[derive(Clone)]
@@ -311,7 +335,11 @@ pub(crate) fn segment_infos(dir: &Path) -> Result<Vec<(SegmentInfo, SegmentHeade
         if number as usize != i + 1 {
             return Err(Error::Corrupt(format!("segment {name} found where segment {} was expected", i + 1)));
         }
-        let header = SegmentFile::open(dir, number, stored)?.header()?;
+        // A segment moved to the archive left its header behind in a stub.
+        let header = match SegmentFile::open(dir, number, stored) {
+            Ok(f) => f.header()?,
+            Err(e) => store::Stub::read(dir, number)?.ok_or(e)?.header,
+        };
         if header.number != number {
             return Err(Error::Corrupt(format!("{name}: header says segment {}", header.number)));
         }
@@ -371,6 +399,7 @@ pub(crate) fn scan(
     roots: &mut dyn FnMut(u64, &Edge) -> Result<()>,
     sizes: &mut dyn Iterator<Item = u64>,
     staging: &TileDir,
+    archive: Option<&dyn crate::archive::ArchiveStore>,
 ) -> Result<Scan> {
     let mut last_hash = prev;
     let mut seq = segments.get(from).map_or(edge.size(), |(info, _)| info.first_seq);
@@ -387,7 +416,7 @@ pub(crate) fn scan(
     }
     let count = segments.len();
     for (i, (info, header)) in segments.iter().enumerate().skip(from) {
-        let mut file = SegmentFile::open(dir, info.number, info.stored)?;
+        let mut file = store::open_or_fetch(dir, info.number, info.stored, archive)?;
         let name = file.name().to_string();
         let bytes = file.read_all()?;
         if header.first_seq != seq || header.prev_leaf != last_hash {
@@ -625,14 +654,14 @@ impl Ledger {
             Ok(())
         };
         let quick = !rebuilding;
-        let scanned = scan(&cfg.dir, &segments, start.from, start.edge, start.prev, &tiles, &tile_cache, start.keys, &mut note_root, &mut sizes, &staging);
+        let scanned = scan(&cfg.dir, &segments, start.from, start.edge, start.prev, &tiles, &tile_cache, start.keys, &mut note_root, &mut sizes, &staging, cfg.archive.as_deref());
         let (scan, rebuilding) = match scanned {
             // A record's chain holds but its tile does not: the tiles are rebuilt.
             Err(Error::Corrupt(why)) if quick && why.starts_with(TILES_DISAGREE) => {
                 rebuilt = Some(format!("rebuilt the tiles and indexes from the segments: {why}"));
                 let _ = fs::remove_dir_all(&staging_dir);
                 let mut sizes = tail.latest.iter().map(|c| c.checkpoint.size);
-                let scan = scan(&cfg.dir, &segments, 0, Edge::new(), [0u8; 32], &tiles, &tile_cache, Vec::new(), &mut note_root, &mut sizes, &staging)?;
+                let scan = scan(&cfg.dir, &segments, 0, Edge::new(), [0u8; 32], &tiles, &tile_cache, Vec::new(), &mut note_root, &mut sizes, &staging, cfg.archive.as_deref())?;
                 (scan, true)
             }
             other => (other?, rebuilding),
@@ -748,6 +777,8 @@ impl Ledger {
             blocks: Arc::new(Mutex::new(BlockCache::new(cfg.block_cache))),
             state: RwLock::new(State { edge: scan.edge.clone(), latest: tail.latest.clone(), keys, segments: infos.clone() }),
             failure: Mutex::new(None),
+            search: Mutex::new(SearchCache { sealed: crate::lru::Lru::new(256), open: None }),
+            archive: cfg.archive.clone(),
         });
         let (compact_tx, compact_rx) = mpsc::channel::<u32>();
         let compactor = {
@@ -836,6 +867,12 @@ impl Ledger {
     /// Every key that has signed for this log, oldest first.
     pub fn public_keys(&self) -> Vec<VerifierKey> {
         self.read_state().keys.iter().map(|(_, k)| k.clone()).collect()
+    }
+
+    /// Every key that has signed for this log, with the seq of the record that introduced
+    /// it (the genesis record, then each rotation record).
+    pub fn key_history(&self) -> Vec<(u64, VerifierKey)> {
+        self.read_state().keys.clone()
     }
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -991,10 +1028,17 @@ impl Ledger {
             Stored::Raw => Stored::Compressed,
             Stored::Compressed => Stored::Raw,
         };
-        // A sealed segment may have been compressed since the state was read.
+        // A sealed segment may have been compressed since the state was read, or
+        // moved to the archive.
         let f = match SegmentFile::open(&self.shared.dir, info.number, info.stored) {
             Ok(f) => f,
-            Err(first) => SegmentFile::open(&self.shared.dir, info.number, other).map_err(|_| first)?,
+            Err(first) => match SegmentFile::open(&self.shared.dir, info.number, other) {
+                Ok(f) => f,
+                Err(_) => store::open_or_fetch(&self.shared.dir, info.number, Stored::Compressed, self.shared.archive.as_deref()).map_err(|e| match e {
+                    Error::Io { .. } => first,
+                    other => other,
+                })?,
+            },
         };
         Ok(f.with_cache(self.shared.blocks.clone()))
     }
@@ -1052,6 +1096,114 @@ impl Ledger {
             seq = end;
         }
         Ok(out)
+    }
+
+    /// Records matching `filter`, oldest first, at most `limit`. The search index names
+    /// the candidates; each is read back from its segment (checked against the tree) and
+    /// tested against the filter again, so the index can narrow a search but never add a
+    /// record to it.
+    pub fn search(&self, filter: &crate::package::RecordFilter, limit: usize) -> Result<SearchPage> {
+        let (segments, size) = {
+            let st = self.read_state();
+            (st.segments.clone(), st.edge.size())
+        };
+        let end = filter.to_seq.unwrap_or(size).min(size);
+        let mut at = filter.from_seq.unwrap_or(0);
+        let mut leaves = Vec::new();
+        'segments: while at < end && leaves.len() < limit {
+            let k = segment_of(&segments, at).ok_or_else(|| Error::Corrupt(format!("no segment holds record {at}")))?;
+            let info = segments[k];
+            let seg_end = segments.get(k + 1).map_or(end, |s| s.first_seq.min(end));
+            let (lo, hi, candidates) = self.with_index(info, k + 1 == segments.len(), size, |idx| {
+                let (tlo, thi) = idx.time_range(filter.since_ns, filter.until_ns);
+                let lo = (at - info.first_seq).max(tlo);
+                let hi = (seg_end - info.first_seq).min(thi);
+                let c = if lo < hi { search::candidates(idx, filter, lo, hi)? } else { Some(Vec::new()) };
+                Ok((lo, hi, c))
+            })?;
+            let take = |leaf: StoredLeaf, leaves: &mut Vec<StoredLeaf>| -> Result<bool> {
+                if filter.matches(&leaf.view()?) {
+                    leaves.push(leaf);
+                }
+                Ok(leaves.len() == limit)
+            };
+            match candidates {
+                Some(offsets) => {
+                    for o in offsets {
+                        let seq = info.first_seq + o as u64;
+                        if let Some(leaf) = self.read(seq, seq + 1)?.pop()
+                            && take(leaf, &mut leaves)?
+                        {
+                            at = seq + 1;
+                            continue 'segments;
+                        }
+                    }
+                }
+                None => {
+                    let mut seq = info.first_seq + lo;
+                    let stop = info.first_seq + hi;
+                    while seq < stop {
+                        for leaf in self.read(seq, (seq + 1024).min(stop))? {
+                            seq = leaf.seq + 1;
+                            if take(leaf, &mut leaves)? {
+                                at = seq;
+                                continue 'segments;
+                            }
+                        }
+                    }
+                }
+            }
+            at = seg_end;
+        }
+        Ok(SearchPage { leaves, next_seq: (at < end).then_some(at), size })
+    }
+
+    /// Runs `f` on a segment's search index: a sealed one's from its file (rebuilt from
+    /// the segment when missing or damaged), the open one's caught up to `size`.
+    fn with_index<T>(&self, info: SegmentInfo, open: bool, size: u64, f: impl Fn(&dyn search::Index) -> Result<T>) -> Result<T> {
+        if !open {
+            match f(&*self.sealed_index(info)?) {
+                Err(Error::Corrupt(why)) if why == search::DAMAGED => {
+                    let _ = fs::remove_file(self.shared.dir.join(search::file_name(info.number)));
+                    self.shared.search.lock().unwrap_or_else(|e| e.into_inner()).sealed.remove(info.number);
+                    return f(&*self.sealed_index(info)?);
+                }
+                other => return other,
+            }
+        }
+        let mut cache = self.shared.search.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.open.as_ref().is_none_or(|(n, _)| *n != info.number) {
+            cache.open = Some((info.number, search::Builder::new(info.first_seq)));
+        }
+        let (_, b) = cache.open.as_mut().expect("just set");
+        while b.next_seq() < size {
+            let from = b.next_seq();
+            for leaf in self.read(from, (from + 4096).min(size))? {
+                b.add(&leaf.view()?);
+            }
+        }
+        f(&*b)
+    }
+
+    /// A sealed segment's search index, from the cache or its file, built from the
+    /// segment when missing or not whole.
+    fn sealed_index(&self, info: SegmentInfo) -> Result<Arc<search::Terms>> {
+        let mut cache = self.shared.search.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.sealed.get(info.number) {
+            return Ok(t);
+        }
+        let t = match search::Terms::load(&self.shared.dir, info.number, info.first_seq) {
+            Some(t) => t,
+            None => {
+                let file = self.open_segment(info)?;
+                search::build_from_segment(&file.read_at(0, file.len()? as usize)?, info.first_seq)?.write(&self.shared.dir, info.number)?;
+                search::Terms::load(&self.shared.dir, info.number, info.first_seq)
+                    .ok_or_else(|| Error::Corrupt(format!("the search index of segment {} does not read back", info.number)))?
+            }
+        };
+        let t = Arc::new(t);
+        cache.sealed.put(info.number, t.clone());
+        Ok(t)
     }
 
     /// Rebuilds the seq index of a segment from its frames (it was missing or behind).
@@ -1147,13 +1299,31 @@ impl Drop for Ledger {
 
 /// Compresses sealed segments the writer hands over, one at a time, off the write path.
 /// Ends when the writer does.
+/// Builds and writes a sealed segment's search index from its frames.
+fn build_terms(dir: &Path, number: u32, stored: Stored, first_seq: u64) -> Result<search::Builder> {
+    let mut file = SegmentFile::open(dir, number, stored)?;
+    let b = search::build_from_segment(&file.read_all()?, first_seq)?;
+    b.write(dir, number)?;
+    Ok(b)
+}
+
 fn compact(shared: Arc<Shared>, rx: Receiver<u32>) {
     while let Ok(number) = rx.recv() {
         match store::compress(&shared.dir, number) {
             Ok(_) => {
-                let mut st = shared.state.write().unwrap_or_else(|e| e.into_inner());
-                if let Some(s) = st.segments.iter_mut().find(|s| s.number == number) {
-                    s.stored = Stored::Compressed;
+                let first_seq = {
+                    let mut st = shared.state.write().unwrap_or_else(|e| e.into_inner());
+                    st.segments.iter_mut().find(|s| s.number == number).map(|s| {
+                        s.stored = Stored::Compressed;
+                        s.first_seq
+                    })
+                };
+                // The search index of a sealed segment is written once, off the write path.
+                if let Some(first_seq) = first_seq
+                    && search::Terms::load(&shared.dir, number, first_seq).is_none()
+                    && let Err(e) = build_terms(&shared.dir, number, Stored::Compressed, first_seq)
+                {
+                    eprintln!("audit ledger: indexing segment {number} failed ({e}); queries rebuild it");
                 }
             }
             // Left as written; a later open hands it over again.
@@ -1296,18 +1466,27 @@ impl Writer {
         let mut written: Vec<(Option<Receipt>, Arc<Slot>)> = Vec::with_capacity(batch.len());
         let mut leaf_bytes = Vec::with_capacity(1024);
         let mut failure = None;
+        // How many of `written` are in the tree.
+        let mut pushed = 0;
         for (record_type, payload, slot) in batch {
             if failure.is_some() {
                 written.push((None, slot));
                 continue;
             }
-            // A full segment is finished (written, synced, indexed) before the next one starts.
-            if self.seg.len + buf.len() as u64 >= self.segment_max_bytes
-                && let Err(why) = self.flush(&mut buf, &mut offsets).and_then(|_| self.rotate_segment().map_err(|e| e.to_string()))
-            {
-                failure = Some(why);
-                written.push((None, slot));
-                continue;
+            // A full segment is finished (written, synced, indexed, in the tree and under
+            // a checkpoint of exactly its end) before the next one starts, so every
+            // sealed segment can be verified, compressed and archived on its own.
+            if self.seg.len + buf.len() as u64 >= self.segment_max_bytes {
+                let sealed = self.flush(&mut buf, &mut offsets).and_then(|_| {
+                    pushed = self.grow_edge(&written, pushed)?;
+                    self.rotate_segment().map_err(|e| e.to_string())?;
+                    self.sign_checkpoint().map(|_| ()).map_err(|e| e.to_string())
+                });
+                if let Err(why) = sealed {
+                    failure = Some(why);
+                    written.push((None, slot));
+                    continue;
+                }
             }
             let ts = now_ns().max(self.last_ts);
             leaf_bytes.clear();
@@ -1325,19 +1504,9 @@ impl Writer {
         {
             failure = Some(why);
         }
-        // What is durable joins the tree; the tiles it completes are written before
-        // readers can ask for them.
-        for r in written.iter().filter_map(|(r, _)| *r).filter(|r| r.seq < self.durable) {
-            for t in self.edge.push(r.leaf_hash) {
-                match self.shared.tiles.write(t.level, t.index, &t.hashes) {
-                    Ok(paths) => self.dirty.extend(paths),
-                    Err(e) => {
-                        failure.get_or_insert_with(|| format!("writing a tile failed: {e}"));
-                    }
-                }
-            }
+        if let Err(why) = self.grow_edge(&written, pushed) {
+            failure.get_or_insert(why);
         }
-        self.shared.state.write().unwrap_or_else(|e| e.into_inner()).edge = self.edge.clone();
         if let Some(why) = failure {
             // Records already on disk keep their place (recovery finds them); nothing more
             // is taken.
@@ -1353,6 +1522,33 @@ impl Writer {
         for (r, slot) in written {
             slot.complete(Ok(r.expect("written")));
         }
+    }
+
+    /// Puts the durable records of `written[from..]` into the tree; the tiles they
+    /// complete are written before readers can ask for them. Returns how many of
+    /// `written` are in the tree now.
+    fn grow_edge(&mut self, written: &[(Option<Receipt>, Arc<Slot>)], from: usize) -> std::result::Result<usize, String> {
+        let mut failure = None;
+        let mut done = from;
+        for (r, _) in &written[from..] {
+            match r {
+                Some(r) if r.seq < self.durable => {
+                    for t in self.edge.push(r.leaf_hash) {
+                        match self.shared.tiles.write(t.level, t.index, &t.hashes) {
+                            Ok(paths) => self.dirty.extend(paths),
+                            Err(e) => {
+                                failure.get_or_insert_with(|| format!("writing a tile failed: {e}"));
+                            }
+                        }
+                    }
+                }
+                Some(_) => break,
+                None => {}
+            }
+            done += 1;
+        }
+        self.shared.state.write().unwrap_or_else(|e| e.into_inner()).edge = self.edge.clone();
+        failure.map_or(Ok(done), Err)
     }
 
     /// Writes and syncs `buf` to the current segment and indexes its records. A write

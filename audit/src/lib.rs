@@ -24,6 +24,7 @@
 //!
 //! All integers in the binary formats are big-endian.
 
+pub mod archive;
 pub mod checkpoints;
 pub mod error;
 pub mod event;
@@ -34,6 +35,7 @@ pub mod merkle;
 pub mod note;
 pub mod package;
 pub mod scrub;
+pub mod search;
 pub mod segment;
 pub mod seq_index;
 pub mod store;
@@ -44,8 +46,8 @@ pub use error::{Error, ProofError, Result};
 pub use event::{Event, Phase};
 pub use leaf::{RecordType, StoredLeaf};
 pub use checkpoints::StoredCheckpoint;
-pub use ledger::{Ledger, LedgerConfig, OpenReport, PendingReceipt, Receipt, SegmentInfo, key_file};
+pub use ledger::{Ledger, LedgerConfig, OpenReport, PendingReceipt, Receipt, SearchPage, SegmentInfo, key_file};
 pub use merkle::Hash;
 pub use note::{Checkpoint, SignerKey, VerifierKey};
-pub use package::{Package, RecordFilter};
-pub use verify::{Summary, verify_package};
+pub use package::{DirSink, Export, ExportSummary, JsonSink, Package, RecordFilter, Sink};
+pub use verify::{DirSource, JsonFileSource, Source, Summary, open_source, verify, verify_package};

@@ -41,6 +41,10 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
         self.entries.insert(key, (value, self.tick));
     }
 
+    pub fn remove(&mut self, key: K) {
+        self.entries.remove(&key);
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

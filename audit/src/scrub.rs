@@ -112,6 +112,11 @@ fn files_below(root: &Path) -> Vec<PathBuf> {
 
 /// Scrubs the log in `dir`, which no ledger may have open.
 pub fn scrub(dir: &Path, repair: bool) -> Result<ScrubReport> {
+    scrub_with(dir, repair, None)
+}
+
+/// [`scrub`], fetching segments moved to `archive` back to check them too.
+pub fn scrub_with(dir: &Path, repair: bool, archive: Option<&dyn crate::archive::ArchiveStore>) -> Result<ScrubReport> {
     let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(Error::io("open the audit lock file"))?;
     lock.try_lock().map_err(|_| Error::Locked(dir.to_path_buf()))?;
     let mut report = ScrubReport::default();
@@ -147,7 +152,7 @@ pub fn scrub(dir: &Path, repair: bool) -> Result<ScrubReport> {
         Some(s) => s,
         None => &mut no_sizes,
     };
-    let scanned = scan(dir, &segments, 0, Edge::new(), [0u8; 32], &main, &cache, Vec::new(), &mut check_root, sizes, &staging);
+    let scanned = scan(dir, &segments, 0, Edge::new(), [0u8; 32], &main, &cache, Vec::new(), &mut check_root, sizes, &staging, archive);
     report.checkpoints = checked;
     let scan = match scanned {
         Ok(s) => s,

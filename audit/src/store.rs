@@ -46,6 +46,74 @@ pub fn parse_compressed_name(name: &str) -> Option<u32> {
     (n.len() == 8 && n.bytes().all(|c| c.is_ascii_digit())).then(|| n.parse().ok()).flatten()
 }
 
+/// What stays on the node of a sealed segment whose local copy was dropped once it was
+/// archived: enough to list it, read its header, and check the copy fetched back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stub {
+    pub header: SegmentHeader,
+    /// SHA-256 and length of the `.zst` file as archived.
+    pub sha256: [u8; 32],
+    pub len: u64,
+}
+
+pub fn stub_name(number: u32) -> String {
+    format!("seg-{number:08}.archived")
+}
+
+fn parse_stub_name(name: &str) -> Option<u32> {
+    let n = name.strip_prefix("seg-")?.strip_suffix(".archived")?;
+    (n.len() == 8 && n.bytes().all(|c| c.is_ascii_digit())).then(|| n.parse().ok()).flatten()
+}
+
+impl Stub {
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let mut o = crate::event::Obj::new();
+        o.str("header", &hex::encode(self.header.encode())).str("sha256", &hex::encode(self.sha256)).u64("bytes", self.len);
+        let path = dir.join(stub_name(self.header.number));
+        let tmp = path.with_extension("archived.tmp");
+        let mut f = File::create(&tmp).map_err(Error::io(format!("create {}", tmp.display())))?;
+        f.write_all(o.finish().as_bytes()).and_then(|_| f.sync_all()).map_err(Error::io(format!("write {}", tmp.display())))?;
+        fs::rename(&tmp, &path).map_err(Error::io(format!("rename {}", tmp.display())))?;
+        crate::ledger::sync_dir(dir)
+    }
+
+    pub fn read(dir: &Path, number: u32) -> Result<Option<Stub>> {
+        let path = dir.join(stub_name(number));
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Io { context: format!("read {}", path.display()), source: e }),
+        };
+        let bad = || Error::Corrupt(format!("{} is damaged", path.display()));
+        let v: serde_json::Value = serde_json::from_slice(&text).map_err(|_| bad())?;
+        let header = hex::decode(v["header"].as_str().unwrap_or_default()).ok().and_then(|b| SegmentHeader::decode(&b).ok()).ok_or_else(bad)?;
+        let sha256 = hex::decode(v["sha256"].as_str().unwrap_or_default()).ok().and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+        Ok(Some(Stub { header, sha256, len: v["bytes"].as_u64().ok_or_else(bad)? }))
+    }
+}
+
+/// Opens a segment; one that was moved to the archive is fetched back first, checked
+/// against its stub, and kept locally again (a later archive pass drops it again).
+pub fn open_or_fetch(dir: &Path, number: u32, stored: Stored, archive: Option<&dyn crate::archive::ArchiveStore>) -> Result<SegmentFile> {
+    let missing = match SegmentFile::open(dir, number, stored) {
+        Ok(f) => return Ok(f),
+        Err(e) => e,
+    };
+    let Some(stub) = Stub::read(dir, number)? else { return Err(missing) };
+    let name = compressed_name(number);
+    let archive = archive.ok_or_else(|| Error::Unavailable(format!("segment {number} was moved to the audit archive, and no archive is configured")))?;
+    let bytes = archive.get(&name)?.ok_or_else(|| Error::Corrupt(format!("the audit archive has no {name}")))?;
+    if bytes.len() as u64 != stub.len || <sha2::Sha256 as sha2::Digest>::digest(&bytes)[..] != stub.sha256 {
+        return Err(Error::Corrupt(format!("the audit archive's {name} is not the copy this node archived")));
+    }
+    let path = dir.join(&name);
+    let tmp = path.with_extension("zst.tmp");
+    let mut f = File::create(&tmp).map_err(Error::io(format!("create {}", tmp.display())))?;
+    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(Error::io(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, &path).map_err(Error::io(format!("rename {}", tmp.display())))?;
+    SegmentFile::open(dir, number, Stored::Compressed)
+}
+
 /// How a segment is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -305,6 +373,16 @@ impl SegmentFile {
 /// The segments of a directory: `(number, how it is stored)`, in order. A segment found
 /// both ways (a compression cut short) counts as written; its compressed copy is removed.
 pub fn list(dir: &Path) -> Result<Vec<(u32, Stored, PathBuf)>> {
+    list_in(dir, true)
+}
+
+/// [`list`] without tidying anything: for directories this process does not own (an
+/// archive copy, a log being verified).
+pub fn list_read_only(dir: &Path) -> Result<Vec<(u32, Stored, PathBuf)>> {
+    list_in(dir, false)
+}
+
+fn list_in(dir: &Path, tidy: bool) -> Result<Vec<(u32, Stored, PathBuf)>> {
     let mut raw = Vec::new();
     let mut compressed = Vec::new();
     for entry in fs::read_dir(dir).map_err(Error::io(format!("list {}", dir.display())))? {
@@ -312,16 +390,22 @@ pub fn list(dir: &Path) -> Result<Vec<(u32, Stored, PathBuf)>> {
         let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
         if let Some(n) = segment::parse_file_name(&name) {
             raw.push(n);
-        } else if let Some(n) = parse_compressed_name(&name) {
-            compressed.push(n);
-        } else if name.ends_with(".zst.tmp") {
+        } else if let Some(n) = parse_compressed_name(&name).or_else(|| parse_stub_name(&name)) {
+            // A segment moved to the archive counts as its compressed form; reading it
+            // fetches that back (see `open_or_fetch`).
+            if !compressed.contains(&n) {
+                compressed.push(n);
+            }
+        } else if tidy && name.ends_with(".zst.tmp") {
             let _ = fs::remove_file(entry.path());
         }
     }
     let mut out: Vec<(u32, Stored, PathBuf)> = Vec::new();
     for n in &compressed {
         if raw.contains(n) {
-            let _ = fs::remove_file(dir.join(compressed_name(*n)));
+            if tidy {
+                let _ = fs::remove_file(dir.join(compressed_name(*n)));
+            }
         } else {
             out.push((*n, Stored::Compressed, dir.join(compressed_name(*n))));
         }

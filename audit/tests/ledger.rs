@@ -970,3 +970,308 @@ fn kill_9_while_tiles_and_segments_are_written_loses_no_receipt() {
     let report = lakeledger_audit::scrub::scrub(&cfg.dir, false).unwrap();
     assert!(report.clean(), "{report:?}");
 }
+
+/// An event whose payload needs every kind of JSON escaping on its way into a package.
+fn awkward_event() -> Event {
+    let mut e = Event::new("data.read", Phase::Intent);
+    e.resource.name = Some("group_\"quoted\"\\back\nslash\ttab\u{1}é😀".into());
+    e.actor.tenant = Some("acme".into());
+    e
+}
+
+#[test]
+fn packages_stream_to_a_directory_or_a_json_file_and_verify_in_place() {
+    use lakeledger_audit::{DirSink, DirSource, Export, JsonFileSource, JsonSink, verify};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_max_bytes = 64 << 10;
+    let (ledger, _) = Ledger::open(cfg).unwrap();
+    append_events(&ledger, 500);
+    let kept = ledger.checkpoint().unwrap().checkpoint;
+    ledger.append_event(&awkward_event()).unwrap().wait(WAIT).unwrap();
+    append_events(&ledger, 2500);
+    let k = keys(&ledger);
+    let acme = RecordFilter { tenant: Some("acme".into()), ..Default::default() };
+
+    for (name, filter) in [("complete", RecordFilter::default()), ("acme", acme)] {
+        let dir = tmp.path().join(format!("{name}-dir"));
+        let summary = Export::prepare(&ledger, &filter, Some(kept.size)).unwrap().write_to(&mut DirSink::create(&dir).unwrap()).unwrap();
+        let from_dir = verify(&DirSource(dir.clone()), &k, Some(&kept.note)).unwrap();
+        assert_eq!((from_dir.records, from_dir.end_size, from_dir.complete), (summary.records, summary.end_size, summary.complete));
+
+        let file = tmp.path().join(format!("{name}.json"));
+        let mut sink = JsonSink::new(std::fs::File::create(&file).unwrap()).unwrap();
+        let summary = Export::prepare(&ledger, &filter, Some(kept.size)).unwrap().write_to(&mut sink).unwrap();
+        sink.into_inner().unwrap();
+        // The streamed document is plain JSON holding the same files as the directory.
+        let text = std::fs::read_to_string(&file).unwrap();
+        let pkg = Package::from_json(&text).unwrap();
+        assert!(pkg.files["leaves.jsonl"].contains("\\\"quoted\\\""), "the awkward payload survives escaping");
+        let in_place = verify(&JsonFileSource::open(&file).unwrap(), &k, Some(&kept.note)).unwrap();
+        assert_eq!(in_place, verify_package(&pkg, &k, Some(&kept.note)).unwrap());
+        assert_eq!(in_place.records, summary.records);
+        if name == "acme" {
+            assert!(!in_place.complete && in_place.records > 100);
+            let line: Value = serde_json::from_str(pkg.files["leaves.jsonl"].lines().next().unwrap()).unwrap();
+            assert!(line["inclusion"].is_array(), "each record carries its own proof");
+        }
+
+        // An edited record in the JSON file is named, read in place.
+        let mut bad = pkg.clone();
+        let mut l = lines(&bad);
+        rewrite_line(&mut l[40]);
+        let seq = l[40]["seq"].as_u64().unwrap();
+        set_lines(&mut bad, &l);
+        std::fs::write(&file, bad.to_json()).unwrap();
+        match verify(&JsonFileSource::open(&file).unwrap(), &k, None) {
+            Err(Error::Verify { seq: s, .. }) => assert_eq!(s, Some(seq)),
+            other => panic!("{name}: an edited record must fail, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_first_format_package_still_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ledger, _) = Ledger::open(config(tmp.path())).unwrap();
+    append_events(&ledger, 40);
+    let filter = RecordFilter { tenant: Some("acme".into()), ..Default::default() };
+    let pkg = Package::export(&ledger, &filter, None).unwrap();
+    // The first format kept inclusion proofs in proofs.json, by seq.
+    let mut v1 = pkg.clone();
+    let mut inclusion = serde_json::Map::new();
+    let mut l = lines(&v1);
+    for line in &mut l {
+        inclusion.insert(line["seq"].to_string(), line.as_object_mut().unwrap().remove("inclusion").unwrap());
+    }
+    let mut proofs: Value = serde_json::from_str(&v1.files["proofs.json"]).unwrap();
+    proofs["inclusion"] = Value::Object(inclusion);
+    v1.files.insert("proofs.json".into(), proofs.to_string());
+    set_lines(&mut v1, &l);
+    let mut m: Value = serde_json::from_str(&v1.files["manifest.json"]).unwrap();
+    m["format"] = "lakeledger-audit-package/1".into();
+    v1.files.insert("manifest.json".into(), m.to_string());
+    let s = verify_package(&v1, &keys(&ledger), None).unwrap();
+    assert_eq!(s.records, 10);
+    assert!(!s.complete);
+}
+
+/// A copy of a log's segments and checkpoints, nothing derived (no tiles, indexes or key
+/// list): what an archive or a backup holds.
+fn segments_and_checkpoints(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for (p, bytes) in files(from) {
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("seg-") && !name.ends_with(".idx") || name == "checkpoints.log" {
+            std::fs::write(to.join(&name), bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_log_directory_verifies_from_its_segments_and_checkpoints_alone() {
+    use lakeledger_audit::archive::{DirLog, is_log_dir, verify_log};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_max_bytes = 64 << 10;
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    let first_key = ledger.public_key();
+    append_events(&ledger, 1500);
+    let kept = ledger.checkpoint().unwrap().checkpoint;
+    ledger.rotate_key(SignerKey::generate(ledger.origin()).unwrap()).unwrap();
+    append_events(&ledger, 1500);
+    ledger.checkpoint().unwrap();
+    let size = ledger.size();
+    drop(ledger);
+
+    let copy = tmp.path().join("copy");
+    segments_and_checkpoints(&cfg.dir, &copy);
+    assert!(is_log_dir(&copy));
+    let s = verify_log(&DirLog(copy.clone()), std::slice::from_ref(&first_key), Some(&kept.note)).unwrap();
+    // Closing added the shutdown record, under a final checkpoint.
+    assert_eq!((s.records, s.end_size), (size + 1, size + 1), "{s:?}");
+    assert!(s.checkpoints >= 3);
+    assert!(verify_log(&DirLog(copy.clone()), &[SignerKey::generate("someone").unwrap().verifier().clone()], None).is_err());
+
+    // A lost segment is noticed; an edited record (CRC fixed up) is named.
+    let small = config(&tmp.path().join("small"));
+    let (ledger, _) = Ledger::open(small.clone()).unwrap();
+    append_events(&ledger, 20);
+    let small_key = ledger.public_key();
+    drop(ledger);
+    let edited = tmp.path().join("edited");
+    segments_and_checkpoints(&small.dir, &edited);
+    edit_record_fixing_crc(&edited, 7);
+    match verify_log(&DirLog(edited.clone()), std::slice::from_ref(&small_key), None) {
+        Err(Error::Verify { seq, .. }) => assert_eq!(seq, Some(7)),
+        other => panic!("an edited record must fail, got {other:?}"),
+    }
+    let short = tmp.path().join("short");
+    segments_and_checkpoints(&cfg.dir, &short);
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&short).unwrap().map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-")).collect();
+    segs.sort();
+    std::fs::remove_file(segs.last().unwrap()).unwrap();
+    let err = verify_log(&DirLog(short.clone()), std::slice::from_ref(&first_key), None).unwrap_err().to_string();
+    assert!(err.contains("records were lost or removed"), "{err}");
+}
+
+/// Every page of a search, followed to its end.
+fn search_all(ledger: &Ledger, filter: &RecordFilter, limit: usize) -> Vec<u64> {
+    let mut f = filter.clone();
+    let mut out = Vec::new();
+    loop {
+        let page = ledger.search(&f, limit).unwrap();
+        assert!(page.leaves.len() <= limit);
+        out.extend(page.leaves.iter().map(|l| l.seq));
+        match page.next_seq {
+            Some(n) => f.from_seq = Some(n),
+            None => return out,
+        }
+    }
+}
+
+fn scan_all(ledger: &Ledger, filter: &RecordFilter) -> Vec<u64> {
+    let to = filter.to_seq.unwrap_or(ledger.size()).min(ledger.size());
+    let from = filter.from_seq.unwrap_or(0).min(to);
+    ledger.read(from, to).unwrap().into_iter().filter(|l| filter.matches(&l.view().unwrap())).map(|l| l.seq).collect()
+}
+
+#[test]
+fn searches_through_the_index_find_exactly_what_a_scan_finds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_max_bytes = 64 << 10;
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    append_events(&ledger, 1200);
+    let middle = ledger.read(700, 701).unwrap()[0].view().unwrap().ts_unix_ns;
+    append_events(&ledger, 1800);
+    ledger.checkpoint().unwrap();
+    assert!(ledger.segments().len() > 5, "sealed segments and an open one");
+
+    let f = |actor: Option<&str>, action: Option<&str>, resource: Option<&str>, tenant: Option<&str>| RecordFilter {
+        actor: actor.map(Into::into),
+        action: action.map(Into::into),
+        resource: resource.map(Into::into),
+        tenant: tenant.map(Into::into),
+        ..Default::default()
+    };
+    let mut filters = vec![
+        RecordFilter::default(),
+        f(Some("key-1"), None, None, None),
+        f(None, Some("data.read"), None, None),
+        f(None, Some("feature_group."), None, None),
+        f(None, Some("feature_."), None, None),
+        f(None, None, Some("group_1201"), None),
+        f(None, None, None, Some("acme")),
+        f(Some("key-2"), Some("data."), None, Some("acme")),
+        f(Some("nobody"), None, None, None),
+        RecordFilter { since_ns: Some(middle), tenant: Some("acme".into()), ..Default::default() },
+        RecordFilter { until_ns: Some(middle), actor: Some("key-0".into()), ..Default::default() },
+        RecordFilter { since_ns: Some(middle), until_ns: Some(middle + 1), ..Default::default() },
+        RecordFilter { from_seq: Some(1000), to_seq: Some(2500), action: Some("data.read".into()), ..Default::default() },
+    ];
+    filters.push(RecordFilter { from_seq: Some(333), ..filters[6].clone() });
+    for filter in &filters {
+        let want = scan_all(&ledger, filter);
+        for limit in [1, 7, 1000] {
+            assert_eq!(search_all(&ledger, filter, limit), want, "{filter:?} in pages of {limit}");
+        }
+    }
+    assert!(!scan_all(&ledger, &filters[1]).is_empty());
+
+    // The indexes of sealed segments are on disk; damaged or missing ones are rebuilt,
+    // and one that lies only narrows the search (it never adds a record).
+    let terms: Vec<PathBuf> = std::fs::read_dir(&cfg.dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "terms")).collect();
+    assert!(!terms.is_empty());
+    drop(ledger);
+    std::fs::write(&terms[0], b"garbage").unwrap();
+    std::fs::remove_file(&terms[1]).unwrap();
+    let mut b = std::fs::read(&terms[2]).unwrap();
+    let n = b.len();
+    b[n - 10] ^= 0xff;
+    std::fs::write(&terms[2], b).unwrap();
+    let (ledger, _) = Ledger::open(cfg).unwrap();
+    for filter in &filters {
+        assert_eq!(search_all(&ledger, filter, 50), scan_all(&ledger, filter), "{filter:?} after damage");
+    }
+}
+
+fn wait_for_compression(ledger: &Ledger) {
+    let sealed = ledger.segments().len() - 1;
+    for _ in 0..1000 {
+        if ledger.segments().iter().filter(|s| s.stored == lakeledger_audit::store::Stored::Compressed).count() == sealed {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("sealed segments were not compressed");
+}
+
+#[test]
+fn an_archived_log_verifies_from_the_archive_alone_and_dropped_segments_come_back() {
+    use lakeledger_audit::archive::{ArchiveStore, DirArchive, DirLog, StoreLog, archive_pass, verify_log};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let archive_dir = tmp.path().join("archive");
+    let archive = Arc::new(DirArchive(archive_dir.clone()));
+    let mut cfg = config(tmp.path());
+    cfg.segment_max_bytes = 64 << 10;
+    cfg.archive = Some(archive.clone());
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    let first_key = ledger.public_key();
+    append_events(&ledger, 1500);
+    ledger.rotate_key(SignerKey::generate(ledger.origin()).unwrap()).unwrap();
+    append_events(&ledger, 1500);
+    ledger.checkpoint().unwrap();
+    wait_for_compression(&ledger);
+
+    let report = archive_pass(&ledger, &*archive, None).unwrap();
+    let sealed = ledger.segments().len() as u32 - 1;
+    assert_eq!(report.segments, (1..=sealed).collect::<Vec<_>>());
+    assert!(report.tiles >= 10, "{report:?}");
+    assert!(archive_pass(&ledger, &*archive, None).unwrap().segments.is_empty(), "a second pass has nothing new");
+
+    // The archive alone verifies, up to the end of its last segment, which a checkpoint
+    // signed at the seal covers exactly.
+    let archived_end = ledger.segments().last().unwrap().first_seq;
+    for s in [verify_log(&DirLog(archive_dir.clone()), std::slice::from_ref(&first_key), None).unwrap(), verify_log(&StoreLog(&*archive), std::slice::from_ref(&first_key), None).unwrap()] {
+        assert_eq!((s.records, s.end_size), (archived_end, archived_end), "{s:?}");
+    }
+    // Nothing in it is ever overwritten.
+    let name = "seg-00000001.zst";
+    assert!(archive.put_new(name, b"other bytes").is_err());
+
+    // Past the retention the local copies go; reads fetch them back, checked.
+    let before: Vec<_> = ledger.read(0, ledger.size()).unwrap().iter().map(|l| l.hash).collect();
+    let dropped = archive_pass(&ledger, &*archive, Some(Duration::ZERO)).unwrap().dropped;
+    assert_eq!(dropped, (1..=sealed).collect::<Vec<_>>());
+    assert!(!cfg.dir.join(name).exists() && cfg.dir.join("seg-00000001.archived").exists());
+    let size = ledger.size();
+    drop(ledger);
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    let after: Vec<_> = ledger.read(0, size).unwrap().iter().map(|l| l.hash).collect();
+    assert_eq!(before, after);
+    assert!(cfg.dir.join(name).exists(), "a segment read is kept again until the next pass");
+    let acme = RecordFilter { tenant: Some("acme".into()), ..Default::default() };
+    assert_eq!(search_all(&ledger, &acme, 100).len(), 750, "search reads dropped segments too");
+
+    // Without the archive a dropped segment cannot be read, and the error says why; an
+    // archive whose copy changed is refused.
+    archive_pass(&ledger, &*archive, Some(Duration::ZERO)).unwrap();
+    drop(ledger);
+    let mut no_archive = cfg.clone();
+    no_archive.archive = None;
+    let (ledger, _) = Ledger::open(no_archive).unwrap();
+    let err = ledger.read(0, 1).unwrap_err().to_string();
+    assert!(err.contains("archive"), "{err}");
+    drop(ledger);
+    let mut z = std::fs::read(archive_dir.join(name)).unwrap();
+    let n = z.len();
+    z[n - 1] ^= 1;
+    std::fs::remove_file(archive_dir.join(name)).unwrap();
+    std::fs::write(archive_dir.join(name), z).unwrap();
+    let (ledger, _) = Ledger::open(cfg).unwrap();
+    let err = ledger.read(0, 1).unwrap_err().to_string();
+    assert!(err.contains("not the copy this node archived"), "{err}");
+    assert!(verify_log(&DirLog(archive_dir), std::slice::from_ref(&first_key), None).is_err());
+}

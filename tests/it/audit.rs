@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use lakeledger_audit::{Package, VerifierKey, verify_package};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -330,6 +332,58 @@ async fn auditors_list_prove_and_export_and_the_package_verifies_offline_twice()
     assert!(recs.iter().all(|r| r["payload"]["actor"]["tenant"] == "acme" || r["payload"]["resource"]["tenant"] == "acme"));
     let r = s.get(&acme_auditor, "/v1/audit/records?tenant=default").send().await.unwrap();
     assert_eq!(r.status(), 403);
+
+    // The log as C2SP tlog-tiles: a tiles client recomputes the signed root from the
+    // hash tiles and the leaf hashes from the entry bundles.
+    let reader = s.create_key("reader", None).await;
+    let note = s.get(&auditor, "/v1/audit/tlog/checkpoint").send().await.unwrap().text().await.unwrap();
+    let text: Vec<&str> = note.lines().collect();
+    let size: u64 = text[1].parse().unwrap();
+    let root = B64.decode(text[2]).unwrap();
+    let tile = |path: String, key: String| {
+        let (client, url) = (s.client.clone(), s.url(&format!("/v1/audit/tlog/tile/{path}")));
+        async move { client.get(url).bearer_auth(key).send().await.unwrap() }
+    };
+    let mut leaves = Vec::new();
+    let mut entries_seen = 0;
+    for n in 0..size.div_ceil(256) {
+        let width = (size - n * 256).min(256);
+        let suffix = if width < 256 { format!(".p/{width}") } else { String::new() };
+        let index = format!("{n:03}");
+        let hashes = tile(format!("0/{index}{suffix}"), auditor.clone()).await.bytes().await.unwrap();
+        assert_eq!(hashes.len() as u64, 32 * width);
+        let bundle = tile(format!("entries/{index}{suffix}"), auditor.clone()).await.bytes().await.unwrap();
+        let mut at = 0;
+        while at < bundle.len() {
+            let len = u16::from_be_bytes([bundle[at], bundle[at + 1]]) as usize;
+            let mut h = Sha256::new();
+            h.update([0u8]);
+            h.update(&bundle[at + 2..at + 2 + len]);
+            assert_eq!(&h.finalize()[..], &hashes[32 * entries_seen % (32 * 256)..][..32], "entry {entries_seen}");
+            at += 2 + len;
+            entries_seen += 1;
+        }
+        leaves.extend(hashes.chunks(32).map(|c| c.to_vec()));
+    }
+    assert_eq!(entries_seen as u64, size);
+    fn mth(leaves: &[Vec<u8>]) -> Vec<u8> {
+        if leaves.len() == 1 {
+            return leaves[0].clone();
+        }
+        let k = 1 << (usize::BITS - (leaves.len() - 1).leading_zeros() - 1);
+        let mut h = Sha256::new();
+        h.update([1u8]);
+        h.update(mth(&leaves[..k]));
+        h.update(mth(&leaves[k..]));
+        h.finalize().to_vec()
+    }
+    assert_eq!(mth(&leaves), root, "the tiles give the signed root");
+    // Hash tiles are for every auditor; entry bundles hold every tenant's records.
+    assert_eq!(tile("0/000.p/1".into(), acme_auditor.clone()).await.status(), 200);
+    assert_eq!(tile("entries/000.p/1".into(), acme_auditor.clone()).await.status(), 403);
+    assert_eq!(tile("0/999".into(), auditor.clone()).await.status(), 404);
+    assert_eq!(tile("0/00".into(), auditor.clone()).await.status(), 404);
+    assert_eq!(tile("0/000".into(), reader.clone()).await.status(), 403);
 }
 
 // ---- kill -9 ---------------------------------------------------------------------------
@@ -433,6 +487,13 @@ async fn kill_9_under_load_loses_no_acknowledged_record_and_the_log_verifies() {
     let verify = std::process::Command::new(&bin).args(["audit", "verify"]).arg(&out).args(["--key", &pk]).output().unwrap();
     let stdout = String::from_utf8_lossy(&verify.stdout).to_string();
     assert!(verify.status.success() && stdout.starts_with("PASS"), "{stdout}");
+    // The log directory itself verifies from its segments and checkpoints, and scrubs clean.
+    let verify = std::process::Command::new(&bin).args(["audit", "verify"]).arg(data.join("audit")).args(["--key", &pk]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&verify.stdout).to_string();
+    assert!(verify.status.success() && stdout.starts_with("PASS"), "{stdout}");
+    let scrub = std::process::Command::new(&bin).args(["audit", "scrub", "--data-dir"]).arg(&data).output().unwrap();
+    let stdout = String::from_utf8_lossy(&scrub.stdout).to_string();
+    assert!(scrub.status.success() && stdout.trim_end().ends_with("PASS"), "{stdout}{}", String::from_utf8_lossy(&scrub.stderr));
 
     let pkg = Package::read(&out).unwrap();
     let stored: HashMap<u64, String> = pkg.files["leaves.jsonl"]

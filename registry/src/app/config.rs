@@ -49,6 +49,13 @@ pub struct Config {
     /// so heads exist outside the server: ideally a bucket with object lock owned by
     /// compliance. Uses the same storage options as the tables.
     pub audit_checkpoint_mirror: Option<url::Url>,
+    /// Where sealed audit segments, their tiles and the checkpoints of their ends are
+    /// copied (`s3://…` or `file:///…`), written once and never overwritten; the archive
+    /// alone verifies with the log's public key.
+    pub audit_archive: Option<url::Url>,
+    /// With an archive: local copies of archived segments older than this are dropped
+    /// (reads fetch them back). `None` keeps them.
+    pub audit_archive_retention: Option<std::time::Duration>,
     /// The Ed25519 key that signs model artifacts (mode 0600). Default
     /// `<data_dir>/keys/model-signing.key`.
     pub model_key_path: PathBuf,
@@ -117,6 +124,8 @@ pub struct FileConfig {
     pub audit_key_path: Option<PathBuf>,
     pub audit_timeout_ms: Option<u64>,
     pub audit_checkpoint_mirror: Option<String>,
+    pub audit_archive: Option<String>,
+    pub audit_archive_retention_hours: Option<u64>,
     /// Memory one SQL query may hold before spilling and then failing.
     pub sql_memory_limit_bytes: Option<usize>,
     pub sql_timeout_secs: Option<u64>,
@@ -163,6 +172,8 @@ pub struct Overrides {
     pub audit_dir: Option<PathBuf>,
     pub audit_key_path: Option<PathBuf>,
     pub audit_checkpoint_mirror: Option<String>,
+    pub audit_archive: Option<String>,
+    pub audit_archive_retention_hours: Option<u64>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -200,6 +211,10 @@ impl Config {
         };
         let mut storage_options = file.storage_options;
         storage_options.extend(cli.storage_options);
+        let archive_given = cli.audit_archive.is_some() || file.audit_archive.is_some();
+        if !archive_given && (cli.audit_archive_retention_hours.is_some() || file.audit_archive_retention_hours.is_some()) {
+            return Err(Error::BadRequest("audit_archive_retention_hours needs audit_archive: only archived segments may be dropped".into()));
+        }
         Ok(Config {
             listen,
             catalog_url: Secret::new(catalog),
@@ -215,6 +230,14 @@ impl Config {
                 Some(s) => Some(parse_data_root(&s)?),
                 None => None,
             },
+            audit_archive: match cli.audit_archive.or(file.audit_archive) {
+                Some(s) => Some(parse_data_root(&s)?),
+                None => None,
+            },
+            audit_archive_retention: cli
+                .audit_archive_retention_hours
+                .or(file.audit_archive_retention_hours)
+                .map(|h| std::time::Duration::from_secs(h.saturating_mul(3600))),
             sql_memory_limit_bytes: file.sql_memory_limit_bytes.unwrap_or(1 << 30),
             sql_timeout: std::time::Duration::from_secs(file.sql_timeout_secs.unwrap_or(300)),
             sql_row_limit: file.sql_row_limit.unwrap_or(10_000_000),
@@ -237,7 +260,7 @@ impl Config {
 }
 
 /// Accepts `s3://…`, `file:///…` or a plain local path.
-fn parse_data_root(s: &str) -> Result<url::Url> {
+pub(crate) fn parse_data_root(s: &str) -> Result<url::Url> {
     if s.contains("://") {
         let url = url::Url::parse(s).map_err(|e| Error::BadRequest(format!("data root `{s}`: {e}")))?;
         match url.scheme() {

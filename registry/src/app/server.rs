@@ -48,6 +48,8 @@ pub struct Prepared {
     listen: SocketAddr,
     /// Where signed checkpoints are copied, if anywhere.
     checkpoint_mirror: Option<TableStore>,
+    /// Where sealed audit segments are archived, if anywhere, and how long local copies stay.
+    audit_archive: Option<(std::sync::Arc<crate::platform::audit::ObjectArchive>, Option<std::time::Duration>)>,
     drift_checks: Vec<DriftCheck>,
 }
 
@@ -56,8 +58,17 @@ pub struct Prepared {
 pub async fn prepare(config: Config) -> Result<Prepared> {
     // The ledger first: recovery must finish, and refuse a damaged log, before anything
     // else can happen.
+    let audit_archive = match &config.audit_archive {
+        Some(url) => Some(std::sync::Arc::new(crate::platform::audit::ObjectArchive::new(
+            url.clone(),
+            config.storage_options.clone(),
+            tokio::runtime::Handle::current(),
+        )?)),
+        None => None,
+    };
     let (dir, key, timeout) = (config.audit_dir.clone(), config.audit_key_path.clone(), config.audit_timeout);
-    let (audit, audit_report) = tokio::task::spawn_blocking(move || AuditLog::open(&dir, &key, timeout))
+    let fetch_from = audit_archive.clone().map(|a| a as std::sync::Arc<dyn lakeledger_audit::archive::ArchiveStore>);
+    let (audit, audit_report) = tokio::task::spawn_blocking(move || AuditLog::open(&dir, &key, timeout, fetch_from))
         .await
         .map_err(|e| Error::Internal(format!("opening the audit ledger: {e}")))??;
     let catalog = catalog::connect(config.catalog_url.expose()).await?;
@@ -78,7 +89,8 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         tracing::warn!(?report, "reconciled the catalog with the Delta logs");
     }
     state.online.rebuild_all().await?;
-    Ok(Prepared { state, first_admin_key, audit_report, listen: config.listen, checkpoint_mirror, drift_checks })
+    let audit_archive = audit_archive.map(|a| (a, config.audit_archive_retention));
+    Ok(Prepared { state, first_admin_key, audit_report, listen: config.listen, checkpoint_mirror, audit_archive, drift_checks })
 }
 
 /// The full application: routes, recording layer, panic catcher, fallbacks.
@@ -116,11 +128,14 @@ pub async fn serve_until(
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let Prepared { state, listen, checkpoint_mirror, drift_checks, .. } = prepared;
+    let Prepared { state, listen, checkpoint_mirror, audit_archive, drift_checks, .. } = prepared;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Error::Internal(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     let mirror = checkpoint_mirror.clone().map(|store| {
         tokio::spawn(crate::platform::audit::mirror_checkpoints(state.audit.ledger.clone(), store, std::time::Duration::from_secs(1)))
+    });
+    let archiver = audit_archive.map(|(archive, retention)| {
+        tokio::spawn(crate::platform::audit::archive_segments(state.audit.ledger.clone(), archive, retention, std::time::Duration::from_secs(60)))
     });
     let (stop_inference_log, inference_log_stopped) = tokio::sync::watch::channel(false);
     let inference_log = tokio::spawn(state.inference_log.clone().run(inference_log_stopped));
@@ -142,6 +157,10 @@ pub async fn serve_until(
     let _ = inference_log.await;
     online_refresh.abort();
     drift_checks.iter().for_each(|t| t.abort());
+    // An archive pass cut short is safe: the next start's pass checks what is there.
+    if let Some(task) = archiver {
+        task.abort();
+    }
     state.inference_log.flush().await;
     // Records the shutdown and signs a final checkpoint.
     let ledger = state.audit.ledger.clone();

@@ -45,10 +45,15 @@ pub(crate) enum AuditCommand {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
-    /// Check a package offline. Prints PASS, or FAIL with the first bad seq and exits 1.
+    /// Check a package, a log directory or its archive copy offline, in constant memory.
+    /// Prints PASS, or FAIL with the first bad seq and exits 1.
     Verify {
-        /// Package directory or .json file.
+        /// Package directory or .json file, a log directory (the data dir's `audit/`, or a
+        /// copy of the archive), or the archive itself (s3://bucket/prefix, file:///…).
         package: PathBuf,
+        /// Object-store option KEY=VALUE for an s3:// archive (repeatable).
+        #[arg(long = "storage-option", value_parser = super::parse_kv)]
+        storage_options: Vec<(String, String)>,
         /// Trusted verifier key `<name>+<id>+<key>` or a file holding one (repeatable).
         #[arg(long = "key", required = true)]
         keys: Vec<String>,
@@ -67,11 +72,42 @@ pub(crate) enum AuditCommand {
         #[command(flatten)]
         storage: StorageArgs,
     },
+    /// Re-verify the whole log from its segments (every record, every checkpoint's root
+    /// and signature, every tile and index) and name the first bad seq; exits 1 when
+    /// anything is wrong. With --repair, rewrite the tiles and indexes from the segments.
+    /// The server must be stopped; the scrub is recorded in the log.
+    Scrub {
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+/// A runtime for the archive's object-store I/O, for as long as the command runs.
+fn io_runtime() -> crate::Result<tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(r) = RUNTIME.get() {
+        return Ok(r.handle().clone());
+    }
+    let r = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| crate::Error::Internal(e.to_string()))?;
+    Ok(RUNTIME.get_or_init(|| r).handle().clone())
+}
+
+/// The configured audit archive, if any.
+fn archive(config: &Config) -> crate::Result<Option<crate::platform::audit::ObjectArchive>> {
+    match &config.audit_archive {
+        Some(url) => Ok(Some(crate::platform::audit::ObjectArchive::new(url.clone(), config.storage_options.clone(), io_runtime()?)?)),
+        None => Ok(None),
+    }
 }
 
 pub(super) fn open_ledger(storage: &StorageArgs) -> crate::Result<(Config, lakeledger_audit::Ledger)> {
     let config = resolve(storage, Overrides::default())?;
-    let (ledger, report) = lakeledger_audit::Ledger::open(lakeledger_audit::LedgerConfig::new(&config.audit_dir, &config.audit_key_path))
+    let mut ledger_config = lakeledger_audit::LedgerConfig::new(&config.audit_dir, &config.audit_key_path);
+    // Segments moved to the archive are fetched back when read.
+    ledger_config.archive = archive(&config)?.map(|a| std::sync::Arc::new(a) as std::sync::Arc<dyn lakeledger_audit::archive::ArchiveStore>);
+    let (ledger, report) = lakeledger_audit::Ledger::open(ledger_config)
         .map_err(|e| match e {
             lakeledger_audit::Error::Locked(dir) => crate::Error::Unavailable(format!(
                 "the audit ledger in {} is held by a running server; stop it first, or use the API",
@@ -101,7 +137,7 @@ pub(super) fn record_cli(ledger: &lakeledger_audit::Ledger, event: &lakeledger_a
 
 pub(super) fn run(command: AuditCommand) -> crate::Result<()> {
     use crate::Error;
-    use lakeledger_audit::{Package, Phase, RecordFilter, VerifierKey};
+    use lakeledger_audit::{DirSink, Export, JsonSink, Phase, RecordFilter, VerifierKey};
     match command {
         AuditCommand::Export { storage, from_seq, to_seq, since, until, actor, action, resource, tenant, since_size, output } => {
             let time = |name: &str, v: &Option<String>| -> crate::Result<Option<i64>> {
@@ -128,28 +164,34 @@ pub(super) fn run(command: AuditCommand) -> crate::Result<()> {
             intent.resource.kind = Some("audit_log".into());
             intent.details.push(("output".into(), output.display().to_string()));
             let receipt = record_cli(&ledger, &intent)?;
-            let result = Package::export(&ledger, &filter, since_size);
+            // Written straight to the destination as the log is read: constant memory.
+            let written = (|| -> crate::Result<lakeledger_audit::ExportSummary> {
+                let export = Export::prepare(&ledger, &filter, since_size)?;
+                if output.extension().is_some_and(|e| e == "json") {
+                    let file = std::fs::File::create(&output).map_err(|e| Error::BadRequest(format!("cannot write {}: {e}", output.display())))?;
+                    let mut sink = JsonSink::new(file)?;
+                    let summary = export.write_to(&mut sink)?;
+                    sink.into_inner()?.sync_all().map_err(|e| Error::BadRequest(format!("cannot write {}: {e}", output.display())))?;
+                    Ok(summary)
+                } else {
+                    Ok(export.write_to(&mut DirSink::create(&output)?)?)
+                }
+            })();
             let mut outcome = intent.clone();
             outcome.event_id = uuid::Uuid::now_v7().to_string();
             outcome.phase = Phase::Outcome;
             outcome.intent_seq = Some(receipt.seq);
             outcome.outcome = Some(lakeledger_audit::event::Result {
-                result: if result.is_ok() { "success" } else { "error" }.into(),
+                result: if written.is_ok() { "success" } else { "error" }.into(),
                 ..Default::default()
             });
             record_cli(&ledger, &outcome)?;
-            let pkg = result?;
-            if output.extension().is_some_and(|e| e == "json") {
-                std::fs::write(&output, pkg.to_json()).map_err(|e| Error::BadRequest(format!("cannot write {}: {e}", output.display())))?;
-            } else {
-                pkg.write_dir(&output)?;
-            }
-            let manifest: serde_json::Value = serde_json::from_str(&pkg.files["manifest.json"]).unwrap_or_default();
-            println!("exported {} records (log size {}) to {}", manifest["records"], manifest["end_size"], output.display());
+            let summary = written?;
+            println!("exported {} records (log size {}) to {}", summary.records, summary.end_size, output.display());
             println!("verify with: lakeledger audit verify {} --key '{}'", output.display(), ledger.public_key().encode());
             Ok(())
         }
-        AuditCommand::Verify { package, keys, trusted_checkpoint } => {
+        AuditCommand::Verify { package, keys, trusted_checkpoint, storage_options } => {
             let mut trusted = Vec::new();
             for k in keys {
                 let text = if std::path::Path::new(&k).is_file() { std::fs::read_to_string(&k).unwrap_or_default() } else { k.clone() };
@@ -159,8 +201,18 @@ pub(super) fn run(command: AuditCommand) -> crate::Result<()> {
                 Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| Error::BadRequest(format!("cannot read {}: {e}", p.display())))?),
                 None => None,
             };
-            let pkg = Package::read(&package)?;
-            match lakeledger_audit::verify_package(&pkg, &trusted, kept.as_deref()) {
+            // A package (directory or JSON file), a log directory or an archive.
+            let text = package.to_string_lossy();
+            let result = if text.starts_with("s3://") || text.starts_with("s3a://") || text.starts_with("file://") {
+                let url = crate::app::config::parse_data_root(&text)?;
+                let archive = crate::platform::audit::ObjectArchive::new(url, storage_options.into_iter().collect(), io_runtime()?)?;
+                lakeledger_audit::archive::verify_log(&lakeledger_audit::archive::StoreLog(&archive), &trusted, kept.as_deref())
+            } else if lakeledger_audit::archive::is_log_dir(&package) {
+                lakeledger_audit::archive::verify_log(&lakeledger_audit::archive::DirLog(package.clone()), &trusted, kept.as_deref())
+            } else {
+                lakeledger_audit::open_source(&package).and_then(|src| lakeledger_audit::verify(&*src, &trusted, kept.as_deref()))
+            };
+            match result {
                 Ok(s) => {
                     println!(
                         "PASS: {} records, log size {}, {} checkpoint(s){}{}",
@@ -194,6 +246,60 @@ pub(super) fn run(command: AuditCommand) -> crate::Result<()> {
             ledger.rotate_key(lakeledger_audit::SignerKey::generate(ledger.origin())?)?;
             println!("rotated the audit signing key\n  old: {old}\n  new: {}", ledger.public_key().encode());
             Ok(())
+        }
+        AuditCommand::Scrub { storage, repair } => {
+            let config = resolve(&storage, Overrides::default())?;
+            // Segments moved to the archive are fetched back to be checked too.
+            let archive = archive(&config)?;
+            let report = lakeledger_audit::scrub::scrub_with(&config.audit_dir, repair, archive.as_ref().map(|a| a as &dyn lakeledger_audit::archive::ArchiveStore)).map_err(|e| match e {
+                lakeledger_audit::Error::Locked(dir) => Error::Unavailable(format!("the audit ledger in {} is held by a running server; stop it first", dir.display())),
+                other => other.into(),
+            })?;
+            println!(
+                "scrubbed {} records, {} checkpoints, {} tiles, {} indexes",
+                report.records, report.checkpoints, report.tiles, report.indexes
+            );
+            for t in &report.bad_tiles {
+                println!("  tile {t} differs from the segments");
+            }
+            for i in &report.bad_indexes {
+                println!("  index {i} differs from its segment");
+            }
+            if report.bad_keys {
+                println!("  keys.log differs from the genesis and rotation records");
+            }
+            if let Some(p) = &report.problem {
+                println!("  {p}");
+            }
+            if report.repaired {
+                println!("  repaired: tiles, indexes and the key list rewritten from the segments");
+            }
+            // Recorded once the log opens (it does not when the segments are damaged).
+            if let Ok((_, ledger)) = open_ledger(&storage) {
+                let mut e = operator_event("audit.scrub", Phase::Intent);
+                e.resource.kind = Some("audit_log".into());
+                e.details.push(("records".into(), report.records.to_string()));
+                e.details.push(("clean".into(), report.clean().to_string()));
+                e.details.push(("repaired".into(), report.repaired.to_string()));
+                if let Some(seq) = report.first_bad_seq {
+                    e.details.push(("first_bad_seq".into(), seq.to_string()));
+                }
+                record_cli(&ledger, &e)?;
+            }
+            match report.first_bad_seq {
+                None if report.clean() => {
+                    println!("PASS");
+                    Ok(())
+                }
+                seq if report.repaired && report.problem.is_none() => {
+                    println!("REPAIRED{}", seq.map(|s| format!(" (first bad seq {s})")).unwrap_or_default());
+                    Ok(())
+                }
+                seq => {
+                    println!("FAIL{}", seq.map(|s| format!(" at seq {s}")).unwrap_or_default());
+                    std::process::exit(1);
+                }
+            }
         }
     }
 }

@@ -66,6 +66,14 @@ pub(crate) struct StorageArgs {
     /// Copy every signed audit checkpoint here too (s3://bucket/prefix or file:///…).
     #[arg(long, env = "LAKELEDGER_AUDIT_CHECKPOINT_MIRROR")]
     pub(crate) audit_checkpoint_mirror: Option<String>,
+    /// Copy sealed audit segments, their tiles and checkpoints here (s3://bucket/prefix
+    /// or file:///…), written once, never overwritten.
+    #[arg(long, env = "LAKELEDGER_AUDIT_ARCHIVE")]
+    pub(crate) audit_archive: Option<String>,
+    /// With --audit-archive: drop local copies of archived segments older than this many
+    /// hours (reads fetch them back from the archive).
+    #[arg(long, env = "LAKELEDGER_AUDIT_ARCHIVE_RETENTION_HOURS", requires = "audit_archive")]
+    pub(crate) audit_archive_retention_hours: Option<u64>,
 }
 
 #[derive(Args)]
@@ -83,7 +91,7 @@ struct ServeArgs {
     json_logs: bool,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
@@ -99,6 +107,8 @@ pub(crate) fn resolve(storage: &StorageArgs, mut o: Overrides) -> crate::Result<
     o.audit_dir = storage.audit_dir.clone();
     o.audit_key_path = storage.audit_key.clone();
     o.audit_checkpoint_mirror = storage.audit_checkpoint_mirror.clone();
+    o.audit_archive = storage.audit_archive.clone();
+    o.audit_archive_retention_hours = storage.audit_archive_retention_hours;
     Config::resolve(file, o)
 }
 

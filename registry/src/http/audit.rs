@@ -4,9 +4,8 @@
 //! records of their own tenant (proofs and checkpoints reveal only hashes and sizes).
 
 use axum::extract::{Query, State};
-use base64::Engine;
 use lakeledger_audit::package::leaf_json;
-use lakeledger_audit::{Package, RecordFilter, StoredCheckpoint};
+use lakeledger_audit::{RecordFilter, StoredCheckpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -112,24 +111,16 @@ pub async fn records(
     let filter = f.to_filter(&p)?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let ledger = state.audit.ledger.clone();
+    // The ledger's search index finds the page; every record is read back from the log
+    // and checked against the filter there.
     let page = blocking(move || {
-        let size = ledger.size();
-        let end = filter.to_seq.unwrap_or(size).min(size);
-        let mut at = filter.from_seq.unwrap_or(0);
-        let mut records = Vec::new();
-        while at < end && records.len() < limit {
-            let chunk = ledger.read(at, (at + 1024).min(end))?;
-            for leaf in chunk {
-                at = leaf.seq + 1;
-                if filter.matches(&leaf.view()?) {
-                    records.push(serde_json::from_str(&leaf_json(&leaf)?).map_err(|e| Error::Internal(e.to_string()))?);
-                    if records.len() == limit {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(RecordPage { records, next_seq: (at < end).then_some(at), log_size: size })
+        let found = ledger.search(&filter, limit)?;
+        let records = found
+            .leaves
+            .iter()
+            .map(|leaf| serde_json::from_str(&leaf_json(leaf)?).map_err(|e| Error::Internal(e.to_string())))
+            .collect::<Result<Vec<Value>>>()?;
+        Ok(RecordPage { records, next_seq: found.next_seq, log_size: found.size })
     })
     .await?;
     Ok(axum::Json(page))
@@ -301,7 +292,9 @@ pub struct ExportRequest {
 }
 
 /// Exports a self-contained package (`{"format":…,"files":{name: content}}`) to check
-/// with `lakeledger audit verify` or `tools/verify_audit_package.py`.
+/// with `lakeledger audit verify` or `tools/verify_audit_package.py`. The package streams
+/// as it is read from the log, so an export of any size holds one batch of records in
+/// memory; the outcome record carries the SHA-256 of the body sent.
 #[utoipa::path(post, path = "/v1/audit/export", request_body = ExportRequest,
     responses((status = 200, description = "the package as JSON"), (status = 422, body = ErrorBody)))]
 pub async fn export(
@@ -313,11 +306,91 @@ pub async fn export(
     let filter = req.filter.to_filter(&p)?;
     let ledger = state.audit.ledger.clone();
     let since = req.since_size;
-    let pkg = blocking(move || Ok(Package::export(&ledger, &filter, since)?)).await?;
-    let body = pkg.to_json();
-    let digest = base64::engine::general_purpose::STANDARD.encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+    // The export is checked and its end checkpoint signed before the response starts, so
+    // a bad request still gets an error body; then the same thread writes the package.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let export = match lakeledger_audit::Export::prepare(&ledger, &filter, since) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.into()));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
+        let written = lakeledger_audit::JsonSink::new(ChannelWriter(tx.clone()))
+            .and_then(|mut sink| export.write_to(&mut sink).map(|_| sink))
+            .and_then(|sink| sink.into_inner().map(|_| ()));
+        if let Err(e) = written {
+            // The client sees a cut stream (and the outcome record says so); a package
+            // cut short never verifies.
+            tracing::warn!(error = %e, "audit export failed while streaming");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    ready_rx.await.map_err(|_| Error::Internal("audit export task failed".into()))??;
+    let body = axum::body::Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
+    Ok(axum::response::IntoResponse::into_response(([(axum::http::header::CONTENT_TYPE, "application/json")], body)))
+}
+
+/// Hands the package to the response in 64 KiB pieces (the sink buffers), waiting while
+/// the client is slower than the log.
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The log's newest signed checkpoint as a C2SP signed note (`tlog-checkpoint`), for
+/// tools that speak the tlog-tiles protocol. Every auditor may read it: it holds a size
+/// and a root, nothing of any record.
+#[utoipa::path(get, path = "/v1/audit/tlog/checkpoint",
+    responses((status = 200, description = "the signed note", content_type = "text/plain"), (status = 403, body = ErrorBody)))]
+pub async fn tlog_checkpoint(State(state): State<AppState>, Caller(p): Caller) -> Result<axum::response::Response> {
+    p.require(AUDITOR, "read audit checkpoints")?;
+    let ledger = state.audit.ledger.clone();
+    let cp = blocking(move || Ok(ledger.checkpoint()?)).await?;
+    Ok(axum::response::IntoResponse::into_response(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], cp.checkpoint.note)))
+}
+
+/// A tile of the log in the C2SP tlog-tiles layout: `tile/<L>/<N>[.p/<W>]` (hashes) or
+/// `tile/entries/<N>[.p/<W>]` (the exact record bytes, each after its 16-bit length).
+/// Hash tiles reveal only hashes, so every auditor may read them; entry bundles hold
+/// every tenant's records, so only auditors of the default tenant may read them (other
+/// tenants' auditors read their records through `/v1/audit/records` and prove them with
+/// the inclusion proofs and these hash tiles).
+#[utoipa::path(get, path = "/v1/audit/tlog/tile/{path}", params(("path" = String, Path, description = "`<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`")),
+    responses((status = 200, description = "the tile's bytes", content_type = "application/octet-stream"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn tlog_tile(State(state): State<AppState>, Caller(p): Caller, axum::extract::Path(path): axum::extract::Path<String>) -> Result<axum::response::Response> {
+    use lakeledger_audit::tiles::{TileName, parse_path};
+    p.require(AUDITOR, "read audit tiles")?;
+    let name = parse_path(&format!("tile/{path}")).ok_or_else(|| Error::NotFound { kind: "tile", name: path.clone() })?;
+    if matches!(name, TileName::Entries { .. }) && p.tenant != DEFAULT_TENANT {
+        return Err(Error::Forbidden { role: format!("auditor of tenant `{}`", p.tenant), action: "read entry bundles, which hold every tenant's records".into() });
+    }
+    let ledger = state.audit.ledger.clone();
+    let bytes = blocking(move || {
+        Ok(match name {
+            TileName::Hashes { level, index, width } => ledger.tile(level, index, width)?,
+            TileName::Entries { index, width } => ledger.entry_bundle(index, width)?,
+        })
+    })
+    .await?
+    .ok_or_else(|| Error::NotFound { kind: "tile", name: path.clone() })?;
+    // Full tiles never change; partial ones are replaced as the log grows.
+    let cache = if path.contains(".p/") { "no-cache" } else { "public, max-age=31536000, immutable" };
     Ok(axum::response::IntoResponse::into_response((
-        [(axum::http::header::CONTENT_TYPE, "application/json".to_string()), (axum::http::HeaderName::from_static("x-package-sha256"), digest)],
-        body,
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream"), (axum::http::header::CACHE_CONTROL, cache)],
+        bytes,
     )))
 }

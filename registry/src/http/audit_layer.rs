@@ -74,6 +74,8 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("GET", "/v1/audit/proofs/inclusion" | "/v1/audit/proofs/consistency") => "audit.proof",
         ("GET", "/v1/audit/public-key") => "audit.public_key",
         ("POST", "/v1/audit/export") => "audit.export",
+        ("GET", "/v1/audit/tlog/checkpoint") => "audit.checkpoints",
+        ("GET", "/v1/audit/tlog/tile/{*path}" | "/v1/audit/tlog/tile/{path}") => "audit.tile",
         ("POST", "/v1/sql") => "sql.query",
         ("POST", "/v1/training-sets") => "training_set.create",
         ("GET", "/v1/training-sets") => "training_set.list",

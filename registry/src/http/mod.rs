@@ -104,5 +104,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/audit/proofs/consistency", get(audit::consistency))
         .route("/v1/audit/public-key", get(audit::public_key))
         .route("/v1/audit/export", post(audit::export))
+        .route("/v1/audit/tlog/checkpoint", get(audit::tlog_checkpoint))
+        .route("/v1/audit/tlog/tile/{*path}", get(audit::tlog_tile))
 }
 

@@ -23,7 +23,7 @@ use super::{admin, audit, feature_groups, models, ops, serving, sql, training_se
         serving::get_canary, serving::start_canary, serving::stop_canary, serving::promote_canary, serving::entity_hash,
         models::create_job, models::list_jobs, models::get_job, models::cancel_job, models::job_events,
         audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,
-        audit::public_key, audit::export,
+        audit::public_key, audit::export, audit::tlog_checkpoint, audit::tlog_tile,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail)),
     modifiers(&BearerAuth),

@@ -1,6 +1,7 @@
 //! The audit sink as the server uses the ledger: appends wait until the record is
 //! durable (or fail closed with 503 after a bound), readiness reports a ledger that
-//! cannot take records, and signed checkpoints can be mirrored off the server.
+//! cannot take records, signed checkpoints can be mirrored off the server, and sealed
+//! segments archived to object storage.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +23,15 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens the ledger in `dir` signed with the key at `key` (running recovery) before
     /// the server listens. A request whose record is not durable within `timeout` is refused.
-    pub fn open(dir: &std::path::Path, key: &std::path::Path, timeout: Duration) -> Result<(AuditLog, OpenReport)> {
-        let (ledger, report) = Ledger::open(LedgerConfig::new(dir, key))?;
+    pub fn open(
+        dir: &std::path::Path,
+        key: &std::path::Path,
+        timeout: Duration,
+        archive: Option<Arc<dyn lakeledger_audit::archive::ArchiveStore>>,
+    ) -> Result<(AuditLog, OpenReport)> {
+        let mut config = LedgerConfig::new(dir, key);
+        config.archive = archive;
+        let (ledger, report) = Ledger::open(config)?;
         if let Some(what) = &report.repaired {
             tracing::warn!(repaired = %what, "audit ledger: a torn tail was cut at startup");
         }
@@ -117,3 +125,73 @@ pub struct AuditContext {
     pub intent_seq: u64,
 }
 
+
+/// The audit archive in object storage (`--audit-archive`): every object written with a
+/// conditional put, so nothing in it is ever replaced. The ledger calls it from blocking
+/// threads (archive passes, and reads of segments whose local copy was dropped); each
+/// call runs its I/O on the server's runtime from a short-lived thread of its own, so it
+/// is safe from any thread.
+#[derive(Debug)]
+pub struct ObjectArchive {
+    store: lakeledger_query::tables::TableStore,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ObjectArchive {
+    pub fn new(url: url::Url, storage_options: std::collections::HashMap<String, String>, runtime: tokio::runtime::Handle) -> Result<ObjectArchive> {
+        Ok(ObjectArchive { store: lakeledger_query::tables::TableStore::new(url, storage_options)?, runtime })
+    }
+
+    fn run<T: Send>(&self, io: impl std::future::Future<Output = T> + Send) -> T {
+        std::thread::scope(|s| s.spawn(|| self.runtime.block_on(io)).join().expect("audit archive I/O thread"))
+    }
+}
+
+fn archive_error(e: impl std::fmt::Display) -> lakeledger_audit::Error {
+    lakeledger_audit::Error::Unavailable(format!("the audit archive: {e}"))
+}
+
+impl lakeledger_audit::archive::ArchiveStore for ObjectArchive {
+    fn put_new(&self, name: &str, bytes: &[u8]) -> lakeledger_audit::Result<()> {
+        match self.run(self.store.put_object_new(name, axum::body::Bytes::copy_from_slice(bytes))) {
+            Ok(true) => Ok(()),
+            Ok(false) => lakeledger_audit::archive::same_bytes(self, name, bytes),
+            Err(e) => Err(archive_error(e)),
+        }
+    }
+
+    fn get(&self, name: &str) -> lakeledger_audit::Result<Option<Vec<u8>>> {
+        Ok(self.run(self.store.get_object(name)).map_err(archive_error)?.map(|b| b.to_vec()))
+    }
+
+    fn list(&self, prefix: &str) -> lakeledger_audit::Result<Vec<String>> {
+        let (folder, name) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        self.run(self.store.list_objects(folder, name)).map_err(archive_error)
+    }
+}
+
+/// Runs an archive pass every `every` until the ledger closes: sealed segments, their
+/// tiles and end checkpoints are copied to the archive, and local copies past the
+/// retention dropped. A failed pass is logged and retried; it never blocks requests.
+pub async fn archive_segments(ledger: Arc<Ledger>, archive: Arc<ObjectArchive>, retention: Option<Duration>, every: Duration) {
+    loop {
+        let (l, a) = (ledger.clone(), archive.clone());
+        match tokio::task::spawn_blocking(move || lakeledger_audit::archive::archive_pass(&l, &*a, retention)).await {
+            Ok(Ok(report)) => {
+                metrics::gauge!("lakeledger_audit_archived_segments").set(report.archived_through as f64);
+                if !report.segments.is_empty() || !report.dropped.is_empty() {
+                    tracing::info!(archived = ?report.segments, dropped = ?report.dropped, "audit archive pass");
+                }
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("lakeledger_audit_archive_failures_total").increment(1);
+                tracing::warn!(error = %e, "the audit archive pass failed; it runs again");
+            }
+            Err(e) => tracing::error!(error = %e, "the audit archive pass panicked"),
+        }
+        if ledger.failure().is_some() {
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
