@@ -10,16 +10,23 @@
 //!
 //! ```text
 //! seg-<n>.terms (integers big-endian)
-//!   "LLTERMS1" | number u32 | count u32 | first_seq u64 | min_ts i64 | max_ts i64
-//!   | samples u32 | terms u32 | header crc32c u32
+//!   "LLTERMS2" | number u32 | count u32 | first_seq u64 | min_ts i64 | max_ts i64
+//!   | samples u32 | kinds u32 | terms u32 | header crc32c u32
 //!   ts of every 256th record: samples × i64
-//!   terms, sorted: len u16 | term | postings u32 | bytes u32 | offset u64 | crc32c u32
-//!   postings: record offsets in the segment, delta-coded as LEB128 varints
-//!   crc32c u32 of the samples and terms
+//!   event kinds (few; matched by prefix), sorted:
+//!       len u16 | kind | postings u32 | bytes u32 | offset u64 | crc32c u32
+//!   crc32c u32 of the samples and kinds
+//!   other terms (many), sorted by a 64-bit FNV-1a hash of the term, 32 bytes each:
+//!       hash u64 | postings u32 | bytes u32 | offset u64 | crc32c u32 of the first 28
+//!   postings: record offsets in the segment, delta-coded as LEB128 varints, each
+//!       list checked by the crc32c in its entry
 //! ```
 //!
 //! Terms: `a:<principal>`, `k:<event kind>`, `r:<resource name>`, `t:<tenant>` (the
-//! actor's and the resource's).
+//! actor's and the resource's). Terms other than kinds are looked up by hash with a
+//! binary search in the file, so a segment's index costs a few reads however many
+//! distinct actors and resources it names; two terms sharing a hash share their
+//! postings, which only adds candidates that the filter then drops.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -32,10 +39,16 @@ use crate::package::RecordFilter;
 
 /// Every this many records, the index keeps a timestamp.
 pub const SAMPLE: u64 = 256;
-const MAGIC: &[u8; 8] = b"LLTERMS1";
+const MAGIC: &[u8; 8] = b"LLTERMS2";
 /// The error a damaged postings list gives; the index is then rebuilt.
 pub const DAMAGED: &str = "a search index is damaged";
-const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4 + 4;
+const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4 + 4 + 4;
+const ENTRY_LEN: usize = 32;
+
+/// FNV-1a, 64 bits: a stable hash of a term for the on-disk table.
+fn term_hash(term: &str) -> u64 {
+    term.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
 
 pub fn file_name(number: u32) -> String {
     format!("seg-{number:08}.terms")
@@ -129,28 +142,45 @@ impl Builder {
     /// Writes the index of a sealed segment (to a temporary name, then renamed: a crash
     /// leaves either no index or a whole one; either way it is derived and rebuilt).
     pub fn write(&self, dir: &Path, number: u32) -> Result<()> {
-        let mut terms: Vec<(&String, &Vec<u32>)> = self.postings.iter().collect();
-        terms.sort();
+        let mut kinds: Vec<(&String, &Vec<u32>)> = self.postings.iter().filter(|(t, _)| t.starts_with("k:")).collect();
+        kinds.sort();
+        let mut hashed: Vec<(u64, &Vec<u32>)> = self.postings.iter().filter(|(t, _)| !t.starts_with("k:")).map(|(t, l)| (term_hash(t), l)).collect();
+        hashed.sort_by_key(|(h, _)| *h);
         let mut body = Vec::new();
         for ts in &self.samples {
             body.extend_from_slice(&ts.to_be_bytes());
         }
+        let kinds_len: usize = kinds.iter().map(|(t, _)| 2 + t.len().min(u16::MAX as usize) + 20).sum();
+        let mut offset = (HEADER_LEN + body.len() + kinds_len + 4 + hashed.len() * ENTRY_LEN) as u64;
         let mut blobs = Vec::new();
-        let encoded: Vec<Vec<u8>> = terms.iter().map(|(_, list)| encode_postings(list)).collect();
-        let dict_len: usize = terms.iter().map(|(t, _)| 2 + t.len() + 4 + 4 + 8 + 4).sum();
-        let mut offset = (HEADER_LEN + body.len() + dict_len) as u64;
-        for ((term, list), blob) in terms.iter().zip(&encoded) {
+        let mut entry = |list: &Vec<u32>, blobs: &mut Vec<u8>| -> [u8; 20] {
+            let blob = encode_postings(list);
+            let mut e = [0u8; 20];
+            e[0..4].copy_from_slice(&(list.len() as u32).to_be_bytes());
+            e[4..8].copy_from_slice(&(blob.len() as u32).to_be_bytes());
+            e[8..16].copy_from_slice(&offset.to_be_bytes());
+            e[16..20].copy_from_slice(&crc32c::crc32c(&blob).to_be_bytes());
+            offset += blob.len() as u64;
+            blobs.extend_from_slice(&blob);
+            e
+        };
+        for (term, list) in &kinds {
             let t = &term.as_bytes()[..term.len().min(u16::MAX as usize)];
             body.extend_from_slice(&(t.len() as u16).to_be_bytes());
             body.extend_from_slice(t);
-            body.extend_from_slice(&(list.len() as u32).to_be_bytes());
-            body.extend_from_slice(&(blob.len() as u32).to_be_bytes());
-            body.extend_from_slice(&offset.to_be_bytes());
-            body.extend_from_slice(&crc32c::crc32c(blob).to_be_bytes());
-            offset += blob.len() as u64;
-            blobs.extend_from_slice(blob);
+            body.extend_from_slice(&entry(list, &mut blobs));
         }
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + blobs.len() + 4);
+        let body_crc = crc32c::crc32c(&body);
+        body.extend_from_slice(&body_crc.to_be_bytes());
+        for (hash, list) in &hashed {
+            let mut e = [0u8; ENTRY_LEN];
+            e[0..8].copy_from_slice(&hash.to_be_bytes());
+            e[8..28].copy_from_slice(&entry(list, &mut blobs));
+            let crc = crc32c::crc32c(&e[..28]);
+            e[28..32].copy_from_slice(&crc.to_be_bytes());
+            body.extend_from_slice(&e);
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + blobs.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&number.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
@@ -158,18 +188,17 @@ impl Builder {
         out.extend_from_slice(&self.min_ts.to_be_bytes());
         out.extend_from_slice(&self.max_ts.to_be_bytes());
         out.extend_from_slice(&(self.samples.len() as u32).to_be_bytes());
-        out.extend_from_slice(&(terms.len() as u32).to_be_bytes());
+        out.extend_from_slice(&(kinds.len() as u32).to_be_bytes());
+        out.extend_from_slice(&(hashed.len() as u32).to_be_bytes());
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out.extend_from_slice(&body);
         out.extend_from_slice(&blobs);
-        out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
         let path = dir.join(file_name(number));
         let tmp = dir.join(format!("{}.tmp", file_name(number)));
         std::fs::write(&tmp, &out).map_err(Error::io(format!("write {}", tmp.display())))?;
         std::fs::rename(&tmp, &path).map_err(Error::io(format!("rename {}", tmp.display())))
     }
-
 }
 
 impl Index for Builder {
@@ -248,7 +277,14 @@ struct Postings {
     crc: u32,
 }
 
-/// A segment's index: its term dictionary in memory, postings read when asked for.
+impl Postings {
+    fn parse(e: &[u8]) -> Postings {
+        Postings { n: be_u32(e, 0), len: be_u32(e, 4), offset: be_u64(e, 8), crc: be_u32(e, 16) }
+    }
+}
+
+/// A sealed segment's index: its samples and event kinds in memory, other terms looked
+/// up in the file.
 #[derive(Debug)]
 pub struct Terms {
     pub first_seq: u64,
@@ -256,7 +292,10 @@ pub struct Terms {
     min_ts: i64,
     max_ts: i64,
     samples: Vec<i64>,
-    dict: BTreeMap<String, Postings>,
+    kinds: BTreeMap<String, Postings>,
+    /// Where the hashed table starts, and its entries.
+    table_at: u64,
+    table_len: u64,
     file: File,
 }
 
@@ -283,22 +322,20 @@ impl Terms {
         let min_ts = be_u64(&head, 24) as i64;
         let max_ts = be_u64(&head, 32) as i64;
         let n_samples = be_u32(&head, 40) as usize;
-        let n_terms = be_u32(&head, 44) as usize;
-        if n_samples as u64 != count.div_ceil(SAMPLE) || n_terms as u64 > len {
+        let n_kinds = be_u32(&head, 44) as usize;
+        let n_terms = be_u32(&head, 48) as u64;
+        if n_samples as u64 != count.div_ceil(SAMPLE) || (n_kinds as u64).saturating_add(n_terms).saturating_mul(20) > len {
             return None;
         }
-        // The samples and the dictionary, read in one piece and checked as one.
-        let mut samples = Vec::with_capacity(n_samples);
+        // The samples and the kinds, read in one piece and checked as one.
         let mut body = vec![0u8; n_samples * 8];
         file.read_exact_at(&mut body, HEADER_LEN as u64).ok()?;
-        for i in 0..n_samples {
-            samples.push(be_u64(&body, i * 8) as i64);
-        }
+        let samples: Vec<i64> = (0..n_samples).map(|i| be_u64(&body, i * 8) as i64).collect();
         let mut at = (HEADER_LEN + body.len()) as u64;
-        let mut dict = BTreeMap::new();
         let mut crc = crc32c::crc32c(&body);
+        let mut kinds = BTreeMap::new();
         let mut fixed = [0u8; 20];
-        for _ in 0..n_terms {
+        for _ in 0..n_kinds {
             let mut l = [0u8; 2];
             file.read_exact_at(&mut l, at).ok()?;
             let tl = u16::from_be_bytes(l) as usize;
@@ -307,21 +344,21 @@ impl Terms {
             file.read_exact_at(&mut fixed, at + 2 + tl as u64).ok()?;
             crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c_append(crc, &l), &term), &fixed);
             at += 2 + tl as u64 + 20;
-            let p = Postings { n: be_u32(&fixed, 0), len: be_u32(&fixed, 4), offset: be_u64(&fixed, 8), crc: be_u32(&fixed, 16) };
-            dict.insert(String::from_utf8(term).ok()?, p);
+            kinds.insert(String::from_utf8(term).ok()?, Postings::parse(&fixed));
         }
-        let mut tail = [0u8; 4];
-        file.read_exact_at(&mut tail, len.checked_sub(4)?).ok()?;
-        if u32::from_be_bytes(tail) != crc {
+        let mut stored = [0u8; 4];
+        file.read_exact_at(&mut stored, at).ok()?;
+        if u32::from_be_bytes(stored) != crc {
             return None;
         }
-        Some(Terms { first_seq, count, min_ts, max_ts, samples, dict, file })
+        let table_at = at + 4;
+        if table_at + n_terms * ENTRY_LEN as u64 > len {
+            return None;
+        }
+        Some(Terms { first_seq, count, min_ts, max_ts, samples, kinds, table_at, table_len: n_terms, file })
     }
-}
 
-impl Index for Terms {
-    fn postings(&self, term: &str) -> Result<Vec<u32>> {
-        let Some(p) = self.dict.get(term) else { return Ok(Vec::new()) };
+    fn read_postings(&self, p: Postings) -> Result<Vec<u32>> {
         let mut b = vec![0u8; p.len as usize];
         self.file.read_exact_at(&mut b, p.offset).map_err(Error::io("read a search index"))?;
         if crc32c::crc32c(&b) != p.crc {
@@ -330,8 +367,52 @@ impl Index for Terms {
         decode_postings(&b, p.n as usize).ok_or_else(|| Error::Corrupt(DAMAGED.into()))
     }
 
+    fn entry(&self, i: u64) -> Result<(u64, Postings)> {
+        let mut e = [0u8; ENTRY_LEN];
+        self.file.read_exact_at(&mut e, self.table_at + i * ENTRY_LEN as u64).map_err(Error::io("read a search index"))?;
+        if crc32c::crc32c(&e[..28]) != be_u32(&e, 28) {
+            return Err(Error::Corrupt(DAMAGED.into()));
+        }
+        Ok((be_u64(&e, 0), Postings::parse(&e[8..28])))
+    }
+}
+
+impl Index for Terms {
+    fn postings(&self, term: &str) -> Result<Vec<u32>> {
+        if term.starts_with("k:") {
+            return self.kinds.get(term).map_or(Ok(Vec::new()), |p| self.read_postings(*p));
+        }
+        // The first entry with this hash, by binary search in the file.
+        let want = term_hash(term);
+        let (mut lo, mut hi) = (0u64, self.table_len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry(mid)?.0 < want {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut out: Vec<u32> = Vec::new();
+        let mut merged = false;
+        while lo < self.table_len {
+            let (hash, p) = self.entry(lo)?;
+            if hash != want {
+                break;
+            }
+            merged |= !out.is_empty();
+            out.extend(self.read_postings(p)?);
+            lo += 1;
+        }
+        if merged {
+            out.sort_unstable();
+            out.dedup();
+        }
+        Ok(out)
+    }
+
     fn terms_with_prefix(&self, prefix: &str) -> Vec<String> {
-        self.dict.range(prefix.to_string()..).map(|(t, _)| t).take_while(|t| t.starts_with(prefix)).cloned().collect()
+        self.kinds.range(prefix.to_string()..).map(|(t, _)| t).take_while(|t| t.starts_with(prefix)).cloned().collect()
     }
 
     fn time_range(&self, since: Option<i64>, until: Option<i64>) -> (u64, u64) {
