@@ -1275,3 +1275,21 @@ fn an_archived_log_verifies_from_the_archive_alone_and_dropped_segments_come_bac
     assert!(err.contains("not the copy this node archived"), "{err}");
     assert!(verify_log(&DirLog(archive_dir), std::slice::from_ref(&first_key), None).is_err());
 }
+
+#[test]
+fn the_live_check_passes_a_sound_log_and_names_an_edited_sealed_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_max_bytes = 64 << 10;
+    cfg.compress_sealed = false;
+    let (ledger, _) = Ledger::open(cfg.clone()).unwrap();
+    append_events(&ledger, 1200);
+    ledger.checkpoint().unwrap();
+    let report = ledger.check_live().unwrap();
+    assert_eq!((report.records, report.problem.clone()), (ledger.size(), None), "{report:?}");
+    assert!(report.checkpoints >= 2);
+    // Edited under the running ledger (CRC fixed up): the read-back names it.
+    edit_record_fixing_crc(&cfg.dir, 9);
+    let report = ledger.check_live().unwrap();
+    assert_eq!(report.problem.as_ref().and_then(|p| p.0), Some(9), "{report:?}");
+}

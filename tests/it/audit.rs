@@ -588,3 +588,23 @@ async fn signed_checkpoints_are_copied_to_the_mirror() {
     assert_eq!(cp.size, ledger.size(), "the final checkpoint, signed at shutdown, is mirrored");
     assert!(mirror.join(format!("checkpoints/{:020}.note", cp.size)).exists());
 }
+
+/// The background check re-reads the running log and records each pass in it.
+#[tokio::test]
+async fn the_background_check_records_each_pass() {
+    let s = Server::start().await;
+    s.get(&s.admin_key.clone(), "/v1/whoami").send().await.unwrap();
+    let task = tokio::spawn(lakeledger::platform::audit::check_periodically(s.state.audit.clone(), Duration::from_millis(20)));
+    let mut found = None;
+    for _ in 0..400 {
+        if let Some(r) = records(&s).into_iter().find(|r| r["kind"] == "audit.check") {
+            found = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    task.abort();
+    let r = found.expect("an audit.check record");
+    assert!(r["details"]["records"].as_str().unwrap().parse::<u64>().unwrap() >= 3, "{r}");
+    assert!(r["details"].get("problem").is_none(), "{r}");
+}

@@ -56,6 +56,9 @@ pub struct Config {
     /// With an archive: local copies of archived segments older than this are dropped
     /// (reads fetch them back). `None` keeps them.
     pub audit_archive_retention: Option<std::time::Duration>,
+    /// How often the running server re-verifies its whole local log in the background
+    /// (every record against the tree, every checkpoint's root); `None`: never.
+    pub audit_check_interval: Option<std::time::Duration>,
     /// The Ed25519 key that signs model artifacts (mode 0600). Default
     /// `<data_dir>/keys/model-signing.key`.
     pub model_key_path: PathBuf,
@@ -126,6 +129,7 @@ pub struct FileConfig {
     pub audit_checkpoint_mirror: Option<String>,
     pub audit_archive: Option<String>,
     pub audit_archive_retention_hours: Option<u64>,
+    pub audit_check_interval_hours: Option<u64>,
     /// Memory one SQL query may hold before spilling and then failing.
     pub sql_memory_limit_bytes: Option<usize>,
     pub sql_timeout_secs: Option<u64>,
@@ -238,6 +242,10 @@ impl Config {
                 .audit_archive_retention_hours
                 .or(file.audit_archive_retention_hours)
                 .map(|h| std::time::Duration::from_secs(h.saturating_mul(3600))),
+            audit_check_interval: match file.audit_check_interval_hours {
+                Some(0) => return Err(Error::BadRequest("audit_check_interval_hours must be at least 1".into())),
+                h => h.map(|h| std::time::Duration::from_secs(h.saturating_mul(3600))),
+            },
             sql_memory_limit_bytes: file.sql_memory_limit_bytes.unwrap_or(1 << 30),
             sql_timeout: std::time::Duration::from_secs(file.sql_timeout_secs.unwrap_or(300)),
             sql_row_limit: file.sql_row_limit.unwrap_or(10_000_000),

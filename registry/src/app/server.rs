@@ -50,6 +50,8 @@ pub struct Prepared {
     checkpoint_mirror: Option<TableStore>,
     /// Where sealed audit segments are archived, if anywhere, and how long local copies stay.
     audit_archive: Option<(std::sync::Arc<crate::platform::audit::ObjectArchive>, Option<std::time::Duration>)>,
+    /// How often the log is re-verified in the background, if at all.
+    audit_check_interval: Option<std::time::Duration>,
     drift_checks: Vec<DriftCheck>,
 }
 
@@ -90,7 +92,16 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     }
     state.online.rebuild_all().await?;
     let audit_archive = audit_archive.map(|a| (a, config.audit_archive_retention));
-    Ok(Prepared { state, first_admin_key, audit_report, listen: config.listen, checkpoint_mirror, audit_archive, drift_checks })
+    Ok(Prepared {
+        state,
+        first_admin_key,
+        audit_report,
+        listen: config.listen,
+        checkpoint_mirror,
+        audit_archive,
+        audit_check_interval: config.audit_check_interval,
+        drift_checks,
+    })
 }
 
 /// The full application: routes, recording layer, panic catcher, fallbacks.
@@ -128,12 +139,13 @@ pub async fn serve_until(
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let Prepared { state, listen, checkpoint_mirror, audit_archive, drift_checks, .. } = prepared;
+    let Prepared { state, listen, checkpoint_mirror, audit_archive, audit_check_interval, drift_checks, .. } = prepared;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Error::Internal(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     let mirror = checkpoint_mirror.clone().map(|store| {
         tokio::spawn(crate::platform::audit::mirror_checkpoints(state.audit.ledger.clone(), store, std::time::Duration::from_secs(1)))
     });
+    let checker = audit_check_interval.map(|every| tokio::spawn(crate::platform::audit::check_periodically(state.audit.clone(), every)));
     let archiver = audit_archive.map(|(archive, retention)| {
         tokio::spawn(crate::platform::audit::archive_segments(state.audit.ledger.clone(), archive, retention, std::time::Duration::from_secs(60)))
     });
@@ -158,7 +170,7 @@ pub async fn serve_until(
     online_refresh.abort();
     drift_checks.iter().for_each(|t| t.abort());
     // An archive pass cut short is safe: the next start's pass checks what is there.
-    if let Some(task) = archiver {
+    for task in [archiver, checker].into_iter().flatten() {
         task.abort();
     }
     state.inference_log.flush().await;

@@ -195,3 +195,42 @@ pub async fn archive_segments(ledger: Arc<Ledger>, archive: Arc<ObjectArchive>, 
         tokio::time::sleep(every).await;
     }
 }
+
+/// Re-verifies the running log every `every` (see `Ledger::check_live`): every local
+/// record against the tree and every signed checkpoint's root. Each pass is recorded in
+/// the log (`audit.check`); a problem is logged as an error naming the first bad seq and
+/// turns `lakeledger_audit_check_ok` to 0.
+pub async fn check_periodically(audit: Arc<AuditLog>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let ledger = audit.ledger.clone();
+        let report = match tokio::task::spawn_blocking(move || ledger.check_live()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the background audit check could not run; it runs again");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the background audit check panicked");
+                continue;
+            }
+        };
+        metrics::gauge!("lakeledger_audit_check_ok").set(if report.problem.is_none() { 1.0 } else { 0.0 });
+        let mut e = Event::new("audit.check", lakeledger_audit::Phase::Intent);
+        e.actor.principal_type = "system".into();
+        e.resource.kind = Some("audit_log".into());
+        e.details.push(("records".into(), report.records.to_string()));
+        e.details.push(("checkpoints".into(), report.checkpoints.to_string()));
+        if let Some((seq, why)) = &report.problem {
+            tracing::error!(first_bad_seq = ?seq, problem = %why, "the background audit check found the log damaged; stop the server and run `lakeledger audit scrub`");
+            e.details.push(("problem".into(), why.clone()));
+            if let Some(s) = seq {
+                e.details.push(("first_bad_seq".into(), s.to_string()));
+            }
+        }
+        audit.record_later(&e);
+        if audit.ledger.failure().is_some() {
+            return;
+        }
+    }
+}
