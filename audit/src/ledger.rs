@@ -1375,6 +1375,11 @@ fn build_terms(dir: &Path, number: u32, stored: Stored, first_seq: u64) -> Resul
 }
 
 fn compact(shared: Arc<Shared>, rx: Receiver<u32>) {
+    // Compression and indexing can wait; producers and the writer cannot. At a lower
+    // priority this thread takes the CPU a busy server leaves over (and still a share
+    // when there is none), so sealing never slows acknowledgements.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
     while let Ok(number) = rx.recv() {
         match store::compress(&shared.dir, number) {
             Ok(_) => {
@@ -1680,7 +1685,7 @@ impl Writer {
                 Err(e) => return Err(self.stop(format!("writing a tile failed: {e}"))),
             }
         }
-        if let Err(e) = TileDir::sync(&self.dirty).and_then(|_| self.idx.sync()) {
+        if let Err(e) = self.shared.tiles.sync(&self.dirty).and_then(|_| self.idx.sync()) {
             return Err(self.stop(format!("syncing the tiles failed: {e}")));
         }
         self.dirty.clear();

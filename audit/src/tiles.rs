@@ -320,22 +320,37 @@ impl TileDir {
         Ok(vec![path, parent])
     }
 
-    /// Makes written tiles durable: each file, then each directory.
-    pub fn sync(paths: &[PathBuf]) -> Result<()> {
-        let mut dirs: Vec<&PathBuf> = Vec::new();
-        for p in paths {
-            if p.is_dir() {
-                if !dirs.contains(&p) {
-                    dirs.push(p);
+    /// Makes written tiles durable. A checkpoint under load covers hundreds of new tiles;
+    /// on Linux one `syncfs` of the tiles' filesystem commits them and their directory
+    /// entries in a single flush instead of one fsync each (which stalled the writer, and
+    /// every ack behind it, for tens of milliseconds per checkpoint). Elsewhere: each
+    /// file, then each directory.
+    pub fn sync(&self, paths: &[PathBuf]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let root = File::open(&self.root).map_err(Error::io(format!("open {}", self.root.display())))?;
+            rustix::fs::syncfs(&root).map_err(|e| Error::Io { context: format!("syncfs {}", self.root.display()), source: e.into() })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let mut dirs: Vec<&PathBuf> = Vec::new();
+            for p in paths {
+                if p.is_dir() {
+                    if !dirs.contains(&p) {
+                        dirs.push(p);
+                    }
+                    continue;
                 }
-                continue;
+                File::open(p).and_then(|f| f.sync_all()).map_err(Error::io(format!("fsync {}", p.display())))?;
             }
-            File::open(p).and_then(|f| f.sync_all()).map_err(Error::io(format!("fsync {}", p.display())))?;
+            for d in dirs {
+                File::open(d).and_then(|f| f.sync_all()).map_err(Error::io(format!("fsync {}", d.display())))?;
+            }
+            Ok(())
         }
-        for d in dirs {
-            File::open(d).and_then(|f| f.sync_all()).map_err(Error::io(format!("fsync {}", d.display())))?;
-        }
-        Ok(())
     }
 
     /// Removes temporary files a crash left behind.
