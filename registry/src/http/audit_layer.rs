@@ -247,11 +247,17 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         h.insert(AUDIT_EVENT, HeaderValue::from_str(&intent.event_id).expect("uuid is a valid header"));
     }
 
-    let mut outcome = intent.clone();
-    outcome.event_id = uuid::Uuid::now_v7().to_string();
-    outcome.phase = Phase::Outcome;
+    // The outcome names its intent (seq, event id, request id) and repeats who acted on
+    // what, so filters and tenant scoping find it on its own; where the request came from
+    // (client, user agent, method, route, path, query) is on the intent only. Every
+    // request writes both records, so what the outcome does not repeat is saved twice
+    // over: in serializing and hashing it, and on disk.
+    let mut outcome = Event::new(kind, Phase::Outcome);
     outcome.intent_seq = receipt.map(|r| r.seq);
-    outcome.details.push(("intent_event_id".into(), intent.event_id.clone()));
+    outcome.actor = intent.actor;
+    outcome.source.request_id = intent.source.request_id;
+    outcome.resource = intent.resource;
+    outcome.details.push(("intent_event_id".into(), intent.event_id));
     if let Some(f) = response.extensions().get::<AuditFacts>() {
         if f.resource_name.is_some() {
             outcome.resource.name = f.resource_name.clone();
