@@ -15,13 +15,14 @@ use axum::http::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use lakeledger::http::auth::{AuthFailure, AuthOutcome};
-use lakeledger::identity::authenticate;
-use lakeledger::platform::catalog::SharedCatalog;
+use lakeledger::identity::Identity;
 
-/// Authentication alone (a catalog lookup per request), as the handlers need it; no records.
-async fn auth_only(State(catalog): State<SharedCatalog>, mut req: Request<Body>, next: Next) -> Response {
+/// Authentication alone, through the same identity service (and key cache) the server's
+/// audit layer uses, as the handlers need it; no records. So the two sides differ only
+/// in the ledger.
+async fn auth_only(State(identity): State<Arc<Identity>>, mut req: Request<Body>, next: Next) -> Response {
     let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let outcome = match authenticate(&catalog, header.as_deref()).await {
+    let outcome = match identity.authenticate(header.as_deref()).await {
         Ok(p) => AuthOutcome::Ok(p),
         Err(_) => AuthOutcome::Failed(AuthFailure::Invalid),
     };
@@ -74,14 +75,13 @@ async fn main() {
     let secs: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
     let config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
-    let catalog = lakeledger::platform::catalog::connect(config.catalog_url.expose()).await.unwrap();
     let prepared = lakeledger::app::server::prepare(config).await.unwrap();
     let key = prepared.first_admin_key.as_ref().unwrap().secret.clone();
     let state = prepared.state.clone();
     let audited = serve(lakeledger::app::server::app(state.clone())).await;
     let bare = serve(
         lakeledger::http::routes()
-            .layer(axum::middleware::from_fn_with_state(catalog, auth_only))
+            .layer(axum::middleware::from_fn_with_state(state.0.identity.clone(), auth_only))
             .with_state(state.clone()),
     )
     .await;
