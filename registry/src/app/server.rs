@@ -152,6 +152,17 @@ pub async fn serve_until(
     let (stop_inference_log, inference_log_stopped) = tokio::sync::watch::channel(false);
     let inference_log = tokio::spawn(state.inference_log.clone().run(inference_log_stopped));
     let online_refresh = tokio::spawn(state.online.clone().keep_fresh());
+    // Histogram samples collect in the recorder until upkeep folds them into buckets;
+    // without it a server nobody scrapes grows with every request it answers.
+    let metrics_upkeep = {
+        let handle = state.metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                handle.run_upkeep();
+            }
+        })
+    };
     let drift_checks: Vec<_> = drift_checks.into_iter().map(|c| tokio::spawn(state.drift.clone().run_check(c))).collect();
     on_bound(addr);
     let shutdown_state = state.clone();
@@ -168,6 +179,7 @@ pub async fn serve_until(
     let _ = stop_inference_log.send(true);
     let _ = inference_log.await;
     online_refresh.abort();
+    metrics_upkeep.abort();
     drift_checks.iter().for_each(|t| t.abort());
     // An archive pass cut short is safe: the next start's pass checks what is there.
     for task in [archiver, checker].into_iter().flatten() {
