@@ -244,18 +244,7 @@ pub fn verify_log(src: &dyn LogSource, trusted_keys: &[VerifierKey], trusted_che
             if cp.size == range.size() && range.root() != cp.root {
                 return Err(fail(last_size, format!("the records from seq {last_size} up to {} do not match the signed checkpoint of size {}", cp.size, cp.size)));
             }
-            rotations.retain(|(seq, old, new)| {
-                if *seq >= cp.size {
-                    return true;
-                }
-                if trusted.iter().any(|k| &k.encode() == old)
-                    && let Ok(k) = VerifierKey::parse(new)
-                    && !trusted.contains(&k)
-                {
-                    trusted.push(k);
-                }
-                false
-            });
+            crate::verify::follow_rotations(rotations, trusted, cp.size);
             last_size = cp.size;
             checked += 1;
         }

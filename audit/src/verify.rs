@@ -663,18 +663,7 @@ pub fn verify(src: &dyn Source, trusted_keys: &[VerifierKey], trusted_checkpoint
                     let first = last.as_ref().map_or(0, |p| p.size);
                     return Err(fail(first, format!("the records from seq {first} up to {} do not match the signed checkpoint of size {}", cp.size, cp.size)));
                 }
-                rotations.retain(|(seq, old, new)| {
-                    if *seq >= cp.size {
-                        return true;
-                    }
-                    if trusted.iter().any(|k| &k.encode() == old)
-                        && let Ok(k) = VerifierKey::parse(new)
-                        && !trusted.contains(&k)
-                    {
-                        trusted.push(k);
-                    }
-                    false
-                });
+                follow_rotations(rotations, trusted, cp.size);
                 *last = Some(cp);
                 opened += 1;
                 *next_note = notes.next()?;
@@ -810,3 +799,21 @@ pub fn verify(src: &dyn Source, trusted_keys: &[VerifierKey], trusted_checkpoint
     }
     Ok(Summary { records, end_size, complete, checkpoints: opened, trusted_checkpoint_size: kept.map(|k| k.size) })
 }
+
+/// Key rotations recorded before `size` (seq, old key, new key): each new key becomes trusted
+/// when the key it replaces is, and is then dropped from the list; later ones stay.
+pub(crate) fn follow_rotations(rotations: &mut Vec<(u64, String, String)>, trusted: &mut Vec<VerifierKey>, size: u64) {
+    rotations.retain(|(seq, old, new)| {
+        if *seq >= size {
+            return true;
+        }
+        if trusted.iter().any(|k| &k.encode() == old)
+            && let Ok(k) = VerifierKey::parse(new)
+            && !trusted.contains(&k)
+        {
+            trusted.push(k);
+        }
+        false
+    });
+}
+
