@@ -225,11 +225,14 @@ pub fn retention_hours(table: &DeltaTable) -> Result<u64> {
 /// Data files that left the table more than `retention_hours` ago: what a vacuum would
 /// delete. Nothing is deleted here, so a caller can keep what it still needs.
 pub async fn vacuum_candidates(table: DeltaTable, retention_hours: u64) -> Result<Vec<String>> {
-    let hours = i64::try_from(retention_hours).map_err(|_| Error::InvalidSchema(format!("retention of {retention_hours} hours is too long")))?;
+    let period = i64::try_from(retention_hours)
+        .ok()
+        .and_then(chrono::Duration::try_hours)
+        .ok_or_else(|| Error::InvalidSchema(format!("retention of {retention_hours} hours is too long")))?;
     let table_store = table.log_store();
     let (_, metrics) = table
         .vacuum()
-        .with_retention_period(chrono::Duration::hours(hours))
+        .with_retention_period(period)
         // The caller has already applied its own rule about short retention.
         .with_enforce_retention_duration(false)
         .with_dry_run(true)

@@ -13,6 +13,9 @@ pub enum Error {
     InvalidKey,
     #[error("role `{role}` may not {action}")]
     Forbidden { role: String, action: String },
+    /// A name or tag only the server may write (`inference_*` groups, `lakeledger.*` tags).
+    #[error("{0}")]
+    Reserved(String),
     #[error("{kind} `{name}` not found")]
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
@@ -33,6 +36,15 @@ pub enum Error {
     NotAcceptable,
     #[error("{0}")]
     Unavailable(String),
+    /// The server is at its limit of requests in flight; retry shortly.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The caller's tenant (or key) is over one of its limits; retry after a while.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// The request took longer than the server allows.
+    #[error("{0}")]
+    TimedOut(String),
     #[error("catalog: {0}")]
     Catalog(#[from] sqlx::Error),
     #[error("catalog migration: {0}")]
@@ -64,6 +76,7 @@ impl Error {
             Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
             Error::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::Reserved(_) => (StatusCode::FORBIDDEN, "reserved_name"),
             Error::NotFound { kind, .. } => return (StatusCode::NOT_FOUND, format!("{}_not_found", kind.replace(' ', "_"))),
             Error::VersionNotFound(_) => (StatusCode::NOT_FOUND, "version_not_found"),
             Error::AlreadyExists { kind, .. } => {
@@ -76,6 +89,9 @@ impl Error {
             Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Error::NotAcceptable => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Error::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Error::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             Error::Catalog(e) if is_unique_violation(e) => (StatusCode::CONFLICT, "conflict"),
             Error::Catalog(e) if is_transient(e) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_busy"),
             Error::Engine(e) => match e {

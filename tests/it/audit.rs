@@ -330,6 +330,30 @@ async fn auditors_list_prove_and_export_and_the_package_verifies_offline_twice()
     let recs = page["records"].as_array().unwrap();
     assert!(!recs.is_empty());
     assert!(recs.iter().all(|r| r["payload"]["actor"]["tenant"] == "acme" || r["payload"]["resource"]["tenant"] == "acme"));
+    // What the operator did to acme is acme's too: creating it, minting its keys, listing them.
+    let r = s.get(&admin, "/v1/keys?tenant=acme").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    let wanted = [("tenant.create", "outcome"), ("api_key.create", "outcome"), ("api_key.list", "intent"), ("api_key.list", "outcome")];
+    let mut by_operator = Vec::new();
+    // Outcomes land once the body is sent; wait for them (bounded), not for a time.
+    for _ in 0..200 {
+        let page: Value = s.get(&acme_auditor, "/v1/audit/records?limit=1000").send().await.unwrap().json().await.unwrap();
+        by_operator = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["payload"]["actor"]["tenant"] == "default")
+            .map(|r| (r["payload"]["kind"].as_str().unwrap().to_string(), r["payload"]["phase"].as_str().unwrap().to_string()))
+            .collect::<Vec<_>>();
+        if wanted.iter().all(|(k, p)| by_operator.contains(&(k.to_string(), p.to_string()))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for seen in wanted {
+        assert!(by_operator.contains(&(seen.0.to_string(), seen.1.to_string())), "acme's auditor sees {seen:?}: {by_operator:?}");
+    }
     let r = s.get(&acme_auditor, "/v1/audit/records?tenant=default").send().await.unwrap();
     assert_eq!(r.status(), 403);
 

@@ -460,7 +460,7 @@ async fn probes_metrics_and_request_ids() {
     assert_eq!(r.json::<Value>().await.unwrap()["ready"], true);
     let r = s.get(&s.admin_key, "/v1/whoami").header("x-request-id", "abc-123").send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
-    let metrics = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = s.get(&s.admin_key, "/metrics").send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("lakeledger_http_requests_total"), "{metrics}");
     assert!(metrics.contains("lakeledger_http_request_duration_seconds_bucket"), "{metrics}");
     let docs = s.client.get(s.url("/docs")).send().await.unwrap().text().await.unwrap();

@@ -3,6 +3,7 @@
 
 mod audit;
 mod catalog_conformance;
+mod edge;
 mod feature_groups;
 mod interop;
 mod models;

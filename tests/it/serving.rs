@@ -269,7 +269,7 @@ async fn models_score_mlflow_inputs_and_entities_swap_on_alias_moves_and_refuse_
     assert_eq!((outcome["kind"].as_str(), &outcome["resource"]["versions_read"]), (Some("model.invoke"), &json!([2])));
     assert_eq!((outcome["details"]["alias"].as_str(), outcome["details"]["variant"].as_str()), (Some("champion"), Some("stable")));
     assert_eq!(outcome["details"]["input_sha256"].as_str().unwrap().len(), 64);
-    let metrics = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = s.get(&s.admin_key, "/metrics").send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("lakeledger_model_requests_total{model=\"default/wine\",version=\"2\",status=\"ok\"}"), "{metrics}");
     assert!(metrics.contains("lakeledger_model_batch_rows_bucket{model=\"default/wine\",version=\"1\""));
 }
@@ -416,6 +416,36 @@ async fn inference_logs_are_queryable_and_drift_is_measured_and_signalled() {
     };
     let n = count("SELECT count(*) AS n FROM inference_wine WHERE request_id = 'logged-1' AND model_version = 1 AND alias = 'champion'").await;
     assert_eq!(n as usize, lines.len() - 1);
+
+    // Nobody but the server writes the log or marks a group as one: a writer (even an
+    // admin) cannot forge what drift reports and auditors read.
+    let writer = s.create_key("writer", None).await;
+    for key in [&writer, &k] {
+        let r = s.ingest_json(key, "inference_wine", "append", json!([{"request_id": "forged", "row": 0, "served_at": "2026-01-01T00:00:00Z"}])).await;
+        let (_, m) = error_code(r, 403).await;
+        assert!(m.contains("inference_"), "{m}");
+        let r = s.client.patch(s.url("/v1/feature-groups/inference_wine")).bearer_auth(key).json(&json!({"tags": {}})).send().await.unwrap();
+        let (code, m) = error_code(r, 403).await;
+        assert_eq!(code, "reserved_name");
+        assert!(m.contains("lakeledger.inference_log"), "{m}");
+        let r = s.client.patch(s.url("/v1/feature-groups/wine_features")).bearer_auth(key).json(&json!({"tags": {"lakeledger.inference_log": "wine"}})).send().await.unwrap();
+        assert_eq!(error_code(r, 403).await.0, "reserved_name");
+        let r = s.client.put(s.url("/v1/feature-groups/inference_wine/schema")).bearer_auth(key).json(&json!({"features": []})).send().await.unwrap();
+        assert_eq!(error_code(r, 403).await.0, "reserved_name");
+        let create = json!({"name": "inference_other", "entity_keys": [{"name": "id", "type": "int64"}], "event_time": "ts"});
+        let r = s.post(key, "/v1/feature-groups").json(&create).send().await.unwrap();
+        assert_eq!(error_code(r, 403).await.0, "reserved_name");
+        let tagged = json!({"name": "sneaky", "entity_keys": [{"name": "id", "type": "int64"}], "event_time": "ts", "tags": {"lakeledger.inference_log": "wine"}});
+        let r = s.post(key, "/v1/feature-groups").json(&tagged).send().await.unwrap();
+        assert_eq!(error_code(r, 403).await.0, "reserved_name");
+    }
+    // Describing the log stays open; its reserved tag stays as the server set it.
+    let r = s.client.patch(s.url("/v1/feature-groups/inference_wine")).bearer_auth(&k).json(&json!({"description": "wine scoring log"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["tags"]["lakeledger.inference_log"], "wine");
+    let forged = count("SELECT count(*) + 1 AS n FROM inference_wine WHERE request_id = 'forged'").await;
+    assert_eq!(forged, 1, "no forged row was written");
+
     let drift: Value = s.get(&k, "/v1/models/wine/versions/1/drift").send().await.unwrap().json().await.unwrap();
     assert_eq!(drift["current_rows"].as_u64(), Some(lines.len() as u64 - 1), "{drift}");
     assert_eq!(drift["drifted"], json!([]), "{drift}");

@@ -24,8 +24,21 @@ pub struct Config {
     pub data_root: url::Url,
     /// Options for the object store (endpoint, region, credentials…).
     pub storage_options: HashMap<String, String>,
-    /// Largest accepted request body in bytes.
+    /// Largest accepted data upload (rows, spines, model artifacts) in bytes.
     pub max_body_bytes: u64,
+    /// Largest accepted JSON body of a control request (creating, changing, querying).
+    pub max_json_body_bytes: u64,
+    /// Largest accepted scoring request body.
+    pub max_scoring_body_bytes: u64,
+    /// How long a read or a query may take to start answering before it is answered 504
+    /// (a response already streaming is not cut). Writes are never cut short.
+    pub request_timeout: std::time::Duration,
+    /// Requests handled at once; more are answered 503 at once (probes are exempt).
+    pub max_concurrent_requests: usize,
+    /// Requests one tenant may have in flight at once; more are answered 429.
+    pub max_concurrent_requests_per_tenant: usize,
+    /// A file holding a bearer token that may scrape `/metrics` (besides operator keys).
+    pub metrics_token_file: Option<PathBuf>,
     /// Rows a single data read returns at most when the client names no limit.
     pub default_read_limit: Option<usize>,
     /// Emit logs as JSON lines instead of text.
@@ -121,6 +134,12 @@ pub struct FileConfig {
     #[serde(default)]
     pub storage_options: HashMap<String, String>,
     pub max_body_bytes: Option<u64>,
+    pub max_json_body_bytes: Option<u64>,
+    pub max_scoring_body_bytes: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub max_concurrent_requests: Option<usize>,
+    pub max_concurrent_requests_per_tenant: Option<usize>,
+    pub metrics_token_file: Option<PathBuf>,
     pub default_read_limit: Option<usize>,
     pub json_logs: Option<bool>,
     pub audit_dir: Option<PathBuf>,
@@ -172,6 +191,7 @@ pub struct Overrides {
     pub data_root: Option<String>,
     pub storage_options: Vec<(String, String)>,
     pub max_body_bytes: Option<u64>,
+    pub metrics_token_file: Option<PathBuf>,
     pub json_logs: Option<bool>,
     pub audit_dir: Option<PathBuf>,
     pub audit_key_path: Option<PathBuf>,
@@ -183,6 +203,8 @@ pub struct Overrides {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "lakeledger-data";
 pub const DEFAULT_MAX_BODY: u64 = 2 * 1024 * 1024 * 1024;
+pub const DEFAULT_MAX_JSON_BODY: u64 = 1024 * 1024;
+pub const DEFAULT_MAX_SCORING_BODY: u64 = 64 * 1024 * 1024;
 
 impl Config {
     /// Builds a config for embedded defaults under `data_dir` (used by tests and `serve`).
@@ -225,6 +247,18 @@ impl Config {
             data_root,
             storage_options,
             max_body_bytes: cli.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY),
+            max_json_body_bytes: file.max_json_body_bytes.unwrap_or(DEFAULT_MAX_JSON_BODY),
+            max_scoring_body_bytes: file.max_scoring_body_bytes.unwrap_or(DEFAULT_MAX_SCORING_BODY),
+            request_timeout: match file.request_timeout_secs.unwrap_or(60) {
+                0 => return Err(Error::BadRequest("request_timeout_secs must be at least 1".into())),
+                s => std::time::Duration::from_secs(s),
+            },
+            max_concurrent_requests: positive("max_concurrent_requests", file.max_concurrent_requests.unwrap_or(1024))?,
+            max_concurrent_requests_per_tenant: positive(
+                "max_concurrent_requests_per_tenant",
+                file.max_concurrent_requests_per_tenant.unwrap_or(256),
+            )?,
+            metrics_token_file: cli.metrics_token_file.or(file.metrics_token_file),
             default_read_limit: file.default_read_limit,
             json_logs: cli.json_logs.or(file.json_logs).unwrap_or(false),
             audit_dir: cli.audit_dir.or(file.audit_dir).unwrap_or_else(|| data_dir.join("audit")),
@@ -265,6 +299,13 @@ impl Config {
             data_dir,
         })
     }
+}
+
+fn positive(name: &str, n: usize) -> Result<usize> {
+    if n == 0 {
+        return Err(Error::BadRequest(format!("{name} must be at least 1")));
+    }
+    Ok(n)
 }
 
 /// Accepts `s3://…`, `file:///…` or a plain local path.

@@ -124,6 +124,9 @@ pub fn app_with_routes(state: AppState, routes: Router<AppState>) -> Router {
             Error::Internal("handler panicked".into()).into_response()
         }))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::http::audit_layer::record))
+        // Each extractor states its own limit (control JSON, scoring, uploads), answered
+        // with the error body; axum's implicit 2 MB would answer plain text.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
 

@@ -10,7 +10,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use super::config::Config;
 use crate::error::{Error, Result};
 use crate::features::{CommitObserver, FeatureGroups, FeatureSettings, FeatureWriter, PinSource};
-use crate::http::{AppState, HttpLimits, Services};
+use crate::http::{Admission, AppState, HttpLimits, Services};
+use sha2::Digest;
 use crate::identity::Identity;
 use crate::lineage::Lineage;
 use crate::models::{ModelEvents, ModelSigner, Models};
@@ -83,8 +84,26 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
         audit,
         readiness: Readiness::new(catalog, tables),
         metrics,
-        limits: HttpLimits { max_body_bytes: config.max_body_bytes },
+        metrics_token: metrics_token(config)?,
+        limits: HttpLimits {
+            max_body_bytes: config.max_body_bytes,
+            max_json_body_bytes: config.max_json_body_bytes,
+            max_scoring_body_bytes: config.max_scoring_body_bytes,
+            request_timeout: config.request_timeout,
+        },
+        admission: Admission::new(config.max_concurrent_requests, config.max_concurrent_requests_per_tenant),
     })))
+}
+
+/// The scrape token's SHA-256 (only the hash is kept in memory).
+fn metrics_token(config: &Config) -> Result<Option<[u8; 32]>> {
+    let Some(path) = &config.metrics_token_file else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| Error::BadRequest(format!("metrics token file {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(Error::BadRequest(format!("metrics token file {}: the token must be at least 16 characters", path.display())));
+    }
+    Ok(Some(sha2::Sha256::digest(token.as_bytes()).into()))
 }
 
 /// The `[[drift_checks]]` of the configuration, each checked before the server starts.

@@ -83,9 +83,12 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
     #[arg(long, env = "LAKELEDGER_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted data upload (rows, spines, model artifacts), in bytes.
     #[arg(long, env = "LAKELEDGER_MAX_BODY_BYTES")]
     max_body_bytes: Option<u64>,
+    /// A file holding a bearer token that may scrape /metrics (operator admin keys may too).
+    #[arg(long, env = "LAKELEDGER_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "LAKELEDGER_JSON_LOGS")]
     json_logs: bool,
@@ -160,7 +163,13 @@ pub async fn run() -> ExitCode {
 async fn serve(args: ServeArgs) -> crate::Result<()> {
     let config = resolve(
         &args.storage,
-        Overrides { listen: args.listen, max_body_bytes: args.max_body_bytes, json_logs: args.json_logs.then_some(true), ..Default::default() },
+        Overrides {
+            listen: args.listen,
+            max_body_bytes: args.max_body_bytes,
+            metrics_token_file: args.metrics_token_file,
+            json_logs: args.json_logs.then_some(true),
+            ..Default::default()
+        },
     )?;
     init_logs(config.json_logs);
     let started = std::time::Instant::now();

@@ -40,6 +40,7 @@ impl FeatureGroups {
 
     /// Streams an upload into the group's table and commits it as one version.
     pub async fn ingest(&self, p: &Principal, name: &str, mode: WriteMode, format: IngestFormat, body: Body, ctx: &AuditContext) -> Result<IngestResult> {
+        super::refuse_reserved_group(name, "write")?;
         let g = self.find(p, name).await?;
         require_active(&g)?;
         let url = self.tables.location(&g.location)?;

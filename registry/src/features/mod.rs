@@ -77,6 +77,35 @@ pub fn validate_group_name(name: &str) -> Result<()> {
     }
 }
 
+/// Groups whose rows the server writes itself (inference logs) carry this prefix; their
+/// rows and schema are written by the server only, so nobody can forge what drift reports
+/// and auditors read from them.
+pub const RESERVED_GROUP_PREFIX: &str = "inference_";
+/// Tags under this prefix are set by the server only (e.g. which model a log belongs to).
+pub const RESERVED_TAG_PREFIX: &str = "lakeledger.";
+
+fn refuse_reserved_group(name: &str, what: &str) -> Result<()> {
+    if name.starts_with(RESERVED_GROUP_PREFIX) {
+        return Err(Error::Reserved(format!(
+            "feature group names starting with `{RESERVED_GROUP_PREFIX}` are reserved for inference logs, which only the server may {what}"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a change to reserved tags: adding, removing or altering any `lakeledger.*` key.
+fn refuse_reserved_tags(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Result<()> {
+    let reserved = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
+        m.iter().filter(|(k, _)| k.starts_with(RESERVED_TAG_PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let (was, now) = (reserved(before), reserved(after));
+    if was != now {
+        let key = now.iter().chain(&was).find(|kv| !was.contains(kv) || !now.contains(kv)).map(|(k, _)| k.clone()).unwrap_or_default();
+        return Err(Error::Reserved(format!("tag `{key}`: tags starting with `{RESERVED_TAG_PREFIX}` are set by the server only")));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFeatureGroup {
@@ -336,6 +365,14 @@ impl FeatureGroups {
 
     pub async fn create(&self, p: &Principal, req: CreateFeatureGroup, ctx: &AuditContext) -> Result<FeatureGroupView> {
         validate_group_name(&req.name)?;
+        refuse_reserved_group(&req.name, "create")?;
+        refuse_reserved_tags(&BTreeMap::new(), &req.tags)?;
+        self.create_group(p, req, ctx).await
+    }
+
+    /// Creates a group without the checks on reserved names (the server's own groups).
+    async fn create_group(&self, p: &Principal, req: CreateFeatureGroup, ctx: &AuditContext) -> Result<FeatureGroupView> {
+        validate_group_name(&req.name)?;
         check_max_age(req.online_max_age_seconds)?;
         let schema = FeatureSchema { entity_keys: req.entity_keys, event_time: req.event_time, features: req.features };
         schema.validate()?;
@@ -401,6 +438,9 @@ impl FeatureGroups {
     pub async fn update(&self, p: &Principal, name: &str, req: UpdateFeatureGroup) -> Result<FeatureGroupView> {
         let mut g = self.find(p, name).await?;
         require_active(&g)?;
+        if let Some(tags) = &req.tags {
+            refuse_reserved_tags(&g.tags, tags)?;
+        }
         if req.online.is_some() || req.online_max_age_seconds.is_some() {
             let online = req.online.unwrap_or(g.online);
             let max_age = req.online_max_age_seconds.unwrap_or(g.online_max_age_seconds);
@@ -422,6 +462,7 @@ impl FeatureGroups {
     }
 
     pub async fn evolve(&self, p: &Principal, name: &str, req: EvolveSchema, ctx: &AuditContext) -> Result<FeatureGroupView> {
+        refuse_reserved_group(name, "change the schema of")?;
         let g = self.find(p, name).await?;
         require_active(&g)?;
         let next = FeatureSchema {
@@ -496,7 +537,7 @@ impl FeatureWriter {
     /// Creates the group; one that already exists is left as it is.
     pub async fn ensure(&self, p: &Principal, req: CreateFeatureGroup, ctx: &AuditContext) -> Result<FeatureGroupRecord> {
         let name = req.name.clone();
-        match self.0.create(p, req, ctx).await {
+        match self.0.create_group(p, req, ctx).await {
             Ok(_) | Err(Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }

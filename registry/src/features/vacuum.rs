@@ -8,11 +8,16 @@ use super::FeatureGroups;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 
+/// The longest retention accepted: a century. Longer ones cannot be subtracted from now.
+pub const MAX_RETENTION_HOURS: u64 = 876_000;
+
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VacuumRequest {
     /// Delete data files that left the table more than this many hours ago. Default: the
     /// table's own retention (`delta.deletedFileRetentionDuration`, a week unless set).
+    /// At most 876,000 (a century).
+    #[schema(maximum = 876_000)]
     pub retention_hours: Option<u64>,
     /// Allow a retention shorter than the table's own. Versions older than the retention
     /// then stop being readable (training sets that read them keep their files).
@@ -44,6 +49,9 @@ impl FeatureGroups {
     /// Deletes data files that left the table longer ago than the retention, except those a
     /// live training set read: pinned versions stay reproducible.
     pub async fn vacuum(&self, p: &Principal, name: &str, req: VacuumRequest) -> Result<VacuumReport> {
+        if let Some(h) = req.retention_hours.filter(|h| *h > MAX_RETENTION_HOURS) {
+            return Err(Error::Unprocessable(format!("retention_hours {h} is longer than the longest accepted, {MAX_RETENTION_HOURS} (a century)")));
+        }
         let g = self.find(p, name).await?;
         // Without a source of pins nothing may be deleted: every file could be pinned.
         let pin_source = self

@@ -1,11 +1,13 @@
 //! Tenants and API keys.
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiJson;
+use super::audit_layer::AuditFacts;
 use super::auth::Caller;
 use super::error::ErrorBody;
 use super::state::AppState;
@@ -28,8 +30,15 @@ pub struct CreateTenant {
 /// Creates a tenant (admins of the `default` tenant only).
 #[utoipa::path(post, path = "/v1/tenants", request_body = CreateTenant,
     responses((status = 201, body = Tenant), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_tenant(State(state): State<AppState>, Caller(p): Caller, ApiJson(req): ApiJson<CreateTenant>) -> Result<(StatusCode, axum::Json<Tenant>)> {
-    Ok((StatusCode::CREATED, axum::Json(state.identity.create_tenant(&p, &req.name).await?)))
+pub async fn create_tenant(State(state): State<AppState>, Caller(p): Caller, ApiJson(req): ApiJson<CreateTenant>) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<Tenant>)> {
+    let t = state.identity.create_tenant(&p, &req.name).await?;
+    Ok((StatusCode::CREATED, in_tenant(&t.name, &t.name), axum::Json(t)))
+}
+
+/// The outcome names the tenant acted on, so that tenant's auditors see what an
+/// operator did to it.
+fn in_tenant(tenant: &str, resource: &str) -> Extension<AuditFacts> {
+    Extension(AuditFacts { resource_name: Some(resource.to_string()), resource_tenant: Some(tenant.to_string()), ..Default::default() })
 }
 
 /// Lists tenants (operator admins see all; other admins see their own).
@@ -41,8 +50,9 @@ pub async fn list_tenants(State(state): State<AppState>, Caller(p): Caller) -> R
 /// Mints an API key. The secret is in this response only.
 #[utoipa::path(post, path = "/v1/keys", request_body = CreateKey,
     responses((status = 201, body = MintedKey), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn create_key(State(state): State<AppState>, Caller(p): Caller, ApiJson(req): ApiJson<CreateKey>) -> Result<(StatusCode, axum::Json<MintedKey>)> {
-    Ok((StatusCode::CREATED, axum::Json(state.identity.create_key(&p, req).await?)))
+pub async fn create_key(State(state): State<AppState>, Caller(p): Caller, ApiJson(req): ApiJson<CreateKey>) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<MintedKey>)> {
+    let k = state.identity.create_key(&p, req).await?;
+    Ok((StatusCode::CREATED, in_tenant(&k.tenant, &k.id), axum::Json(k)))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -20,6 +20,7 @@ use http_body::{Body as _, Frame};
 use lakeledger_audit::{Event, Phase};
 use sha2::{Digest, Sha256};
 
+use super::admission::Admitted;
 use super::auth::{AuthFailure, AuthOutcome};
 use super::error::ErrorCode;
 use super::state::AppState;
@@ -37,6 +38,8 @@ pub const AUDIT_EVENT: &str = "x-audit-event-id";
 pub struct AuditFacts {
     /// The resource's name when the path does not carry it (a create).
     pub resource_name: Option<String>,
+    /// The resource's tenant when it is not the caller's (an operator acting on another).
+    pub resource_tenant: Option<String>,
     pub versions_read: Vec<i64>,
     pub versions_written: Vec<i64>,
     pub rows: Option<u64>,
@@ -175,7 +178,12 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         None
     } else {
         let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let outcome = match state.identity.authenticate(header).await {
+        let scraper = (route == "/metrics").then(|| scrape_token(&state, header)).flatten();
+        let authenticated = match scraper {
+            Some(p) => Ok(p),
+            None => state.identity.authenticate(header).await,
+        };
+        let outcome = match authenticated {
             Ok(p) => AuthOutcome::Ok(p),
             Err(Error::Unauthenticated) => AuthOutcome::Failed(AuthFailure::Missing),
             Err(Error::InvalidKey) => AuthOutcome::Failed(AuthFailure::Invalid),
@@ -207,16 +215,22 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
     intent.resource.kind = resource_kind.map(str::to_string);
     intent.resource.name = resource_name;
     intent.resource.tenant = principal.as_ref().map(|p| p.tenant.clone());
+    // An operator acting on another tenant (`?tenant=`) acts on that tenant's resources:
+    // its auditors see the record.
+    if let Some(t) = principal.as_ref().filter(|p| p.is_operator()).and_then(|_| query_param(req.uri().query(), "tenant")) {
+        intent.resource.tenant = Some(t);
+    }
     if let Some(q) = req.uri().query() {
         // Query strings select versions and rows; they never carry secrets here.
         intent.details.push(("query".into(), q.chars().take(2048).collect()));
     }
     req.extensions_mut().insert(RequestId(request_id.clone()));
 
+    let mut admitted = None;
     let (mut response, receipt) = match state.audit.record(&intent).await {
         Ok(receipt) => {
             req.extensions_mut().insert(AuditContext { request_id: request_id.clone(), event_id: intent.event_id.clone(), intent_seq: receipt.seq });
-            (next.run(req).await, Some(receipt))
+            (admit_and_run(&state, &method, &route, principal.as_ref(), req, next, &mut admitted).await, Some(receipt))
         }
         Err(e) => {
             tracing::error!(error = %e, request_id = %request_id, "request could not be recorded; refusing it");
@@ -262,13 +276,16 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         if f.resource_name.is_some() {
             outcome.resource.name = f.resource_name.clone();
         }
+        if f.resource_tenant.is_some() {
+            outcome.resource.tenant = f.resource_tenant.clone();
+        }
         outcome.resource.versions_read = f.versions_read.clone();
         outcome.resource.versions_written = f.versions_written.clone();
         outcome.details.extend(f.details.iter().cloned());
     }
     let result = match status {
         200..=399 => "success",
-        401 | 403 => "denied",
+        401 | 403 | 429 => "denied",
         _ => "error",
     };
     outcome.outcome = Some(lakeledger_audit::event::Result {
@@ -281,6 +298,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
     let rows_counter = response.extensions().get::<AuditFacts>().and_then(|f| f.rows_counter.clone());
     let (parts, body) = response.into_parts();
     let body = AuditedBody {
+        _admitted: admitted,
         rows_counter,
         inner: body,
         bytes: 0,
@@ -288,6 +306,72 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         pending: Some(PendingOutcome { audit: state.audit.clone(), event: outcome, started }),
     };
     Response::from_parts(parts, Body::new(body))
+}
+
+/// Runs the handler once the request is admitted (public routes always are, so probes
+/// answer under load). Reads and queries that take longer than the request timeout to
+/// start answering are answered 504; writes are never cut short, since a write stopped
+/// between its commit and its catalog record would leave the two apart.
+async fn admit_and_run(
+    state: &AppState,
+    method: &str,
+    route: &str,
+    principal: Option<&Principal>,
+    req: Request<Body>,
+    next: Next,
+    admitted: &mut Option<Admitted>,
+) -> Response {
+    if !is_public(route) {
+        match state.admission.admit(principal.map(|p| (p.tenant_id.as_str(), p.tenant.as_str()))) {
+            Ok(a) => *admitted = Some(a),
+            Err(e) => return e.into_response(),
+        }
+    }
+    if !interruptible(method, route) {
+        return next.run(req).await;
+    }
+    let limit = state.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("lakeledger_http_timeouts_total", "route" => route.to_string()).increment(1);
+            Error::TimedOut(format!("the request took longer than the server's limit of {} s and was stopped", limit.as_secs())).into_response()
+        }
+    }
+}
+
+/// Requests that change nothing may be stopped part way: reads, queries, lookups, scoring.
+pub(super) fn interruptible(method: &str, route: &str) -> bool {
+    method == "GET"
+        || matches!(
+            route,
+            "/v1/sql"
+                | "/v1/online/features"
+                | "/v1/audit/entity-hash"
+                | "/v1/audit/export"
+                | "/v1/models/{name}/versions/{version}/invocations"
+                | "/v1/models/{target}/invocations"
+        )
+}
+
+/// The scraper's principal when the request carries the configured metrics token.
+fn scrape_token(state: &AppState, header: Option<&str>) -> Option<Principal> {
+    let want = state.metrics_token?;
+    let token = header?.strip_prefix("Bearer ")?.trim();
+    let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // Comparing digests, not secrets: timing reveals nothing about the token.
+    (got == want).then(|| Principal {
+        key_id: "metrics-token".into(),
+        key_name: "metrics scrape token".into(),
+        role: crate::platform::catalog::Role::Auditor,
+        tenant_id: String::new(),
+        tenant: crate::identity::DEFAULT_TENANT.into(),
+        auth_method: "metrics_token",
+    })
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned()).filter(|v| !v.is_empty())
 }
 
 fn set_actor(e: &mut Event, p: Option<&Principal>, has_credentials: bool) {
@@ -300,10 +384,10 @@ fn set_actor(e: &mut Event, p: Option<&Principal>, has_credentials: bool) {
     }
 }
 
-/// Routes that answer without a key: probes, metrics and the API description. They are
-/// still recorded.
+/// Routes that answer without a key: probes and the API description. They are still
+/// recorded. (`/metrics` takes an operator's key or the scrape token.)
 fn is_public(route: &str) -> bool {
-    matches!(route, "/healthz" | "/readyz" | "/metrics" | "/docs" | "/openapi.json")
+    matches!(route, "/healthz" | "/readyz" | "/docs" | "/openapi.json")
 }
 
 struct PendingOutcome {
@@ -315,6 +399,8 @@ struct PendingOutcome {
 /// The response body, counted and hashed as it streams; the outcome is recorded when it
 /// ends, fails, or is dropped unfinished (the client went away).
 struct AuditedBody {
+    /// The request's place in the admission bounds, given up when the body ends.
+    _admitted: Option<Admitted>,
     rows_counter: Option<Arc<std::sync::atomic::AtomicU64>>,
     inner: Body,
     bytes: u64,

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::error::Error;
 
-/// Seconds a client should wait before retrying a 503.
+/// Seconds a client should wait before retrying a 503 or 429.
 const RETRY_AFTER_SECS: u32 = 1;
 
 /// The error body every endpoint returns.
@@ -33,9 +33,10 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let error_id = uuid::Uuid::now_v7().to_string();
-        // 503s say why (the ledger or a dependency is down, or busy) and when to retry;
-        // other 5xx details stay in the log.
-        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        // 503s say why (the ledger or a dependency is down, or busy) and when to retry, 504s
+        // which limit was hit; other 5xx details stay in the log.
+        let says_why = matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT);
+        let message = if status.is_server_error() && !says_why {
             // The detail may name paths, hosts or SQL; it goes to the log only.
             tracing::error!(%error_id, %code, error = %self, "request failed");
             "internal error; quote the error_id to an operator".to_string()
@@ -48,7 +49,7 @@ impl IntoResponse for Error {
         };
         let mut response =
             (status, Json(ErrorBody { error: ErrorDetail { code: code.clone(), message, error_id } })).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
         }
         response.extensions_mut().insert(ErrorCode(code));

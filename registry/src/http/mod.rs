@@ -5,6 +5,7 @@
 //! Sees every domain; no domain sees it.
 
 mod admin;
+mod admission;
 mod audit;
 pub mod audit_layer;
 pub mod auth;
@@ -19,34 +20,64 @@ pub mod state;
 mod training_sets;
 
 pub use openapi::{ApiDoc, openapi_document};
+pub use admission::Admission;
 pub use state::{AppState, HttpLimits, Services};
 
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection};
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post, put};
 use crate::error::Error;
 
-/// JSON bodies whose rejections use the common error body.
+/// JSON bodies of control requests, up to `max_json_body_bytes`; every rejection uses the
+/// common error body (413 when too large, 415 without a JSON content type).
 pub struct ApiJson<T>(pub T);
 
-impl<T, S> FromRequest<S> for ApiJson<T>
+impl<T> FromRequest<AppState> for ApiJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
+    axum::Json<T>: FromRequest<(), Rejection = JsonRejection>,
 {
     type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.limits.max_json_body_bytes;
+        match axum::Json::<T>::from_request(limited(req, limit), &()).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => {
                 Err(Error::UnsupportedMediaType("(missing); this endpoint takes application/json".into()))
             }
             Err(JsonRejection::JsonDataError(e)) => Err(Error::Unprocessable(e.body_text())),
+            Err(JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)))) => {
+                Err(Error::PayloadTooLarge { limit })
+            }
             Err(e) => Err(Error::BadRequest(e.body_text())),
         }
     }
+}
+
+/// A whole scoring body, up to `max_scoring_body_bytes`, with the common error body on
+/// rejection.
+pub struct ScoringBytes(pub Bytes);
+
+impl FromRequest<AppState> for ScoringBytes {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.limits.max_scoring_body_bytes;
+        match Bytes::from_request(limited(req, limit), &()).await {
+            Ok(b) => Ok(ScoringBytes(b)),
+            Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => Err(Error::PayloadTooLarge { limit }),
+            Err(e) => Err(Error::BadRequest(e.body_text())),
+        }
+    }
+}
+
+/// The request with its body cut off at `limit` bytes. (axum's own default limit is
+/// turned off in `app::server`, so each extractor states its own.)
+fn limited(req: Request, limit: u64) -> Request {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, limit)))
 }
 
 /// The route table. Every route passes through the recording layer (see `app::server::app`).

@@ -26,7 +26,7 @@ use super::{admin, audit, feature_groups, models, ops, serving, sql, training_se
         audit::public_key, audit::export, audit::tlog_checkpoint, audit::tlog_tile,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &EdgeResponses),
     security(("api_key" = []))
 )]
 pub struct ApiDoc;
@@ -41,6 +41,52 @@ impl utoipa::Modify for BearerAuth {
             "api_key",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("llk_…").build()),
         );
+    }
+}
+
+/// The answers the edge itself may give on any operation, before or around its handler:
+/// an unknown key, a refused role, an over-limit body, a full server or tenant, the
+/// ledger not taking the record, a read over its time limit. Documented on every
+/// operation they apply to (unless the operation documents them itself), so that a
+/// client generated from the document knows them.
+struct EdgeResponses;
+
+impl utoipa::Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
+            RefOr::T(ResponseBuilder::new().description(description).content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody")))).build())
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                ("GET", item.get.as_mut()),
+                ("PUT", item.put.as_mut()),
+                ("POST", item.post.as_mut()),
+                ("DELETE", item.delete.as_mut()),
+                ("PATCH", item.patch.as_mut()),
+            ];
+            for (method, op) in operations {
+                let Some(op) = op else { continue };
+                let public = op.security.as_ref().is_some_and(|s| s.iter().all(|r| *r == Default::default()));
+                let mut add = |status: &str, description: &str| {
+                    op.responses.responses.entry(status.to_string()).or_insert_with(|| error(description));
+                };
+                if !public {
+                    add("401", "missing, unknown or revoked credentials");
+                    add("403", "the caller's role may not do this");
+                    add("429", "the tenant has its limit of requests in flight");
+                }
+                add("503", "the server is at its limit of requests in flight, or the audit ledger or catalog cannot take the request now");
+                if op.request_body.is_some() {
+                    add("400", "the body is malformed");
+                    add("413", "the body is larger than this endpoint accepts");
+                    add("415", "the body's content type is not accepted here");
+                }
+                if super::audit_layer::interruptible(method, path) {
+                    add("504", "the request took longer than the server's time limit");
+                }
+            }
+        }
     }
 }
 

@@ -1,11 +1,14 @@
-//! Probes, metrics and API docs: the routes that need no key.
+//! Probes, metrics and API docs: the operational routes (only metrics needs a key).
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
+use super::auth::Caller;
+use super::error::ErrorBody;
 use super::state::AppState;
+use crate::error::{Error, Result};
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "alive")))]
@@ -40,32 +43,26 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, description = "metrics", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+/// Prometheus metrics in the text exposition format. Labels name tenants, so only
+/// operator admins (admins of the default tenant) and the configured scrape token
+/// (`--metrics-token-file`) may read them.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "metrics", content_type = "text/plain"),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn metrics(State(state): State<AppState>, Caller(p): Caller) -> Result<Response> {
+    if !(p.is_operator() || p.auth_method == "metrics_token") {
+        return Err(Error::Forbidden { role: format!("{} of tenant `{}`", p.role.as_str(), p.tenant), action: "read metrics (operator admins and the scrape token only)".into() });
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response())
 }
 
 pub async fn openapi_json() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], super::openapi_document())
 }
 
-/// Interactive API docs over `/openapi.json`.
-pub async fn docs() -> Html<&'static str> {
-    Html(
-        r#"<!doctype html>
-<html>
-  <head>
-    <title>lakeledger API</title>
-    <meta charset="utf-8" />
-    <meta name="viewport" content="width=device-width, initial-scale=1" />
-  </head>
-  <body>
-    <script id="api-reference" data-url="/openapi.json"></script>
-    <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
-    <noscript>The API description is at <a href="/openapi.json">/openapi.json</a>.</noscript>
-  </body>
-</html>
-"#,
-    )
+/// API docs over `/openapi.json`: one page built into the binary, which loads nothing
+/// from elsewhere (the policy header says so to the browser too), so it works on a
+/// network without internet.
+pub async fn docs() -> Response {
+    let policy = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:";
+    ([(header::CONTENT_SECURITY_POLICY, policy)], Html(include_str!("docs.html"))).into_response()
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::ApiJson;
+use super::{ApiJson, ScoringBytes};
 use super::audit_layer::{AuditFacts, RequestId};
 use super::auth::Caller;
 use super::error::ErrorBody;
@@ -84,7 +84,7 @@ pub async fn entity_hash(State(state): State<AppState>, Caller(p): Caller, ApiJs
 #[utoipa::path(post, path = "/v1/models/{name}/versions/{version}/invocations", params(("name" = String, Path), ("version" = i64, Path)),
     request_body(content = Object, description = "MLflow scoring input, CSV, or {\"entities\": [...]}"),
     responses((status = 200, body = ScoringResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn invoke_version(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path((name, version)): Path<(String, i64)>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+pub async fn invoke_version(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path((name, version)): Path<(String, i64)>, headers: HeaderMap, ScoringBytes(body): ScoringBytes) -> Result<Response> {
     invoke(&state, &p, &id.0, &name, Target::Version(version), &headers, body).await
 }
 
@@ -93,7 +93,7 @@ pub async fn invoke_version(State(state): State<AppState>, Caller(p): Caller, id
 #[utoipa::path(post, path = "/v1/models/{target}/invocations", params(("target" = String, Path, description = "`model@alias`")),
     request_body(content = Object, description = "MLflow scoring input, CSV, or {\"entities\": [...]}"),
     responses((status = 200, body = ScoringResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn invoke_alias(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path(target): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+pub async fn invoke_alias(State(state): State<AppState>, Caller(p): Caller, id: RequestId, Path(target): Path<String>, headers: HeaderMap, ScoringBytes(body): ScoringBytes) -> Result<Response> {
     let Some((name, alias)) = target.split_once('@') else {
         return Err(Error::NotFound {
             kind: "route",

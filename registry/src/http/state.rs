@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use super::admission::Admission;
 use crate::features::FeatureGroups;
 use crate::identity::Identity;
 use crate::lineage::Lineage;
@@ -35,14 +36,23 @@ pub struct Services {
     pub audit: Arc<AuditLog>,
     pub readiness: Readiness,
     pub metrics: PrometheusHandle,
+    /// SHA-256 of the bearer token that may scrape `/metrics`, if one is configured.
+    pub metrics_token: Option<[u8; 32]>,
     pub limits: HttpLimits,
+    pub admission: Admission,
 }
 
 /// Limits the HTTP edge checks before a service sees the request.
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
-    /// Largest accepted request body in bytes.
+    /// Largest accepted data upload (rows, spines, model artifacts) in bytes.
     pub max_body_bytes: u64,
+    /// Largest accepted JSON body of a control request.
+    pub max_json_body_bytes: u64,
+    /// Largest accepted scoring request body.
+    pub max_scoring_body_bytes: u64,
+    /// How long a read or query may take to start answering.
+    pub request_timeout: std::time::Duration,
 }
 
 impl std::ops::Deref for AppState {

@@ -113,7 +113,7 @@ impl Groups {
         }
         table.features = delta.schema.features.iter().map(|c| c.name.clone()).collect();
         table.version = version;
-        metrics::gauge!("lakeledger_online_entities", "group" => g.name.clone()).set(table.rows.len() as f64);
+        metrics::gauge!("lakeledger_online_entities", "tenant_id" => g.tenant_id.clone(), "group" => g.name.clone()).set(table.rows.len() as f64);
     }
 }
 

@@ -48,7 +48,7 @@ impl OnlineStore {
         let group = OnlineGroup::new(&g);
         *group.table.write().expect("online group lock") =
             GroupTable { version: snap.version, features: snap.schema.features.iter().map(|c| c.name.clone()).collect(), rows: delta.rows };
-        metrics::gauge!("lakeledger_online_entities", "group" => g.name.clone()).set(entities as f64);
+        metrics::gauge!("lakeledger_online_entities", "tenant_id" => g.tenant_id.clone(), "group" => g.name.clone()).set(entities as f64);
         self.publish(group);
         Ok(RebuildReport { group: g.name.clone(), version: snap.version, rows_read: rows.num_rows() as u64, entities: entities as u64, millis: started.elapsed().as_millis() as u64 })
     }

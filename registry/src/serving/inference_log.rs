@@ -58,7 +58,7 @@ struct Buffer {
 /// The log group's name for a model: lower case, other characters as `_`.
 pub fn group_name(model: &str) -> String {
     let cleaned: String = model.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    format!("inference_{cleaned}")
+    format!("{}{cleaned}", crate::features::RESERVED_GROUP_PREFIX)
 }
 
 impl InferenceLog {
@@ -247,5 +247,7 @@ mod tests {
             crate::features::validate_group_name(&g).unwrap();
         }
         assert_eq!(super::group_name("Churn-Model.v2"), "inference_churn_model_v2");
+        // The tag is reserved, so only the server can mark a group as a model's log.
+        assert!(super::LOG_TAG.starts_with(crate::features::RESERVED_TAG_PREFIX));
     }
 }

@@ -262,8 +262,13 @@ impl Serving {
             Ok(_) => "ok".to_string(),
             Err(e) => e.status_and_code().0.as_u16().to_string(),
         };
-        metrics::counter!("lakeledger_model_requests_total", "model" => label.clone(), "version" => version.to_string(), "status" => status).increment(1);
-        metrics::histogram!("lakeledger_model_request_seconds", "model" => label, "version" => version.to_string()).record(elapsed.as_secs_f64());
+        // A name or version that does not exist makes no series: labels stay bounded by
+        // what is registered, whatever callers put in URLs.
+        let unknown = matches!(&outcome, Err(Error::NotFound { kind: "model" | "model version", .. }));
+        if !unknown {
+            metrics::counter!("lakeledger_model_requests_total", "model" => label.clone(), "version" => version.to_string(), "status" => status).increment(1);
+            metrics::histogram!("lakeledger_model_request_seconds", "model" => label, "version" => version.to_string()).record(elapsed.as_secs_f64());
+        }
         if let Some(c) = &canary {
             let model_id = self.model_id(p, name).await?;
             self.observe_canary(p, name, &model_id, c, outcome.is_err(), elapsed);

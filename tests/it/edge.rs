@@ -1,0 +1,211 @@
+//! The HTTP edge under hostile or heavy use: body limits per route, bounds on requests in
+//! flight, the request time limit, who may read metrics, and the docs page.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::audit::{find, wait_for_outcomes};
+use crate::support::{Server, error_code};
+
+#[tokio::test]
+async fn metrics_need_an_operator_or_the_scrape_token_and_make_no_series_for_unknown_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "scrape-token-0123456789abcdef";
+    std::fs::write(dir.path().join("metrics.token"), format!("{token}\n")).unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path().join("data")).unwrap();
+    config.metrics_token_file = Some(dir.path().join("metrics.token"));
+    let s = Server::start_with(config, None).await;
+    let k = s.admin_key.clone();
+
+    let r = s.client.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(error_code(r, 401).await.0, "unauthenticated");
+    let writer = s.create_key("writer", None).await;
+    assert_eq!(error_code(s.get(&writer, "/metrics").send().await.unwrap(), 403).await.0, "forbidden");
+    // A tenant's own admin is not an operator: labels name every tenant.
+    assert_eq!(s.post(&k, "/v1/tenants").json(&json!({"name": "acme"})).send().await.unwrap().status(), 201);
+    let acme_admin = s.create_key("admin", Some("acme")).await;
+    assert_eq!(error_code(s.get(&acme_admin, "/metrics").send().await.unwrap(), 403).await.0, "forbidden");
+    let r = s.client.get(s.url("/metrics")).bearer_auth("not-the-token").send().await.unwrap();
+    assert_eq!(error_code(r, 401).await.0, "invalid_api_key");
+
+    // Scoring a model that does not exist is a 404 and leaves no series behind.
+    for name in ["no_such_model_1", "no_such_model_2"] {
+        let r = s.post(&k, &format!("/v1/models/{name}/versions/1/invocations")).json(&json!({"instances": [[1.0]]})).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        let r = s.post(&k, &format!("/v1/models/{name}@champion/invocations")).json(&json!({"instances": [[1.0]]})).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let scraped = s.client.get(s.url("/metrics")).bearer_auth(token).header("x-request-id", "scrape-1").send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.unwrap();
+    assert!(text.contains("lakeledger_http_requests_total"), "{text}");
+    assert!(!text.contains("no_such_model"), "{text}");
+    let by_operator = s.get(&k, "/metrics").send().await.unwrap();
+    assert_eq!(by_operator.status(), 200);
+
+    // The scrape is recorded with who scraped.
+    let all = wait_for_outcomes(&s, &["scrape-1".into()]).await;
+    let intent = find(&all, "scrape-1", "intent").unwrap();
+    assert_eq!((intent["actor"]["principal"].as_str(), intent["actor"]["auth_method"].as_str()), (Some("metrics-token"), Some("metrics_token")));
+}
+
+#[tokio::test]
+async fn bodies_over_their_route_limit_get_413_with_the_error_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    config.max_json_body_bytes = 2048;
+    config.max_scoring_body_bytes = 4096;
+    config.max_body_bytes = 64 * 1024;
+    let s = Server::start_with(config, None).await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+
+    let long = "x".repeat(4096);
+    let r = s.post(&k, "/v1/feature-groups").json(&json!({"name": "big", "entity_keys": [], "event_time": "ts", "description": long})).send().await.unwrap();
+    let (code, message) = error_code(r, 413).await;
+    assert_eq!(code, "payload_too_large");
+    assert!(message.contains("2048"), "{message}");
+    let r = s.post(&k, "/v1/sql").json(&json!({"sql": format!("SELECT '{long}'")})).send().await.unwrap();
+    assert_eq!(error_code(r, 413).await.0, "payload_too_large");
+
+    // Scoring: its own limit, and the error body rather than plain text.
+    let rows: Vec<Vec<f64>> = (0..400).map(|i| vec![i as f64; 4]).collect();
+    let r = s.post(&k, "/v1/models/any/versions/1/invocations").json(&json!({"instances": rows})).send().await.unwrap();
+    let (code, message) = error_code(r, 413).await;
+    assert_eq!(code, "payload_too_large");
+    assert!(message.contains("4096"), "{message}");
+
+    // Data uploads take the (larger) upload limit, far above the control limit...
+    let rows: Vec<Value> = (0..200).map(|i| json!({"user_id": i, "ts": "2026-01-01T00:00:00Z", "country": "NL"})).collect();
+    let r = s.ingest_json(&k, "clicks", "append", json!(rows)).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // ... and stop at it, writing nothing.
+    let rows: Vec<Value> = (0..3000).map(|i| json!({"user_id": i, "ts": "2026-01-01T00:00:00Z", "country": "NL"})).collect();
+    let r = s.ingest_json(&k, "clicks", "append", json!(rows)).await;
+    assert_eq!(error_code(r, 413).await.0, "payload_too_large");
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data").await.len(), 200);
+}
+
+/// An ingest whose body the client keeps open: the request is in flight until `finish`.
+struct OpenUpload {
+    tx: futures::channel::mpsc::UnboundedSender<Result<bytes::Bytes, std::io::Error>>,
+    response: tokio::task::JoinHandle<reqwest::Response>,
+}
+
+impl OpenUpload {
+    fn start(s: &Server, key: &str, group: &str) -> OpenUpload {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let body = reqwest::Body::wrap_stream(rx);
+        let request = s.post(key, &format!("/v1/feature-groups/{group}/data")).header("content-type", "application/x-ndjson").body(body);
+        OpenUpload { tx, response: tokio::spawn(async move { request.send().await.unwrap() }) }
+    }
+
+    async fn finish(self, rows: &str) -> reqwest::Response {
+        self.tx.unbounded_send(Ok(bytes::Bytes::from(rows.to_string()))).unwrap();
+        drop(self.tx);
+        self.response.await.unwrap()
+    }
+}
+
+/// Sends `whoami` until the answer has `status` (the uploads before it are admitted by
+/// then); bounded. Returns the answer and the request id it was sent with.
+async fn until_status(s: &Server, key: &str, status: u16, request_id: &str) -> (Value, String) {
+    for i in 0..400 {
+        let id = format!("{request_id}-{i}");
+        let r = s.get(key, "/v1/whoami").header("x-request-id", &id).send().await.unwrap();
+        if r.status() == status {
+            return (r.json().await.unwrap(), id);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never answered {status}");
+}
+
+#[tokio::test]
+async fn requests_over_the_tenant_or_server_bound_are_refused_at_once_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    config.max_concurrent_requests = 2;
+    config.max_concurrent_requests_per_tenant = 1;
+    let s = Server::start_with(config, None).await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    assert_eq!(s.post(&k, "/v1/tenants").json(&json!({"name": "acme"})).send().await.unwrap().status(), 201);
+    assert_eq!(s.post(&k, "/v1/tenants").json(&json!({"name": "zeta"})).send().await.unwrap().status(), 201);
+    let acme = s.create_key("admin", Some("acme")).await;
+    let zeta = s.create_key("reader", Some("zeta")).await;
+    let r = s.post(&acme, "/v1/feature-groups").json(&json!({"name": "clicks", "entity_keys": [{"name": "user_id", "type": "int64"}], "event_time": "ts"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The default tenant has one request in flight: its next one is refused with 429.
+    let first = OpenUpload::start(&s, &k, "clicks");
+    let (refused, over_tenant) = until_status(&s, &k, 429, "over-tenant").await;
+    assert_eq!(refused["error"]["code"], "too_many_requests");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("tenant `default`"), "{refused}");
+    // Another tenant is not held up by it...
+    assert_eq!(s.get(&zeta, "/v1/whoami").send().await.unwrap().status(), 200);
+    // ... until the server's own bound is reached: 503, and probes still answer.
+    let second = OpenUpload::start(&s, &acme, "clicks");
+    let (busy, over_server) = until_status(&s, &zeta, 503, "over-server").await;
+    assert_eq!(busy["error"]["code"], "overloaded");
+    assert_eq!(s.client.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+
+    // The refusals are recorded: the tenant's as denied.
+    let all = wait_for_outcomes(&s, &[over_tenant.clone(), over_server.clone()]).await;
+    let o = &find(&all, &over_tenant, "outcome").unwrap()["outcome"];
+    assert_eq!((o["status"].as_u64(), o["result"].as_str(), o["error_code"].as_str()), (Some(429), Some("denied"), Some("too_many_requests")));
+    assert_eq!(find(&all, &over_server, "outcome").unwrap()["outcome"]["status"], 503);
+
+    // The held requests finish normally and free their places.
+    let row = "{\"user_id\": 1, \"ts\": \"2026-01-01T00:00:00Z\"}\n";
+    assert_eq!(first.finish(row).await.status(), 201);
+    assert_eq!(second.finish(row).await.status(), 201);
+    until_status(&s, &k, 200, "after").await;
+    assert_eq!(s.get(&zeta, "/v1/whoami").send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_read_that_takes_too_long_is_answered_504_with_the_error_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    config.request_timeout = Duration::from_secs(1);
+    let s = Server::start_with(config, None).await;
+    // A read that never finishes on its own.
+    let routes = lakeledger::http::routes().route("/v1/stalls", axum::routing::get(std::future::pending::<()>));
+    let app = lakeledger::app::server::app_with_routes(s.state.clone(), routes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let r = s.client.get(format!("http://{addr}/v1/stalls")).bearer_auth(&s.admin_key).header("x-request-id", "stalled").send().await.unwrap();
+    let (code, message) = error_code(r, 504).await;
+    assert_eq!(code, "deadline_exceeded");
+    assert!(message.contains("limit of 1 s"), "{message}");
+    let all = wait_for_outcomes(&s, &["stalled".into()]).await;
+    assert_eq!(find(&all, "stalled", "outcome").unwrap()["outcome"]["status"], 504);
+}
+
+#[tokio::test]
+async fn the_docs_page_loads_nothing_from_elsewhere() {
+    let s = Server::start().await;
+    let r = s.client.get(s.url("/docs")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let policy = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"), "{policy}");
+    let page = r.text().await.unwrap();
+    assert!(page.contains("/openapi.json"));
+    assert!(!page.contains("src=\"http") && !page.contains("href=\"http"), "no asset from another origin");
+}
+
+#[tokio::test]
+async fn a_vacuum_retention_too_long_to_compute_is_refused_not_a_crash() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    let r = s.post(&k, "/v1/feature-groups/clicks/vacuum").json(&json!({"retention_hours": 9223372036854775806u64})).send().await.unwrap();
+    let (code, message) = error_code(r, 422).await;
+    assert_eq!(code, "unprocessable");
+    assert!(message.contains("retention_hours"), "{message}");
+    let r = s.post(&k, "/v1/feature-groups/clicks/vacuum").json(&json!({"retention_hours": 876000, "dry_run": true})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
