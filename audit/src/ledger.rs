@@ -215,8 +215,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io(format!("fsync directory {}", dir.display())))
 }
 
-/// Writes a file whole: temp file, fsync, rename, fsync the directory.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+/// Writes a file whole: temp file, fsync, rename, fsync the directory. A crash leaves
+/// either the old file or the new one, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");

@@ -46,7 +46,7 @@ pub use error::{Error, ProofError, Result};
 pub use event::{Event, Phase};
 pub use leaf::{RecordType, StoredLeaf};
 pub use checkpoints::StoredCheckpoint;
-pub use ledger::{Ledger, LedgerConfig, LiveCheck, OpenReport, PendingReceipt, Receipt, SearchPage, SegmentInfo, key_file};
+pub use ledger::{Ledger, LedgerConfig, LiveCheck, OpenReport, PendingReceipt, Receipt, SearchPage, SegmentInfo, key_file, write_atomically};
 pub use merkle::Hash;
 pub use note::{Checkpoint, SignerKey, VerifierKey};
 pub use package::{DirSink, Export, ExportSummary, JsonSink, Package, RecordFilter, Sink};

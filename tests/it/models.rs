@@ -300,3 +300,61 @@ async fn the_cli_starts_and_follows_a_job() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("batch_size"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `lakeledger models rotate-signing-key` (server stopped): new versions are signed with
+/// the new key, earlier ones still verify by the key they name and stay servable, the
+/// rotation is in the ledger, and a version naming a key the server never had is refused.
+#[tokio::test]
+async fn a_rotated_signing_key_keeps_earlier_versions_servable() {
+    let Some(bin) = crate::audit::lakeledger_bin() else {
+        assert_ne!(std::env::var("LAKELEDGER_REQUIRE_BIN").as_deref(), Ok("1"), "the lakeledger binary is required");
+        crate::support::notice("lakeledger binary not built; skipping the signing-key rotation test");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = || lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    let s = Server::start_with(config(), None).await;
+    let k = s.admin_key.clone();
+    ingest_dataset(&s, &k, "wine", "cultivar", "int64").await;
+    let small = json!({"task": "classification", "hidden_layers": [], "max_epochs": 5, "seed": 1});
+    train(&s, &k, json!({"model": "wine", "training_set": training_set("wine", "cultivar"), "label": "cultivar", "config": small})).await;
+    let before: Value = s.get(&k, "/v1/models/signing-keys").send().await.unwrap().json().await.unwrap();
+    let v1: Value = s.get(&k, "/v1/models/wine/versions/1").send().await.unwrap().json().await.unwrap();
+    assert_eq!((&v1["signing_key_id"], &before["previous"]), (&before["current"], &json!([])));
+    let instances = json!({"instances": [[13.2, 1.8, 2.4, 16.0, 100.0, 2.8, 2.7, 0.3, 1.9, 4.4, 1.0, 3.2, 1000.0]]});
+    let predicted: Value = s.post(&k, "/v1/models/wine/versions/1/invocations").json(&instances).send().await.unwrap().json().await.unwrap();
+    s.stop().await;
+
+    let out = tokio::process::Command::new(&bin).args(["models", "rotate-signing-key", "--data-dir"]).arg(dir.path()).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(before["current"].as_str().unwrap()), "{stdout}");
+
+    let s = Server::start_with(config(), Some(k.clone())).await;
+    let after: Value = s.get(&k, "/v1/models/signing-keys").send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["previous"], json!([before["current"]]));
+    assert_ne!(after["current"], before["current"]);
+    // Version 1 still downloads and scores the same.
+    assert_eq!(s.get(&k, "/v1/models/wine/versions/1/artifact").send().await.unwrap().status(), 200);
+    let again: Value = s.post(&k, "/v1/models/wine/versions/1/invocations").json(&instances).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["predictions"], predicted["predictions"]);
+    // New versions carry the new key.
+    train(&s, &k, json!({"model": "wine", "training_set": training_set("wine", "cultivar"), "label": "cultivar", "config": small})).await;
+    let v2: Value = s.get(&k, "/v1/models/wine/versions/2").send().await.unwrap().json().await.unwrap();
+    assert_eq!(v2["signing_key_id"], after["current"]);
+
+    // The rotation is recorded, naming both keys.
+    let l = &s.state.audit.ledger;
+    let events: Vec<Value> = l.read(0, l.size()).unwrap().iter().filter_map(|leaf| serde_json::from_slice(leaf.view().unwrap().payload).ok()).collect();
+    let rotated = events.iter().find(|e| e["kind"] == "model.rotate_signing_key" && e["phase"] == "outcome").expect("the rotation is recorded");
+    assert_eq!((&rotated["details"]["old_key"], &rotated["details"]["new_key"]), (&before["current"], &after["current"]));
+    assert_eq!(rotated["outcome"]["result"], "success");
+
+    // A version that names a key this server never had is refused, saying so.
+    let stranger = lakeledger_audit::SignerKey::generate("lakeledger-models").unwrap().verifier().encode();
+    let pool = sqlx::SqlitePool::connect(config().catalog_url.expose()).await.unwrap();
+    sqlx::query("UPDATE model_versions SET signing_key_id = ? WHERE version = 1").bind(&stranger).execute(&pool).await.unwrap();
+    let (code, message) = error_code(s.get(&k, "/v1/models/wine/versions/1/artifact").send().await.unwrap(), 409).await;
+    assert_eq!(code, "integrity_check_failed");
+    assert!(message.contains("not one of this server's model-signing keys"), "{message}");
+}

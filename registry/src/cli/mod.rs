@@ -3,6 +3,7 @@
 
 mod audit;
 mod keys;
+mod models;
 pub mod train;
 
 use std::net::SocketAddr;
@@ -33,6 +34,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Manage the model registry's keys, without a running server.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
     },
     /// Start a training job on a running server and follow it with a progress bar.
     Train(train::TrainArgs),
@@ -145,6 +151,7 @@ pub async fn run() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Keys { command } => keys::run(command).await,
         Command::Audit { command } => audit::run(command),
+        Command::Models { command } => models::run(command),
         Command::Train(args) => train::run(args).await,
         Command::Openapi => {
             print!("{}", crate::http::openapi_document());

@@ -88,7 +88,7 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("GET", "/v1/feature-groups/{name}/lineage") => "feature_group.lineage",
         ("POST", "/v1/models") => "model.create",
         ("GET", "/v1/models") => "model.list",
-        ("GET", "/v1/models/signing-key") => "model.signing_key",
+        ("GET", "/v1/models/signing-key" | "/v1/models/signing-keys") => "model.signing_key",
         ("GET", "/v1/models/{name}") => "model.get",
         ("GET", "/v1/models/{name}/versions") => "model_version.list",
         ("POST", "/v1/models/{name}/versions") => "model_version.import",

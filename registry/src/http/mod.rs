@@ -106,6 +106,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/feature-groups/{name}/lineage", get(models::feature_group_lineage))
         .route("/v1/models", post(models::create).get(models::list))
         .route("/v1/models/signing-key", get(models::signing_key))
+        .route("/v1/models/signing-keys", get(models::signing_keys))
         .route("/v1/models/{name}", get(models::get))
         .route("/v1/models/{name}/versions", get(models::versions).post(models::import))
         .route("/v1/models/{name}/versions/{version}", get(models::version).delete(models::delete_version))

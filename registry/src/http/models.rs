@@ -61,6 +61,23 @@ pub async fn get(State(state): State<AppState>, Caller(p): Caller, Path(name): P
     Ok(axum::Json(state.models.get(&p, &name).await?))
 }
 
+/// The model-signing keys: the current one and those it replaced, whose signatures on
+/// earlier versions are still accepted.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SigningKeys {
+    /// C2SP verifier key new versions are signed with.
+    pub current: String,
+    /// Keys earlier versions may be signed with, oldest first.
+    pub previous: Vec<String>,
+}
+
+/// Every model-signing key: current and previous (after `lakeledger models rotate-signing-key`).
+#[utoipa::path(get, path = "/v1/models/signing-keys", responses((status = 200, body = SigningKeys)))]
+pub async fn signing_keys(State(state): State<AppState>, Caller(p): Caller) -> Result<axum::Json<SigningKeys>> {
+    p.require(&[Role::Admin, Role::Writer, Role::Reader, Role::Auditor], "read the model-signing keys")?;
+    Ok(axum::Json(SigningKeys { current: state.models.signing_key(), previous: state.models.previous_signing_keys() }))
+}
+
 /// The public key model artifacts are signed with (C2SP verifier key).
 #[utoipa::path(get, path = "/v1/models/signing-key", responses((status = 200, description = "the verifier key, as text")))]
 pub async fn signing_key(State(state): State<AppState>, Caller(p): Caller) -> Result<String> {

@@ -16,7 +16,7 @@ use super::{admin, audit, feature_groups, models, ops, serving, sql, training_se
         feature_groups::ingest, feature_groups::read, feature_groups::vacuum,
         sql::query, training_sets::create, training_sets::list, training_sets::get, training_sets::delete, training_sets::data,
         training_sets::upload_spine, training_sets::get_spine,
-        models::create, models::list, models::get, models::signing_key, models::versions, models::import, models::version,
+        models::create, models::list, models::get, models::signing_key, models::signing_keys, models::versions, models::import, models::version,
         models::artifact, models::archive, models::delete_version, models::lineage, models::feature_group_lineage,
         models::move_alias, models::get_alias, models::delete_alias, models::alias_history,
         serving::features, serving::rebuild, serving::invoke_version, serving::invoke_alias, serving::drift,

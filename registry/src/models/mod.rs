@@ -80,6 +80,9 @@ pub struct ModelVersionView {
     pub artifact_sha256: String,
     /// C2SP signed note by the model-signing key (see `GET /v1/models/signing-key`).
     pub signature: String,
+    /// The verifier key the signature was made with: the current key or one listed in
+    /// `GET /v1/models/signing-keys` as previous.
+    pub signing_key_id: String,
     pub training_set_id: Option<String>,
     /// Training-set hash and the feature-group versions it pinned.
     #[schema(value_type = Object)]
@@ -146,6 +149,7 @@ fn version_view(model: &str, v: ModelVersionRecord, aliases: &[(String, i64)]) -
         source: v.source,
         artifact_sha256: v.artifact_sha256,
         signature: v.signature,
+        signing_key_id: v.signing_key_id,
         training_set_id: v.training_set_id,
         lineage: json(&v.lineage_json),
         config: json(&v.config_json),
@@ -183,6 +187,11 @@ impl Models {
     /// The public key artifacts are signed with.
     pub fn signing_key(&self) -> String {
         self.signer.verifier().encode()
+    }
+
+    /// The keys earlier versions may be signed with, oldest first (the current one excluded).
+    pub fn previous_signing_keys(&self) -> Vec<String> {
+        self.signer.previous().iter().map(|k| k.encode()).collect()
     }
 
     /// Model versions trained from any of `training_set_ids`, with their model's name.
@@ -318,8 +327,8 @@ impl Models {
         if hex::encode(Sha256::digest(&bytes)) != v.artifact_sha256 {
             return Err(Error::Tampered(format!("model {}/{version}: the artifact does not match its recorded SHA-256", m.name)));
         }
-        if !self.signer.verify(&v.signature, &p.tenant, &m.name, &v.artifact_sha256) {
-            return Err(Error::Tampered(format!("model {}/{version}: the artifact's signature does not verify", m.name)));
+        if let Err(why) = self.signer.verify(&v.signature, &v.signing_key_id, &p.tenant, &m.name, &v.artifact_sha256) {
+            return Err(Error::Tampered(format!("model {}/{version}: the artifact is refused: {why}", m.name)));
         }
         let aliases = self.catalog.aliases(&m.id).await?;
         Ok((version_view(&m.name, v, &aliases), bytes.to_vec()))
