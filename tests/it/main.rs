@@ -13,4 +13,5 @@ mod s3;
 mod serving;
 mod sql;
 mod support;
+mod tenancy;
 mod training_sets;

@@ -227,7 +227,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
     req.extensions_mut().insert(RequestId(request_id.clone()));
 
     let mut admitted = None;
-    let (mut response, receipt) = match state.audit.record(&intent).await {
+    let (response, receipt) = match state.audit.record(&intent).await {
         Ok(receipt) => {
             req.extensions_mut().insert(AuditContext { request_id: request_id.clone(), event_id: intent.event_id.clone(), intent_seq: receipt.seq });
             (admit_and_run(&state, &method, &route, principal.as_ref(), req, next, &mut admitted).await, Some(receipt))
@@ -244,6 +244,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         }
     };
 
+    let mut response = with_error_body(response).await;
     let status = response.status().as_u16();
     let labels = [("method", method.clone()), ("route", route.clone()), ("status", status.to_string())];
     metrics::counter!("lakeledger_http_requests_total", &labels).increment(1);
@@ -338,6 +339,29 @@ async fn admit_and_run(
             Error::TimedOut(format!("the request took longer than the server's limit of {} s and was stopped", limit.as_secs())).into_response()
         }
     }
+}
+
+/// Answers an extractor's own rejection (a path segment that is not a number, a query
+/// string that does not parse: axum writes those as plain text) with the error body, like
+/// every other refusal.
+async fn with_error_body(response: Response) -> Response {
+    let status = response.status();
+    if !status.is_client_error() || response.extensions().get::<ErrorCode>().is_some() {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.trim().is_empty() { status.canonical_reason().unwrap_or("refused").to_string() } else { text };
+    let error = match status.as_u16() {
+        415 => Error::UnsupportedMediaType(message),
+        422 => Error::Unprocessable(message),
+        _ => Error::BadRequest(message),
+    };
+    let mut r = error.into_response();
+    *r.status_mut() = status;
+    r
 }
 
 /// Requests that change nothing may be stopped part way: reads, queries, lookups, scoring.
