@@ -410,7 +410,7 @@ async fn restart_reconciles_catalog_with_the_delta_log() {
     catalog
         .insert_feature_group(&lakeledger::platform::catalog::FeatureGroupRecord {
             id: "fg_half".into(),
-            tenant_id: tenant.id,
+            tenant_id: tenant.id.clone(),
             name: "half".into(),
             schema: schema.clone(),
             description: String::new(),
@@ -426,13 +426,40 @@ async fn restart_reconciles_catalog_with_the_delta_log() {
         })
         .await
         .unwrap();
-    drop(catalog);
+    // Another replica's creation under way: too young to be a leftover.
+    let young = lakeledger::platform::catalog::FeatureGroupRecord {
+        id: "fg_young".into(),
+        name: "young".into(),
+        location: "tenants/default/feature-groups/young".into(),
+        created_at: lakeledger::platform::time::now_micros(),
+        ..catalog.feature_group(&tenant.id, "half").await.unwrap().unwrap()
+    };
+    catalog.insert_feature_group(&young).await.unwrap();
+    // And a version missing from the middle of the catalog's map, not only its tail.
+    let pool = sqlx::SqlitePool::connect(config.catalog_url.expose()).await.unwrap();
+    sqlx::query("DELETE FROM feature_group_versions WHERE version = 1 AND feature_group_id IN (SELECT id FROM feature_groups WHERE name = 'clicks')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    drop(pool);
 
     let s = Server::start_with(config.clone(), Some(k.clone())).await;
     let history: Vec<Value> = s.get(&k, "/v1/feature-groups/clicks/versions").send().await.unwrap().json().await.unwrap();
     assert_eq!(history.len(), 3);
-    assert_eq!(history[2]["recovered"], true);
+    assert_eq!((&history[1]["recovered"], &history[2]["recovered"]), (&json!(true), &json!(true)));
     assert_eq!(history[2]["actor"], "default/crashed-writer");
+    // Times rise with versions, and each resolves to its own version.
+    for (v, h) in history.iter().enumerate() {
+        let t = h["committed_at"].as_str().unwrap();
+        if v > 0 {
+            assert!(history[v - 1]["committed_at"].as_str().unwrap() < t, "{history:?}");
+        }
+        let rows = s.read_json(&k, &format!("/v1/feature-groups/clicks/data?as_of={}", urlencode(t))).await;
+        assert_eq!(rows.len(), v, "as_of version {v}'s time");
+    }
+    let catalog = lakeledger::platform::catalog::connect(config.catalog_url.expose()).await.unwrap();
+    assert!(catalog.feature_group(&tenant.id, "young").await.unwrap().is_some(), "a young creation is left to its replica");
+    drop(catalog);
     assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data?version=2").await.len(), 2);
     let r = s.get(&k, "/v1/feature-groups/half").send().await.unwrap();
     error_code(r, 404).await;

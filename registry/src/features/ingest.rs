@@ -106,21 +106,29 @@ impl FeatureGroups {
         let rows = staged.rows();
         let lock = self.commit_lock(&g.id);
         let _guard = lock.lock().await;
-        // Commit against the latest snapshot, taken under the lock.
-        let latest = match self.tables.open(&url, None).await {
-            Ok(t) => t,
+        // Commit against the latest snapshot, taken while the group is held against this
+        // process's other commits (the lock) and other replicas' (the hold), and record the
+        // version before either is released: versions are recorded in order, their times
+        // rising.
+        let (held, latest, filled_schema) = match self.hold(&g.id, &g.name, &url).await {
+            Ok(h) => h,
             Err(e) => {
                 staged.abort(&table).await;
-                return Err(e.into());
+                return Err(e);
             }
         };
+        let mut held = held.commit;
         let outcome = staged.commit(latest, commit_meta(p, ctx).with("lakeledger.mode", mode.name())).await?;
         let operation = match mode {
             WriteMode::Append => "WRITE (append)",
             WriteMode::Overwrite => "WRITE (overwrite)",
             WriteMode::Upsert => "MERGE (upsert)",
         };
-        self.record_commit(&g.id, commit_record(outcome.version, operation, Some(rows as i64), p, ctx)).await?;
+        held.record(&commit_record(outcome.version, operation, Some(rows as i64), p, ctx)).await?;
+        held.finish().await?;
+        if let Some(s) = filled_schema {
+            self.catalog.update_feature_group_schema(&g.id, &s, crate::platform::time::now_micros()).await?;
+        }
         // Still under the group's lock, so observers see commits in version order.
         for sink in sinks.0 {
             sink.committed(g, outcome.version, mode == WriteMode::Overwrite);

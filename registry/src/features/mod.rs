@@ -474,16 +474,35 @@ impl FeatureGroups {
         let _guard = lock.lock().await;
         // Re-read under the lock: another request may have evolved the schema meanwhile.
         let g = self.find(p, name).await?;
-        let added = g.schema.evolution_to(&next)?;
         let url = self.tables.location(&g.location)?;
-        let mut version = self.catalog.latest_version(&g.id).await?.map(|v| v.version);
+        // Held against other replicas too; a schema a filled-in version carried is applied
+        // first, so this change is judged against it.
+        let (held, table, filled_schema) = self.hold(&g.id, &g.name, &url).await?;
+        let mut held = held.commit;
+        if filled_schema.is_some() {
+            held.finish().await?;
+            if let Some(s) = filled_schema {
+                self.catalog.update_feature_group_schema(&g.id, &s, now_micros()).await?;
+            }
+            return Err(Error::Conflict(format!("feature group `{name}` was changed by another writer meanwhile; send the change again")));
+        }
+        let added = match g.schema.evolution_to(&next) {
+            Ok(a) => a,
+            Err(e) => {
+                held.finish().await?;
+                return Err(e.into());
+            }
+        };
+        let mut version = held.latest_version().await?;
         if !added.is_empty() {
-            let table = self.tables.open(&url, None).await?;
             let meta = commit_meta(p, ctx).with(SCHEMA_META_KEY, serde_json::to_value(&next).expect("schema serializes"));
             let v = self.tables.add_columns(table, &added, meta).await?;
-            self.record_commit(&g.id, commit_record(v, "ADD COLUMNS", Some(0), p, ctx)).await?;
+            held.record(&commit_record(v, "ADD COLUMNS", Some(0), p, ctx)).await?;
+            held.finish().await?;
             self.catalog.update_feature_group_schema(&g.id, &next, now_micros()).await?;
             version = Some(v);
+        } else {
+            held.finish().await?;
         }
         let g = self.find(p, name).await?;
         Ok(view(&g, &p.tenant, version, None))
@@ -509,12 +528,11 @@ impl FeatureGroups {
     }
 
     /// Records a committed version. Commit times strictly increase with the version so that
-    /// resolving a timestamp to a version is unambiguous: a clock step backwards is absorbed
-    /// by placing the commit one microsecond after its predecessor.
-    async fn record_commit(&self, group_id: &str, mut rec: VersionRecord) -> Result<()> {
-        let prev = self.catalog.latest_version(group_id).await?.map(|v| v.committed_at).unwrap_or(i64::MIN);
-        rec.committed_at = rec.committed_at.max(prev.saturating_add(1));
-        self.catalog.record_version(group_id, &rec).await
+    /// resolving a timestamp to a version is unambiguous; the catalog enforces it in the
+    /// recording transaction, across replicas too (a clock step backwards is absorbed by
+    /// placing the commit one microsecond after its predecessor).
+    async fn record_commit(&self, group_id: &str, rec: VersionRecord) -> Result<()> {
+        self.catalog.record_version(group_id, &rec).await.map(|_| ())
     }
 }
 

@@ -235,6 +235,20 @@ pub struct GroupMetadata {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
+/// A group held for a commit (see [`Catalog::begin_commit`]). Every catalog access while
+/// it is held goes through it: on Postgres it owns a connection and its transaction.
+#[async_trait]
+pub trait GroupCommit: Send {
+    /// The highest version recorded, as seen while the group is held.
+    async fn latest_version(&mut self) -> Result<Option<i64>>;
+    /// Every version recorded, as seen while the group is held.
+    async fn recorded_versions(&mut self) -> Result<Vec<i64>>;
+    /// Records a version as [`Catalog::record_version`] does, inside the hold.
+    async fn record(&mut self, v: &VersionRecord) -> Result<i64>;
+    /// Makes what was recorded durable and releases the group.
+    async fn finish(self: Box<Self>) -> Result<()>;
+}
+
 #[async_trait]
 pub trait Catalog: Send + Sync + 'static {
     /// Which backend this is, for logs and banners.
@@ -264,8 +278,18 @@ pub trait Catalog: Send + Sync + 'static {
     /// Removes a group whose creation never completed.
     async fn delete_feature_group(&self, id: &str) -> Result<()>;
 
-    /// Records a committed version. Idempotent: recording the same version again is a no-op.
-    async fn record_version(&self, group_id: &str, v: &VersionRecord) -> Result<()>;
+    /// Records a committed version in one transaction that holds the group locked, so that
+    /// replicas recording at once take turns. Its commit time is moved past its
+    /// predecessor's and kept before its successor's (a gap filled late): times rise with
+    /// versions. Idempotent: recording a version again changes nothing. Returns the time
+    /// recorded.
+    async fn record_version(&self, group_id: &str, v: &VersionRecord) -> Result<i64>;
+    /// Holds a group against other replicas' commits until the returned commit is finished
+    /// or dropped, so that a Delta commit and its catalog record happen as one step per
+    /// group across every process sharing this catalog (Postgres: the group's row lock,
+    /// held in a transaction; SQLite, which serves one process: the process's own lock,
+    /// each record its own transaction).
+    async fn begin_commit(&self, group_id: &str) -> Result<Box<dyn GroupCommit>>;
     async fn versions(&self, group_id: &str) -> Result<Vec<VersionRecord>>;
     async fn latest_version(&self, group_id: &str) -> Result<Option<VersionRecord>>;
     async fn version(&self, group_id: &str, version: i64) -> Result<Option<VersionRecord>>;

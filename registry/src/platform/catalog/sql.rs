@@ -19,6 +19,15 @@ fn group_json(id: &str, schema_json: &str, tags_json: &str) -> Result<(lakeledge
     Ok((schema, tags))
 }
 
+/// The commit time to record for a version: its own, moved past its predecessor's and
+/// kept before its successor's (a gap filled late), so times rise with versions and
+/// `TIMESTAMP AS OF` resolves to one version. `None` when no microsecond is left between.
+fn commit_time_between(wanted: i64, before: Option<i64>, after: Option<i64>) -> Option<i64> {
+    let low = before.map_or(i64::MIN, |b| b.saturating_add(1));
+    let high = after.map_or(i64::MAX, |a| a.saturating_sub(1));
+    (low <= high).then(|| wanted.clamp(low, high))
+}
+
 fn role_of(s: &str) -> Result<Role> {
     Role::parse(s).ok_or_else(|| Error::Internal(format!("catalog holds an unknown role `{s}`")))
 }
@@ -31,8 +40,58 @@ macro_rules! model_version_columns_v { () => { "v.model_id, v.version, v.state, 
 macro_rules! job_columns { () => { "id, tenant_id, model_name, state, spec_json, progress_json, error, model_version, created_at, started_at, finished_at, created_by" }; }
 macro_rules! key_columns { () => { "k.id, k.tenant_id, k.name, k.role, k.created_at, k.created_by, k.revoked_at" }; }
 
+/// Records a version inside the transaction `$tx` (which holds the group): idempotent,
+/// its commit time kept between its neighbours'. Evaluates to the time recorded.
+macro_rules! record_version_in {
+    ($tx:ident, $group_id:expr, $v:expr) => {{
+        let (group_id, v): (&str, &VersionRecord) = ($group_id, $v);
+        let recorded: Option<i64> =
+            sqlx::query_scalar("SELECT committed_at FROM feature_group_versions WHERE feature_group_id = $1 AND version = $2")
+                .bind(group_id)
+                .bind(v.version)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        match recorded {
+            Some(at) => at,
+            None => {
+                let before: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(committed_at) FROM feature_group_versions WHERE feature_group_id = $1 AND version < $2")
+                        .bind(group_id)
+                        .bind(v.version)
+                        .fetch_one(&mut *$tx)
+                        .await?;
+                let after: Option<i64> =
+                    sqlx::query_scalar("SELECT MIN(committed_at) FROM feature_group_versions WHERE feature_group_id = $1 AND version > $2")
+                        .bind(group_id)
+                        .bind(v.version)
+                        .fetch_one(&mut *$tx)
+                        .await?;
+                let at = commit_time_between(v.committed_at, before, after).ok_or_else(|| {
+                    Error::Conflict(format!("version {} of feature group {group_id} cannot be given a commit time between its neighbours'", v.version))
+                })?;
+                sqlx::query(
+                    "INSERT INTO feature_group_versions \
+                     (feature_group_id, version, committed_at, operation, rows_added, actor, request_id, recovered) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(group_id)
+                .bind(v.version)
+                .bind(at)
+                .bind(&v.operation)
+                .bind(v.rows_added)
+                .bind(&v.actor)
+                .bind(&v.request_id)
+                .bind(v.recovered)
+                .execute(&mut *$tx)
+                .await?;
+                at
+            }
+        }
+    }};
+}
+
 macro_rules! sql_catalog {
-    ($name:ident, $db:ty, $kind:literal, $begin_write:literal) => {
+    ($name:ident, $db:ty, $kind:literal, $begin_write:literal, $lock_group:literal) => {
         pub struct $name {
             pool: sqlx::Pool<$db>,
         }
@@ -350,23 +409,16 @@ macro_rules! sql_catalog {
                 Ok(())
             }
 
-            async fn record_version(&self, group_id: &str, v: &VersionRecord) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO feature_group_versions \
-                     (feature_group_id, version, committed_at, operation, rows_added, actor, request_id, recovered) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (feature_group_id, version) DO NOTHING",
-                )
-                .bind(group_id)
-                .bind(v.version)
-                .bind(v.committed_at)
-                .bind(&v.operation)
-                .bind(v.rows_added)
-                .bind(&v.actor)
-                .bind(&v.request_id)
-                .bind(v.recovered)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
+            async fn record_version(&self, group_id: &str, v: &VersionRecord) -> Result<i64> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query($lock_group).bind(group_id).execute(&mut *tx).await?;
+                let at = record_version_in!(tx, group_id, v);
+                tx.commit().await?;
+                Ok(at)
+            }
+
+            async fn begin_commit(&self, group_id: &str) -> Result<Box<dyn GroupCommit>> {
+                self.hold_group(group_id).await
             }
 
             async fn versions(&self, group_id: &str) -> Result<Vec<VersionRecord>> {
@@ -726,14 +778,92 @@ macro_rules! sql_catalog {
     };
 }
 
-sql_catalog!(SqliteCatalog, sqlx::Sqlite, "sqlite", "BEGIN IMMEDIATE");
-sql_catalog!(PostgresCatalog, sqlx::Postgres, "postgres", "BEGIN");
+// Recording a version locks its group for the transaction: on SQLite the database write
+// lock taken at BEGIN IMMEDIATE does it; on Postgres the group's row lock.
+sql_catalog!(SqliteCatalog, sqlx::Sqlite, "sqlite", "BEGIN IMMEDIATE", "SELECT id FROM feature_groups WHERE id = $1");
+sql_catalog!(PostgresCatalog, sqlx::Postgres, "postgres", "BEGIN", "SELECT id FROM feature_groups WHERE id = $1 FOR UPDATE");
 
 fn unique_to(e: sqlx::Error, kind: &'static str, name: &str) -> Error {
     if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
         Error::AlreadyExists { kind, name: name.to_string() }
     } else {
         Error::Catalog(e)
+    }
+}
+
+impl SqliteCatalog {
+    /// SQLite serves one process, whose own per-group lock orders its commits; holding the
+    /// database's single write lock across a Delta commit would stall every other group.
+    async fn hold_group(&self, group_id: &str) -> Result<Box<dyn GroupCommit>> {
+        Ok(Box::new(SqliteCommit { pool: self.pool.clone(), group_id: group_id.to_string() }))
+    }
+}
+
+struct SqliteCommit {
+    pool: sqlx::SqlitePool,
+    group_id: String,
+}
+
+#[async_trait]
+impl GroupCommit for SqliteCommit {
+    async fn latest_version(&mut self) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT MAX(version) FROM feature_group_versions WHERE feature_group_id = $1").bind(&self.group_id).fetch_one(&self.pool).await?)
+    }
+
+    async fn recorded_versions(&mut self) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar("SELECT version FROM feature_group_versions WHERE feature_group_id = $1 ORDER BY version")
+            .bind(&self.group_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn record(&mut self, v: &VersionRecord) -> Result<i64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let at = record_version_in!(tx, &self.group_id, v);
+        tx.commit().await?;
+        Ok(at)
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl PostgresCatalog {
+    /// Locks the group's row in a transaction held until the commit is finished: another
+    /// replica's commit of the same group waits for it.
+    async fn hold_group(&self, group_id: &str) -> Result<Box<dyn GroupCommit>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT id FROM feature_groups WHERE id = $1 FOR UPDATE").bind(group_id).execute(&mut *tx).await?;
+        Ok(Box::new(PostgresCommit { tx, group_id: group_id.to_string() }))
+    }
+}
+
+struct PostgresCommit {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    group_id: String,
+}
+
+#[async_trait]
+impl GroupCommit for PostgresCommit {
+    async fn latest_version(&mut self) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT MAX(version) FROM feature_group_versions WHERE feature_group_id = $1").bind(&self.group_id).fetch_one(&mut *self.tx).await?)
+    }
+
+    async fn recorded_versions(&mut self) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar("SELECT version FROM feature_group_versions WHERE feature_group_id = $1 ORDER BY version")
+            .bind(&self.group_id)
+            .fetch_all(&mut *self.tx)
+            .await?)
+    }
+
+    async fn record(&mut self, v: &VersionRecord) -> Result<i64> {
+        let conn = &mut *self.tx;
+        Ok(record_version_in!(conn, &self.group_id, v))
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        Ok(self.tx.commit().await?)
     }
 }
 
@@ -762,5 +892,19 @@ impl PostgresCatalog {
             .await?;
         super::migrations::migrator(super::migrations::POSTGRES).run(&pool).await?;
         Ok(PostgresCatalog { pool })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn commit_times_rise_with_versions_even_when_a_gap_is_filled_late() {
+        use super::commit_time_between as between;
+        assert_eq!(between(50, Some(10), None), Some(50));
+        assert_eq!(between(5, Some(10), None), Some(11), "a clock step back is absorbed");
+        assert_eq!(between(50, Some(10), Some(20)), Some(19), "a late gap fill stays before its successor");
+        assert_eq!(between(15, Some(10), Some(20)), Some(15));
+        assert_eq!(between(15, Some(10), Some(11)), None, "no microsecond left between");
+        assert_eq!(between(7, None, None), Some(7));
     }
 }
