@@ -208,15 +208,42 @@ async fn models(c: &dyn Catalog) {
         started_at: Some(2),
         finished_at: None,
         created_by: "me".into(),
+        worker: Some("replica_a".into()),
+        lease_until: Some(100),
+        cancel_requested: false,
     };
     c.insert_job(&job).await.unwrap();
     assert_eq!(c.unfinished_jobs().await.unwrap().len(), 1);
+    // Only the replica holding the lease renews it or changes the job; a cancel asked
+    // anywhere reaches it with the renewal.
+    assert_eq!(c.renew_job_lease("job_1", "replica_b", 200).await.unwrap(), None);
+    assert_eq!(c.renew_job_lease("job_1", "replica_a", 200).await.unwrap(), Some(false));
+    assert!(!c.update_job(&JobRecord { progress_json: "{}".into(), worker: Some("replica_b".into()), ..job.clone() }).await.unwrap());
+    assert!(c.request_job_cancel("ten_1", "job_1").await.unwrap());
+    assert!(!c.request_job_cancel("other", "job_1").await.unwrap());
+    assert_eq!(c.renew_job_lease("job_1", "replica_a", 300).await.unwrap(), Some(true));
+    // While the lease holds nobody else may fail it; once lapsed, exactly one may.
+    assert!(!c.fail_abandoned_job("job_1", 250, "replica_b", "lapsed").await.unwrap());
     let done = JobRecord { state: "succeeded".into(), model_version: Some(1), finished_at: Some(3), ..job.clone() };
     assert!(c.update_job(&done).await.unwrap());
-    assert!(!c.update_job(&JobRecord { state: "failed".into(), ..job }).await.unwrap(), "a finished job stays finished");
+    assert!(!c.update_job(&JobRecord { state: "failed".into(), ..job.clone() }).await.unwrap(), "a finished job stays finished");
     assert_eq!(c.job("ten_1", "job_1").await.unwrap().unwrap().state, "succeeded");
     assert!(c.job("other", "job_1").await.unwrap().is_none());
     assert!(c.unfinished_jobs().await.unwrap().is_empty());
+    assert!(!c.fail_abandoned_job("job_1", 10_000, "replica_b", "lapsed").await.unwrap(), "a finished job is never failed");
+
+    let lapsed = JobRecord { id: "job_2".into(), state: "queued".into(), lease_until: Some(500), ..job.clone() };
+    c.insert_job(&lapsed).await.unwrap();
+    assert!(!c.fail_abandoned_job("job_2", 400, "replica_b", "lapsed").await.unwrap());
+    assert!(c.fail_abandoned_job("job_2", 600, "replica_b", "lapsed").await.unwrap());
+    assert!(!c.fail_abandoned_job("job_2", 700, "replica_c", "lapsed").await.unwrap(), "ended once");
+    let j = c.job("ten_1", "job_2").await.unwrap().unwrap();
+    assert_eq!((j.state.as_str(), j.error.as_deref(), j.finished_at), ("failed", Some("lapsed"), Some(600)));
+    // A replica's own leftovers, from before its restart, it may fail at once.
+    let own = JobRecord { id: "job_3".into(), lease_until: Some(i64::MAX), ..job };
+    c.insert_job(&own).await.unwrap();
+    assert!(!c.fail_abandoned_job("job_3", 700, "replica_b", "stopped").await.unwrap());
+    assert!(c.fail_abandoned_job("job_3", 700, "replica_a", "stopped").await.unwrap());
 }
 
 #[tokio::test]
@@ -352,6 +379,49 @@ async fn two_replicas_ingesting_into_one_group_record_versions_in_order() {
         let at = a.read_json(&k, &format!("/v1/feature-groups/clicks/data?as_of={}&limit=100000", t.replace(':', "%3A").replace('+', "%2B"))).await;
         assert_eq!(at.len(), v, "as_of the commit time of version {v} reads version {v}");
     }
+}
+
+/// A job running on one replica is followed and cancelled through another: the events
+/// come from the catalog, the cancel reaches the running replica with its lease renewal,
+/// and the job ends once, cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_on_one_replica_is_followed_and_cancelled_through_another() {
+    let Some(base) = postgres_url().await else { return };
+    let catalog = fresh_postgres_schema(&base).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = url::Url::from_directory_path(dir.path().join("tables")).unwrap();
+    std::fs::create_dir_all(dir.path().join("tables")).unwrap();
+    let config = |name: &str| {
+        let mut c = lakeledger::app::config::Config::embedded(dir.path().join(name)).unwrap();
+        c.catalog_url = lakeledger::app::config::Secret::new(catalog.clone());
+        c.data_root = tables.clone();
+        c.job_lease = std::time::Duration::from_secs(3);
+        c
+    };
+    let a = crate::support::Server::start_with(config("a"), None).await;
+    let k = a.admin_key.clone();
+    let b = crate::support::Server::start_with(config("b"), Some(k.clone())).await;
+    crate::models::ingest_dataset(&a, &k, "wine", "cultivar", "int64").await;
+    let long = serde_json::json!({"model": "wine", "training_set": crate::models::training_set("wine", "cultivar"), "label": "cultivar",
+                                  "config": {"task": "classification", "hidden_layers": [64], "max_epochs": 100000, "patience": 100000}});
+    let r = a.post(&k, "/v1/training-jobs").json(&long).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+
+    let mut events = b.get(&k, &format!("/v1/training-jobs/{id}/events")).send().await.unwrap();
+    let mut seen = String::new();
+    let mut cancelled = false;
+    while let Some(chunk) = events.chunk().await.unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if !cancelled && seen.contains("\"epoch\":") {
+            let r = b.post(&k, &format!("/v1/training-jobs/{id}/cancel")).send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            cancelled = true;
+        }
+    }
+    assert!(seen.contains("\"state\":\"cancelled\""), "the stream on the other replica ends with the final state: {seen}");
+    let j: serde_json::Value = a.get(&k, &format!("/v1/training-jobs/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(j["state"], "cancelled");
 }
 
 #[tokio::test]

@@ -85,6 +85,15 @@ async fn bodies_over_their_route_limit_get_413_with_the_error_body() {
     let r = s.ingest_json(&k, "clicks", "append", json!(rows)).await;
     assert_eq!(error_code(r, 413).await.0, "payload_too_large");
     assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data").await.len(), 200);
+
+    // Parameters of the wrong type or range are refused with the error body, not plain text.
+    for path in ["/v1/feature-groups/clicks/data?limit=-1", "/v1/feature-groups?include_archived=maybe", "/v1/models/m/versions/x"] {
+        let r = s.get(&k, path).send().await.unwrap();
+        assert_eq!(error_code(r, 400).await.0, "bad_request", "{path}");
+    }
+    let r = s.client.request(reqwest::Method::OPTIONS, s.url("/v1/training-jobs/job_1")).bearer_auth(&k).send().await.unwrap();
+    assert_eq!(r.headers()["allow"].to_str().unwrap(), "GET,HEAD");
+    assert_eq!(error_code(r, 405).await.0, "bad_request");
 }
 
 /// An ingest whose body the client keeps open: the request is in flight until `finish`.

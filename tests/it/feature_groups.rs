@@ -559,3 +559,81 @@ async fn kill_9_during_ingest_leaves_only_whole_versions() {
     // Version 0 is the creation; each later version is one whole batch.
     assert_eq!(history.len(), per_batch.len() + 1, "catalog and Delta log agree: {history:?}");
 }
+
+/// An ingest sent with an Idempotency-Key writes at most once: a retry gets the first
+/// result, also when the first attempt stopped between its Delta commit and its answer.
+#[tokio::test]
+async fn an_idempotent_ingest_writes_once_however_often_it_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    let s = Server::start_with(config.clone(), None).await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    let send = |key: &str, mode: &str, rows: Value| {
+        s.post(&k, &format!("/v1/feature-groups/clicks/data?mode={mode}")).header("idempotency-key", key).json(&rows).send()
+    };
+    let rows = json!([{"user_id": 1, "ts": "2026-01-01T00:00:00Z"}, {"user_id": 2, "ts": "2026-01-01T00:00:00Z"}]);
+
+    let first = send("order-1", "append", rows.clone()).await.unwrap();
+    assert_eq!((first.status().as_u16(), first.headers()["idempotent-replayed"].to_str().unwrap()), (201, "false"));
+    let first: Value = first.json().await.unwrap();
+    for _ in 0..2 {
+        let again = send("order-1", "append", rows.clone()).await.unwrap();
+        assert_eq!((again.status().as_u16(), again.headers()["idempotent-replayed"].to_str().unwrap()), (201, "true"));
+        assert_eq!(again.json::<Value>().await.unwrap(), first);
+    }
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data").await.len(), 2, "written once");
+    let versions: Vec<Value> = s.get(&k, "/v1/feature-groups/clicks/versions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(versions.len(), 2);
+
+    // The same key for another request is refused, naming the first.
+    let (code, message) = error_code(send("order-1", "upsert", rows.clone()).await.unwrap(), 422).await;
+    assert_eq!(code, "unprocessable");
+    assert!(message.contains("mode=append"), "{message}");
+    // A first attempt refused before writing leaves the key free.
+    let r = send("order-2", "append", json!([{"user_id": "not a number", "ts": "2026-01-01T00:00:00Z"}])).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = send("order-2", "append", json!([{"user_id": 3, "ts": "2026-01-01T00:00:00Z"}])).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["idempotent-replayed"].to_str().unwrap()), (201, "false"));
+    let r = s.post(&k, "/v1/feature-groups/clicks/data").header("idempotency-key", "bad key").json(&rows).send().await.unwrap();
+    assert_eq!(error_code(r, 400).await.0, "bad_request");
+
+    // A first attempt that stopped after its Delta commit, before recording it or
+    // answering (as after kill -9): the key is pending and the commit carries it.
+    s.stop().await;
+    let catalog = lakeledger::platform::catalog::connect(config.catalog_url.expose()).await.unwrap();
+    let tenant = catalog.tenant_by_name("default").await.unwrap().unwrap();
+    let fingerprint = "POST /v1/feature-groups/clicks/data?mode=append";
+    assert!(catalog.reserve_idempotency_key(&tenant.id, "order-3", fingerprint, lakeledger::platform::time::now_micros()).await.unwrap().is_none());
+    let store = lakeledger_query_store(&config);
+    let table = store.open(&store.location("tenants/default/feature-groups/clicks").unwrap(), None).await.unwrap();
+    let schema = catalog.feature_group(&tenant.id, "clicks").await.unwrap().unwrap().schema;
+    let mut staged = store.begin_write(&table, &schema, lakeledger_query::tables::WriteMode::Append).unwrap();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        ])),
+        vec![Arc::new(Int64Array::from(vec![4])), Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone("UTC"))],
+    )
+    .unwrap();
+    staged.write(lakeledger_query::ingest::Conformer::new(schema.clone()).conform(&batch).unwrap()).await.unwrap();
+    let meta = lakeledger_query::tables::CommitMeta::default()
+        .with("lakeledger.idempotencyKey", "order-3")
+        .with("lakeledger.rows", 1)
+        .with("lakeledger.mode", "append");
+    let crashed = staged.commit(table, meta).await.unwrap().version;
+    // And another key whose attempt is still in flight on another replica.
+    assert!(catalog.reserve_idempotency_key(&tenant.id, "order-4", fingerprint, lakeledger::platform::time::now_micros()).await.unwrap().is_none());
+    drop(catalog);
+
+    let s = Server::start_with(config.clone(), Some(k.clone())).await;
+    let send = |key: &str, rows: Value| s.post(&k, "/v1/feature-groups/clicks/data").header("idempotency-key", key).json(&rows).send();
+    let r = send("order-3", json!([{"user_id": 4, "ts": "2026-01-01T00:00:00Z"}])).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["idempotent-replayed"].to_str().unwrap()), (201, "true"));
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"version": crashed, "rows": 1, "mode": "append"}));
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data?key.user_id=4").await.len(), 1, "the retry wrote nothing more");
+    let (code, message) = error_code(send("order-4", rows.clone()).await.unwrap(), 409).await;
+    assert_eq!(code, "conflict");
+    assert!(message.contains("in progress"), "{message}");
+}

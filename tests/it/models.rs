@@ -264,13 +264,42 @@ async fn jobs_stream_progress_can_be_cancelled_and_survive_restarts_as_failed() 
     job.state = "running".into();
     job.finished_at = None;
     catalog.insert_job(&job).await.unwrap();
+    // Another replica's jobs: one it is running (its lease holds) and one whose replica
+    // died (its lease lapsed).
+    let elsewhere = lakeledger::platform::catalog::JobRecord {
+        id: "job_elsewhere".into(),
+        worker: Some("replica_other".into()),
+        lease_until: Some(i64::MAX),
+        ..job.clone()
+    };
+    catalog.insert_job(&elsewhere).await.unwrap();
+    catalog.insert_job(&lakeledger::platform::catalog::JobRecord { id: "job_lapsed".into(), lease_until: Some(1), ..elsewhere }).await.unwrap();
     s.stop().await;
     let s = Server::start_with(lakeledger::app::config::Config::embedded(dir.path()).unwrap(), Some(k.clone())).await;
     let j: Value = s.get(&k, "/v1/training-jobs/job_left_running").send().await.unwrap().json().await.unwrap();
     assert_eq!(j["state"], "failed");
     assert!(j["error"].as_str().unwrap().contains("server stopped"), "{j}");
+    let j: Value = s.get(&k, "/v1/training-jobs/job_elsewhere").send().await.unwrap().json().await.unwrap();
+    assert_eq!(j["state"], "running", "a job another replica runs is not touched: {j}");
+    let j: Value = s.get(&k, "/v1/training-jobs/job_lapsed").send().await.unwrap().json().await.unwrap();
+    assert_eq!(j["state"], "failed");
+    assert!(j["error"].as_str().unwrap().contains("lease lapsed"), "{j}");
+    let l = &s.state.audit.ledger;
+    let ends = l
+        .read(0, l.size())
+        .unwrap()
+        .iter()
+        .filter_map(|leaf| serde_json::from_slice::<Value>(leaf.view().unwrap().payload).ok())
+        .filter(|e| e["kind"] == "training_job.finish" && e["resource"]["name"] == "job_lapsed")
+        .count();
+    assert_eq!(ends, 1, "the lapsed job's end is recorded once");
+    // A cancel asked here is passed to the replica running it.
+    let r = s.post(&k, "/v1/training-jobs/job_elsewhere/cancel").send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let tenant = catalog.tenant_by_name("default").await.unwrap().unwrap();
+    assert!(catalog.job(&tenant.id, "job_elsewhere").await.unwrap().unwrap().cancel_requested);
     let all: Vec<Value> = s.get(&k, "/v1/training-jobs").send().await.unwrap().json().await.unwrap();
-    assert_eq!(all.len(), 3);
+    assert_eq!(all.len(), 5);
 }
 
 /// `lakeledger train` starts a job on a running server, follows it to the end and says

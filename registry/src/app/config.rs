@@ -77,6 +77,9 @@ pub struct Config {
     pub model_key_path: PathBuf,
     /// Training jobs that run at once; more wait queued.
     pub training_workers: usize,
+    /// How long a replica's lease on a running job holds unless renewed; a job whose
+    /// replica died is failed this long after its last renewal.
+    pub job_lease: std::time::Duration,
     /// The key for hashing entity keys in audit records (mode 0600). Default
     /// `<data_dir>/keys/entity-hash.key`.
     pub entity_hash_key_path: PathBuf,
@@ -158,6 +161,7 @@ pub struct FileConfig {
     pub sql_threads: Option<usize>,
     pub model_key_path: Option<PathBuf>,
     pub training_workers: Option<usize>,
+    pub job_lease_secs: Option<u64>,
     pub entity_hash_key_path: Option<PathBuf>,
     /// Model versions kept loaded for scoring (least recently used evicted first).
     pub serving_max_loaded_models: Option<usize>,
@@ -286,6 +290,7 @@ impl Config {
             sql_threads: file.sql_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             model_key_path: file.model_key_path.unwrap_or_else(|| data_dir.join("keys/model-signing.key")),
             training_workers: file.training_workers.unwrap_or(2).max(1),
+            job_lease: std::time::Duration::from_secs(file.job_lease_secs.unwrap_or(30).max(3)),
             drift_checks: file.drift_checks,
             entity_hash_key_path: file.entity_hash_key_path.unwrap_or_else(|| data_dir.join("keys/entity-hash.key")),
             serving_max_loaded_models: file.serving_max_loaded_models.unwrap_or(64).max(1),

@@ -82,9 +82,9 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     };
     let state = super::services::build(&config, std::sync::Arc::new(audit), catalog, tables, metrics_handle())?;
     let first_admin_key = state.identity.bootstrap().await?;
-    let failed = state.jobs.fail_unfinished().await?;
+    let failed = state.jobs.fail_abandoned().await?;
     if failed > 0 {
-        tracing::warn!(failed, "training jobs left unfinished by the previous process were marked failed");
+        tracing::warn!(failed, "training jobs nobody runs any more (left by this replica's previous run, or with a lapsed lease) were marked failed");
     }
     let report = state.features.reconcile().await?;
     if report.recovered_versions + report.completed_creations + report.removed_creations > 0 {
@@ -114,11 +114,8 @@ pub fn app(state: AppState) -> Router {
 pub fn app_with_routes(state: AppState, routes: Router<AppState>) -> Router {
     routes
         .fallback(|| async { Error::NotFound { kind: "route", name: "no such endpoint".into() } })
-        .method_not_allowed_fallback(|| async {
-            let mut r = Error::BadRequest("this method is not allowed on this endpoint".into()).into_response();
-            *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
-            r
-        })
+        // A method the route does not take: axum's 405 with its `Allow` header, given the
+        // error body by the recording layer.
         // Inside the recording layer so that a panic is recorded as the 500 it becomes.
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
             Error::Internal("handler panicked".into()).into_response()
@@ -155,6 +152,7 @@ pub async fn serve_until(
     let (stop_inference_log, inference_log_stopped) = tokio::sync::watch::channel(false);
     let inference_log = tokio::spawn(state.inference_log.clone().run(inference_log_stopped));
     let online_refresh = tokio::spawn(state.online.clone().keep_fresh());
+    let job_sweep = tokio::spawn(state.jobs.clone().sweep());
     // Histogram samples collect in the recorder until upkeep folds them into buckets;
     // without it a server nobody scrapes grows with every request it answers.
     let metrics_upkeep = {
@@ -182,6 +180,7 @@ pub async fn serve_until(
     let _ = stop_inference_log.send(true);
     let _ = inference_log.await;
     online_refresh.abort();
+    job_sweep.abort();
     metrics_upkeep.abort();
     drift_checks.iter().for_each(|t| t.abort());
     // An archive pass cut short is safe: the next start's pass checks what is there.

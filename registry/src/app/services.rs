@@ -24,7 +24,7 @@ use crate::platform::runtime::QueryRuntime;
 use crate::serving::drift::{Drift, DriftCheck};
 use crate::serving::{InferenceLog, Serving, ServingConfig};
 use crate::sql::{Sql, SqlConfig};
-use crate::training::{Jobs, TrainingSets};
+use crate::training::{JobLeases, Jobs, TrainingSets};
 
 /// Builds the services over an opened ledger, catalog and table store.
 pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalog, tables: TableStore, metrics: PrometheusHandle) -> Result<AppState> {
@@ -57,7 +57,8 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
     let training_sets = TrainingSets::new(features.clone(), sql.clone(), tables.clone(), audit.clone(), config.sql_threads);
     features.set_pin_source(Arc::downgrade(&(training_sets.clone() as Arc<dyn PinSource>)));
     let models = Models::new(catalog.clone(), tables.clone(), signer, locks);
-    let jobs = Jobs::new(catalog.clone(), training_sets.clone(), models.clone(), audit.clone(), config.training_workers);
+    let leases = JobLeases { worker: replica_id(&config.data_dir)?, lease: config.job_lease };
+    let jobs = Jobs::new(catalog.clone(), training_sets.clone(), models.clone(), audit.clone(), config.training_workers, leases);
     let inference_log = InferenceLog::new(FeatureWriter::new(features.clone()), audit.clone(), config.inference_log_flush);
     let serving_config = ServingConfig {
         max_loaded_models: config.serving_max_loaded_models,
@@ -93,6 +94,20 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
         },
         admission: Admission::new(config.max_concurrent_requests, config.max_concurrent_requests_per_tenant),
     })))
+}
+
+/// This replica's id: kept in its data dir, so a restarted replica knows the jobs its
+/// previous run left (each replica has its own data dir, as it has its own ledger).
+fn replica_id(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("replica.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = format!("replica_{}", uuid::Uuid::now_v7().simple());
+            std::fs::write(&path, format!("{id}\n")).map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
+            Ok(id)
+        }
+    }
 }
 
 /// The scrape token's SHA-256 (only the hash is kept in memory).

@@ -17,7 +17,7 @@ use crate::identity::Principal;
 use crate::platform::audit::AuditContext;
 use crate::platform::catalog::FeatureGroupRecord;
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct IngestResult {
     pub version: i64,
     pub rows: u64,
@@ -40,6 +40,23 @@ impl FeatureGroups {
 
     /// Streams an upload into the group's table and commits it as one version.
     pub async fn ingest(&self, p: &Principal, name: &str, mode: WriteMode, format: IngestFormat, body: Body, ctx: &AuditContext) -> Result<IngestResult> {
+        self.ingest_with(p, name, mode, format, body, ctx, None, &mut false).await
+    }
+
+    /// As [`FeatureGroups::ingest`], the commit carrying `key` when one is given;
+    /// `committed` is set once the Delta commit is made.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn ingest_with(
+        &self,
+        p: &Principal,
+        name: &str,
+        mode: WriteMode,
+        format: IngestFormat,
+        body: Body,
+        ctx: &AuditContext,
+        key: Option<&str>,
+        committed: &mut bool,
+    ) -> Result<IngestResult> {
         super::refuse_reserved_group(name, "write")?;
         let g = self.find(p, name).await?;
         require_active(&g)?;
@@ -58,7 +75,11 @@ impl FeatureGroups {
             staged.abort(&table).await;
             return Err(Error::Unprocessable("the upload holds no rows; nothing was written".into()));
         }
-        self.commit_staged(p, &g, table, staged, mode, sinks, ctx).await
+        let mut meta = commit_meta(p, ctx).with("lakeledger.mode", mode.name()).with(super::idempotency::ROWS_META, staged.rows());
+        if let Some(k) = key {
+            meta = meta.with(super::idempotency::KEY_META, k);
+        }
+        self.commit_staged(p, &g, table, staged, mode, sinks, ctx, meta, committed).await
     }
 
     /// Appends rows the server produced itself (inference logs) as one version, with the
@@ -86,7 +107,8 @@ impl FeatureGroups {
                 return Err(e);
             }
         }
-        self.commit_staged(p, g, table, staged, WriteMode::Append, sinks, ctx).await
+        let meta = commit_meta(p, ctx).with("lakeledger.mode", WriteMode::Append.name());
+        self.commit_staged(p, g, table, staged, WriteMode::Append, sinks, ctx, meta, &mut false).await
     }
 
     /// Commits staged files as the group's next version under its lock, records the version
@@ -101,6 +123,8 @@ impl FeatureGroups {
         mode: WriteMode,
         sinks: Sinks,
         ctx: &AuditContext,
+        meta: lakeledger_query::tables::CommitMeta,
+        committed: &mut bool,
     ) -> Result<IngestResult> {
         let url = self.tables.location(&g.location)?;
         let rows = staged.rows();
@@ -118,7 +142,8 @@ impl FeatureGroups {
             }
         };
         let mut held = held.commit;
-        let outcome = staged.commit(latest, commit_meta(p, ctx).with("lakeledger.mode", mode.name())).await?;
+        let outcome = staged.commit(latest, meta).await?;
+        *committed = true;
         let operation = match mode {
             WriteMode::Append => "WRITE (append)",
             WriteMode::Overwrite => "WRITE (overwrite)",

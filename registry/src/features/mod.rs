@@ -7,6 +7,7 @@
 //! vacuum asks a [`PinSource`] (training sets) which files must stay. Never imports
 //! another domain, `http/` or `app/`.
 
+mod idempotency;
 mod ingest;
 mod observers;
 mod read;
@@ -30,6 +31,7 @@ use crate::platform::locks::KeyedLocks;
 use crate::platform::runtime::QueryRuntime;
 use crate::platform::time::{now_micros, rfc3339};
 
+pub use idempotency::Ingested;
 pub use ingest::IngestResult;
 pub use observers::{CommitObserver, PinSource, StagedRows};
 pub use read::{ReadSpec, Snapshot, encoded_body, parse_key_filters};

@@ -104,7 +104,7 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("POST", "/v1/training-jobs") => "training_job.create",
         ("GET", "/v1/training-jobs") => "training_job.list",
         ("GET", "/v1/training-jobs/{id}") => "training_job.get",
-        ("DELETE", "/v1/training-jobs/{id}") | ("POST", "/v1/training-jobs/{id}/cancel") => "training_job.cancel",
+        ("POST", "/v1/training-jobs/{id}/cancel") => "training_job.cancel",
         ("GET", "/v1/training-jobs/{id}/events") => "training_job.events",
         ("POST", "/v1/online/features") => "online.features",
         ("POST", "/v1/feature-groups/{name}/online/rebuild") => "online.rebuild",
@@ -349,7 +349,9 @@ async fn with_error_body(response: Response) -> Response {
     if !status.is_client_error() || response.extensions().get::<ErrorCode>().is_some() {
         return response;
     }
-    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+    // Headers such as `Allow` on a 405 are kept; the body's own are replaced.
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(_) => String::new(),
     };
@@ -361,6 +363,11 @@ async fn with_error_body(response: Response) -> Response {
     };
     let mut r = error.into_response();
     *r.status_mut() = status;
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            r.headers_mut().insert(name, value.clone());
+        }
+    }
     r
 }
 

@@ -17,7 +17,7 @@ use crate::platform::catalog::Role;
 use super::error::ErrorBody;
 use crate::error::{Error, Result};
 use crate::features::{
-    CreateFeatureGroup, EvolveSchema, FeatureGroupView, IngestResult, ReadSpec, UpdateFeatureGroup, VacuumReport, VacuumRequest,
+    CreateFeatureGroup, EvolveSchema, FeatureGroupView, IngestResult, Ingested, ReadSpec, UpdateFeatureGroup, VacuumReport, VacuumRequest,
     VersionView, parse_key_filters,
 };
 use super::audit_layer::AuditFacts;
@@ -121,9 +121,13 @@ pub struct IngestParams {
 }
 
 /// Ingests rows (JSON, NDJSON, CSV, Parquet or Arrow IPC by `Content-Type`) as one new version.
-#[utoipa::path(post, path = "/v1/feature-groups/{name}/data", params(("name" = String, Path), IngestParams),
+/// With an `Idempotency-Key` header the rows are written at most once: a retry with the same
+/// key (same group and mode) gets the first result again, marked `Idempotent-Replayed: true`;
+/// 409 while the first attempt is still in progress.
+#[utoipa::path(post, path = "/v1/feature-groups/{name}/data", params(("name" = String, Path), IngestParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "write at most once per key (1 to 255 visible ASCII characters; kept a day)")),
     request_body(content = String, description = "rows", content_type = "application/json"),
-    responses((status = 201, body = IngestResult), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = IngestResult), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn ingest(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -132,7 +136,7 @@ pub async fn ingest(
     Query(q): Query<IngestParams>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<IngestResult>)> {
+) -> Result<(StatusCode, Extension<AuditFacts>, [(&'static str, &'static str); 1], axum::Json<IngestResult>)> {
     p.require(WRITE, "ingest data")?;
     let mode = match q.mode.as_deref() {
         None => WriteMode::Append,
@@ -147,9 +151,25 @@ pub async fn ingest(
     {
         return Err(Error::PayloadTooLarge { limit: state.limits.max_body_bytes });
     }
-    let result = state.features.ingest(&p, &name, mode, format, body, &ctx).await?;
-    let facts = AuditFacts { versions_written: vec![result.version], rows: Some(result.rows), ..Default::default() };
-    Ok((StatusCode::CREATED, Extension(facts), axum::Json(result)))
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(v.to_str().map_err(|_| Error::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into()))?),
+        None => None,
+    };
+    let Some(key) = key else {
+        let result = state.features.ingest(&p, &name, mode, format, body, &ctx).await?;
+        let facts = AuditFacts { versions_written: vec![result.version], rows: Some(result.rows), ..Default::default() };
+        return Ok((StatusCode::CREATED, Extension(facts), [("idempotent-replayed", "false")], axum::Json(result)));
+    };
+    let Ingested { result, replayed } = state.features.ingest_once(&p, &name, mode, format, body, &ctx, key).await?;
+    let mut facts = AuditFacts { rows: Some(result.rows), details: vec![("idempotency_key".into(), key.to_string())], ..Default::default() };
+    if replayed {
+        // Nothing was written by this request: it is answered with the first one's result.
+        facts.versions_read = vec![result.version];
+        facts.details.push(("idempotent_replay".into(), "true".into()));
+    } else {
+        facts.versions_written = vec![result.version];
+    }
+    Ok((StatusCode::CREATED, Extension(facts), [("idempotent-replayed", if replayed { "true" } else { "false" })], axum::Json(result)))
 }
 
 #[derive(Deserialize, IntoParams)]

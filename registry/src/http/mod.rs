@@ -116,7 +116,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models/{name}/aliases/{alias}", get(models::get_alias).put(models::move_alias).delete(models::delete_alias))
         .route("/v1/models/{name}/aliases/{alias}/history", get(models::alias_history))
         .route("/v1/training-jobs", post(models::create_job).get(models::list_jobs))
-        .route("/v1/training-jobs/{id}", get(models::get_job).delete(models::cancel_job))
+        .route("/v1/training-jobs/{id}", get(models::get_job))
         .route("/v1/training-jobs/{id}/cancel", post(models::cancel_job))
         .route("/v1/training-jobs/{id}/events", get(models::job_events))
         .route("/v1/online/features", post(serving::features))

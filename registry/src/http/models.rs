@@ -20,7 +20,6 @@ use super::auth::Caller;
 use crate::platform::catalog::Role;
 use super::error::ErrorBody;
 use crate::error::{Error, Result};
-use crate::training::jobs::is_final;
 use crate::training::{CreateJob, JobView};
 use crate::models::{AliasMoveView, CreateModel, ModelVersionView, ModelView, MoveAlias};
 use super::state::AppState;
@@ -253,26 +252,7 @@ pub async fn cancel_job(State(state): State<AppState>, Caller(p): Caller, Path(i
 #[utoipa::path(get, path = "/v1/training-jobs/{id}/events", params(("id" = String, Path)), responses((status = 200, description = "text/event-stream of job states")))]
 pub async fn job_events(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
     p.require(READ, "read training jobs")?;
-    let (current, rx) = state.jobs.subscribe(&p, &id).await?;
-    let event = |v: &JobView| Event::default().event("job").json_data(v).unwrap_or_else(|_| Event::default().event("job"));
-    let first = event(&current);
-    let done = is_final(&current.state) || rx.is_none();
-    let rest = futures::stream::unfold((rx, done), move |(rx, done)| async move {
-        if done {
-            return None;
-        }
-        let mut rx = rx?;
-        loop {
-            match rx.recv().await {
-                Ok(v) => {
-                    let last = is_final(&v.state);
-                    return Some((Ok(event(&v)), (Some(rx), last)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    });
-    let stream = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), rest);
+    let event = |v: JobView| Ok(Event::default().event("job").json_data(&v).unwrap_or_else(|_| Event::default().event("job")));
+    let stream = futures::StreamExt::map(state.jobs.follow(&p, &id).await?, event);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

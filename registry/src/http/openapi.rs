@@ -81,6 +81,17 @@ impl utoipa::Modify for EdgeResponses {
                     add("400", "the body is malformed");
                     add("413", "the body is larger than this endpoint accepts");
                     add("415", "the body's content type is not accepted here");
+                    add("422", "the body is well-formed but names something invalid or breaks a rule of this endpoint");
+                }
+                if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    add("400", "a path or query parameter is malformed");
+                }
+                if path.contains('{') || op.request_body.is_some() {
+                    add("404", "an object the path or body names does not exist in the caller's tenant");
+                }
+                if method != "GET" && !public {
+                    add("409", "the change conflicts with the object's current state (archived, in use, changed meanwhile)");
+                    add("422", "the request breaks a rule of this endpoint");
                 }
                 if super::audit_layer::interruptible(method, path) {
                     add("504", "the request took longer than the server's time limit");

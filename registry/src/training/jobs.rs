@@ -1,9 +1,13 @@
 //! Training jobs. A job is accepted at once (202), persisted in the catalog, and run by a
 //! bounded pool on blocking threads, off the async runtime. Its progress (epoch, losses,
 //! validation metrics) is written to the catalog and broadcast to Server-Sent Event
-//! subscribers after every epoch. A job can be cancelled while queued or running. After a
-//! restart, jobs that were queued or running are marked failed with the reason: never
-//! silently lost.
+//! subscribers after every epoch. A job can be cancelled while queued or running, from any
+//! replica.
+//!
+//! A job is leased by the replica that runs it, which renews the lease while it runs. A
+//! job whose lease lapsed (its replica died) is failed, with the reason, by whichever
+//! replica notices first, exactly once (a conditional update decides); a restarted replica
+//! fails the jobs its previous run left at once. Never silently lost, never ended twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use lakeledger_query::arrow::array::{RecordBatch, RecordBatchReader};
 use lakeledger_trainer::{ComputeBackend, EpochReport, TrainConfig};
+use futures::stream::{BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast};
@@ -32,6 +37,16 @@ pub struct Jobs {
     audit: Arc<AuditLog>,
     permits: Arc<Semaphore>,
     live: Mutex<HashMap<String, Live>>,
+    leases: JobLeases,
+}
+
+/// Who this replica is to the job table, and how long its leases hold.
+#[derive(Clone, Debug)]
+pub struct JobLeases {
+    /// This replica's id, stable across its restarts.
+    pub worker: String,
+    /// How long a lease holds unless renewed (renewed every third of it).
+    pub lease: std::time::Duration,
 }
 
 struct Live {
@@ -40,8 +55,12 @@ struct Live {
 }
 
 impl Jobs {
-    pub fn new(catalog: SharedCatalog, sets: Arc<TrainingSets>, models: Arc<Models>, audit: Arc<AuditLog>, workers: usize) -> Arc<Self> {
-        Arc::new(Jobs { catalog, sets, models, audit, permits: Arc::new(Semaphore::new(workers.max(1))), live: Mutex::new(HashMap::new()) })
+    pub fn new(catalog: SharedCatalog, sets: Arc<TrainingSets>, models: Arc<Models>, audit: Arc<AuditLog>, workers: usize, leases: JobLeases) -> Arc<Self> {
+        Arc::new(Jobs { catalog, sets, models, audit, permits: Arc::new(Semaphore::new(workers.max(1))), live: Mutex::new(HashMap::new()), leases })
+    }
+
+    fn lease_end(&self) -> i64 {
+        now_micros().saturating_add(self.leases.lease.as_micros() as i64)
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -173,6 +192,9 @@ impl Jobs {
             started_at: None,
             finished_at: None,
             created_by: p.actor(),
+            worker: Some(self.leases.worker.clone()),
+            lease_until: Some(self.lease_end()),
+            cancel_requested: false,
         };
         self.catalog.insert_job(&record).await?;
         let cancel = Arc::new(AtomicBool::new(false));
@@ -182,10 +204,26 @@ impl Jobs {
         let (jobs, p2) = (self.clone(), p.clone());
         tokio::spawn(async move {
             let id = record.id.clone();
+            let heartbeat = tokio::spawn(jobs.clone().keep_leased(id.clone(), cancel.clone()));
             jobs.run(&p2, record, spec, manifest, cancel).await;
+            heartbeat.abort();
             jobs.live().remove(&id);
         });
         Ok(out)
+    }
+
+    /// Renews the job's lease while it runs here, and passes on a cancel asked on another
+    /// replica. If the job stopped being this replica's (its lease lapsed and another
+    /// replica failed it), the work stops too.
+    async fn keep_leased(self: Arc<Self>, id: String, cancel: Arc<AtomicBool>) {
+        loop {
+            tokio::time::sleep(self.leases.lease / 3).await;
+            match self.catalog.renew_job_lease(&id, &self.leases.worker, self.lease_end()).await {
+                Ok(Some(false)) => {}
+                Ok(Some(true)) | Ok(None) => cancel.store(true, Ordering::SeqCst),
+                Err(e) => tracing::warn!(job = %id, error = %e, "could not renew the job's lease"),
+            }
+        }
     }
 
     /// Persists a change of the job and tells subscribers.
@@ -290,8 +328,25 @@ impl Jobs {
         job.error = error;
         job.model_version = version;
         job.finished_at = Some(now_micros());
-        // The outcome goes through the ledger like any change, naming the request that
-        // started the job.
+        // Only the replica that still holds the job ends it (another may have failed it when
+        // its lease lapsed); the end is recorded once.
+        match self.catalog.update_job(&job).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(job = %job.id, "the job was ended elsewhere (its lease lapsed); this run's result is not recorded as its end");
+                return;
+            }
+            Err(e) => tracing::error!(job = %job.id, error = %e, "could not persist the job's end"),
+        }
+        self.record_end(p, spec, &job).await;
+        if let (Ok(v), Some(live)) = (view(&job), self.live().get(&job.id)) {
+            let _ = live.events.send(v);
+        }
+    }
+
+    /// The job's end, through the ledger like any change, naming the request that started it.
+    async fn record_end(&self, p: &Principal, spec: &JobSpec, job: &JobRecord) {
+        let (to, version) = (job.state.as_str(), job.model_version);
         let ctx = AuditContext { request_id: spec.request_id.clone(), event_id: spec.event_id.clone(), intent_seq: 0 };
         let mut e = p.event("training_job.finish", &ctx);
         e.resource.kind = Some("training_job".into());
@@ -306,7 +361,6 @@ impl Jobs {
         if let Err(err) = self.audit.record(&e).await {
             tracing::error!(job = %job.id, error = %err, "could not record the job's outcome in the audit ledger");
         }
-        self.publish(&job).await;
     }
 
     pub async fn get(&self, p: &Principal, id: &str) -> Result<JobView> {
@@ -328,26 +382,113 @@ impl Jobs {
         if let Some(live) = self.live().get(id) {
             live.cancel.store(true, Ordering::SeqCst);
         }
+        // The replica running it, if another, sees the request when it renews its lease.
+        self.catalog.request_job_cancel(&p.tenant_id, id).await?;
         view(&job)
     }
 
-    /// The job's current state, then every change until it ends.
-    pub async fn subscribe(&self, p: &Principal, id: &str) -> Result<(JobView, Option<broadcast::Receiver<JobView>>)> {
+    /// The job's current state, then every change until it ends: from this replica's
+    /// broadcast when the job runs here, else read from the catalog every second (the
+    /// replica running it writes every epoch there).
+    pub async fn follow(self: &Arc<Self>, p: &Principal, id: &str) -> Result<BoxStream<'static, JobView>> {
         // Subscribe before reading, so no change falls between the two.
         let rx = self.live().get(id).map(|l| l.events.subscribe());
         let current = view(&self.find(p, id).await?)?;
-        Ok((current, rx))
+        let first = futures::stream::once(futures::future::ready(current.clone()));
+        if is_final(&current.state) {
+            return Ok(first.boxed());
+        }
+        let rest = match rx {
+            Some(rx) => futures::stream::unfold(Some(rx), |rx| async move {
+                let mut rx = rx?;
+                loop {
+                    match rx.recv().await {
+                        Ok(v) => {
+                            let next = (!is_final(&v.state)).then_some(rx);
+                            return Some((v, next));
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            })
+            .boxed(),
+            None => {
+                let (jobs, p, id) = (self.clone(), p.clone(), id.to_string());
+                futures::stream::unfold(Some(current), move |last| {
+                    let (jobs, p, id) = (jobs.clone(), p.clone(), id.clone());
+                    async move {
+                        let mut last = last?;
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            let now = view(&jobs.find(&p, &id).await.ok()?).ok()?;
+                            if (&now.state, &now.progress) != (&last.state, &last.progress) {
+                                let next = (!is_final(&now.state)).then(|| now.clone());
+                                return Some((now, next));
+                            }
+                            last = now;
+                        }
+                    }
+                })
+                .boxed()
+            }
+        };
+        Ok(first.chain(rest).boxed())
     }
 
-    /// Marks jobs a previous process left queued or running as failed, saying why.
-    pub async fn fail_unfinished(&self) -> Result<usize> {
-        let jobs = self.catalog.unfinished_jobs().await?;
-        for mut j in jobs.iter().cloned() {
-            j.error = Some(format!("the server stopped while the job was {}; start it again", j.state));
-            j.state = "failed".into();
-            j.finished_at = Some(now_micros());
-            self.catalog.update_job(&j).await?;
+    /// Fails, with the reason, the unfinished jobs nobody runs any more: those this
+    /// replica's previous run left (at start) and those whose lease lapsed (their replica
+    /// died). Each is ended, and its end recorded, by exactly one replica. Returns how many
+    /// this call ended.
+    pub async fn fail_abandoned(&self) -> Result<usize> {
+        let mut ended = 0;
+        let now = now_micros();
+        for mut j in self.catalog.unfinished_jobs().await? {
+            if self.live().contains_key(&j.id) {
+                continue;
+            }
+            let reason = if j.worker.as_deref() == Some(&self.leases.worker) || j.worker.is_none() {
+                format!("the server stopped while the job was {}; start it again", j.state)
+            } else if j.lease_until.is_some_and(|t| t < now) {
+                format!("the server running the job stopped (its lease lapsed) while it was {}; start it again", j.state)
+            } else {
+                continue;
+            };
+            if !self.catalog.fail_abandoned_job(&j.id, now, &self.leases.worker, &reason).await? {
+                continue;
+            }
+            ended += 1;
+            (j.state, j.error, j.finished_at) = ("failed".into(), Some(reason), Some(now));
+            match (serde_json::from_str::<JobSpec>(&j.spec_json), self.owner(&j).await) {
+                (Ok(spec), Ok(p)) => self.record_end(&p, &spec, &j).await,
+                (spec, owner) => tracing::error!(job = %j.id, spec_ok = spec.is_ok(), owner_ok = owner.is_ok(), "could not record the end of an abandoned job"),
+            }
         }
-        Ok(jobs.len())
+        Ok(ended)
+    }
+
+    /// Fails abandoned jobs every half lease while the server runs.
+    pub async fn sweep(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.leases.lease / 2).await;
+            match self.fail_abandoned().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(failed = n, "failed training jobs whose replica stopped (lease lapsed)"),
+                Err(e) => tracing::warn!(error = %e, "could not look for abandoned training jobs"),
+            }
+        }
+    }
+
+    /// The principal a job acts as: its creator's tenant, as a writer.
+    async fn owner(&self, j: &JobRecord) -> Result<Principal> {
+        let tenant = self.catalog.tenant_by_id(&j.tenant_id).await?.ok_or_else(|| Error::Internal(format!("job {}: its tenant is gone", j.id)))?;
+        Ok(Principal {
+            key_id: j.created_by.rsplit('/').next().unwrap_or_default().to_string(),
+            key_name: "training job".into(),
+            role: crate::platform::catalog::Role::Writer,
+            tenant_id: tenant.id,
+            tenant: tenant.name,
+            auth_method: "internal",
+        })
     }
 }

@@ -11,5 +11,5 @@ pub mod sets;
 mod spines;
 mod stored;
 
-pub use jobs::{CreateJob, JobView, Jobs};
+pub use jobs::{CreateJob, JobLeases, JobView, Jobs};
 pub use sets::{CreateTrainingSet, FeatureInput, SpineColumn, SpineManifest, TrainingSetManifest, TrainingSets};

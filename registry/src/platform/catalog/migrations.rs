@@ -16,12 +16,16 @@ pub(super) const SQLITE: &[File] = &[
     (1, "initial", include_str!("../../../../migrations/sqlite/0001_initial.sql")),
     (2, "models", include_str!("../../../../migrations/sqlite/0002_models.sql")),
     (3, "serving", include_str!("../../../../migrations/sqlite/0003_serving.sql")),
+    (4, "idempotency", include_str!("../../../../migrations/sqlite/0004_idempotency.sql")),
+    (5, "job_leases", include_str!("../../../../migrations/sqlite/0005_job_leases.sql")),
 ];
 
 pub(super) const POSTGRES: &[File] = &[
     (1, "initial", include_str!("../../../../migrations/postgres/0001_initial.sql")),
     (2, "models", include_str!("../../../../migrations/postgres/0002_models.sql")),
     (3, "serving", include_str!("../../../../migrations/postgres/0003_serving.sql")),
+    (4, "idempotency", include_str!("../../../../migrations/postgres/0004_idempotency.sql")),
+    (5, "job_leases", include_str!("../../../../migrations/postgres/0005_job_leases.sql")),
 ];
 
 /// The same migrator `sqlx::migrate!` would build from the folder: same versions,

@@ -225,6 +225,11 @@ pub struct JobRecord {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub created_by: String,
+    /// The replica running the job, and until when its lease holds.
+    pub worker: Option<String>,
+    pub lease_until: Option<i64>,
+    /// A cancel asked on any replica, for the one running the job to act on.
+    pub cancel_requested: bool,
 }
 
 /// Editable descriptive fields of a feature group.
@@ -233,6 +238,17 @@ pub struct GroupMetadata {
     pub description: String,
     pub owner: String,
     pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// What an idempotency key holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// What the request that reserved it was (method, route, group, mode).
+    pub fingerprint: String,
+    /// `pending` or `done`.
+    pub state: String,
+    pub response_json: Option<String>,
+    pub created_at: i64,
 }
 
 /// A group held for a commit (see [`Catalog::begin_commit`]). Every catalog access while
@@ -321,11 +337,31 @@ pub trait Catalog: Send + Sync + 'static {
     async fn canaries(&self, model_id: &str, alias: &str) -> Result<Vec<CanaryRecord>>;
     async fn set_feature_group_online(&self, id: &str, online: bool, max_age_seconds: Option<i64>, at: i64) -> Result<()>;
 
+    /// Reserves an idempotency key for a request with this fingerprint; `None` when it
+    /// is now reserved for this request, otherwise what the key already holds. Completed
+    /// keys of the tenant older than a day are dropped on the way.
+    async fn reserve_idempotency_key(&self, tenant_id: &str, key: &str, fingerprint: &str, at: i64) -> Result<Option<IdempotencyRecord>>;
+    /// Stores the response of the request that holds the key.
+    async fn complete_idempotency_key(&self, tenant_id: &str, key: &str, response_json: &str) -> Result<()>;
+    /// Frees a pending key whose request wrote nothing, so a retry may run.
+    async fn release_idempotency_key(&self, tenant_id: &str, key: &str) -> Result<()>;
+    /// Takes over a pending key last reserved at `seen` (its request stopped); false when
+    /// someone else took it over first.
+    async fn renew_idempotency_key(&self, tenant_id: &str, key: &str, seen: i64, at: i64) -> Result<bool>;
+
     async fn insert_job(&self, j: &JobRecord) -> Result<()>;
+    /// Extends the lease of a job `worker` runs; `None` when the job is no longer its own
+    /// (it ended, or its lease lapsed and it was failed), else whether a cancel was asked.
+    async fn renew_job_lease(&self, id: &str, worker: &str, until: i64) -> Result<Option<bool>>;
+    /// Asks the replica running an unfinished job to cancel it; false when it has ended.
+    async fn request_job_cancel(&self, tenant_id: &str, id: &str) -> Result<bool>;
+    /// Ends an unfinished job as failed with `error`, if its lease lapsed before `now` or it
+    /// belongs to `orphaned_by` (this replica's previous run). True for exactly one caller.
+    async fn fail_abandoned_job(&self, id: &str, now: i64, orphaned_by: &str, error: &str) -> Result<bool>;
     async fn job(&self, tenant_id: &str, id: &str) -> Result<Option<JobRecord>>;
     async fn list_jobs(&self, tenant_id: &str) -> Result<Vec<JobRecord>>;
-    /// Updates state, progress, error, version and times; a job already in a final state
-    /// is never changed again (returns false).
+    /// Updates state, progress, error, version and times; a job already in a final state,
+    /// or run by another replica than `j.worker`, is never changed (returns false).
     async fn update_job(&self, j: &JobRecord) -> Result<bool>;
     /// Jobs left queued or running, e.g. by a restart.
     async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>>;

@@ -37,7 +37,7 @@ macro_rules! version_columns { () => { "version, committed_at, operation, rows_a
 macro_rules! model_columns { () => { "id, tenant_id, name, description, owner, tags_json, created_at, updated_at, created_by" }; }
 macro_rules! model_version_columns { () => { "model_id, version, state, source, artifact_location, artifact_sha256, signature, signing_key_id, training_set_id, lineage_json, config_json, metrics_json, backend, build_id, job_id, created_at, created_by" }; }
 macro_rules! model_version_columns_v { () => { "v.model_id, v.version, v.state, v.source, v.artifact_location, v.artifact_sha256, v.signature, v.signing_key_id, v.training_set_id, v.lineage_json, v.config_json, v.metrics_json, v.backend, v.build_id, v.job_id, v.created_at, v.created_by" }; }
-macro_rules! job_columns { () => { "id, tenant_id, model_name, state, spec_json, progress_json, error, model_version, created_at, started_at, finished_at, created_by" }; }
+macro_rules! job_columns { () => { "id, tenant_id, model_name, state, spec_json, progress_json, error, model_version, created_at, started_at, finished_at, created_by, worker, lease_until, cancel_requested" }; }
 macro_rules! key_columns { () => { "k.id, k.tenant_id, k.name, k.role, k.created_at, k.created_by, k.revoked_at" }; }
 
 /// Records a version inside the transaction `$tx` (which holds the group): idempotent,
@@ -219,6 +219,9 @@ macro_rules! sql_catalog {
                     started_at: row.try_get("started_at")?,
                     finished_at: row.try_get("finished_at")?,
                     created_by: row.try_get("created_by")?,
+                    worker: row.try_get("worker")?,
+                    lease_until: row.try_get("lease_until")?,
+                    cancel_requested: row.try_get("cancel_requested")?,
                 })
             }
 
@@ -415,6 +418,73 @@ macro_rules! sql_catalog {
                 let at = record_version_in!(tx, group_id, v);
                 tx.commit().await?;
                 Ok(at)
+            }
+
+            async fn reserve_idempotency_key(&self, tenant_id: &str, key: &str, fingerprint: &str, at: i64) -> Result<Option<IdempotencyRecord>> {
+                const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
+                sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND state = 'done' AND created_at < $2")
+                    .bind(tenant_id)
+                    .bind(at - DAY_MICROS)
+                    .execute(&self.pool)
+                    .await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (tenant_id, idem_key, fingerprint, state, response_json, created_at) \
+                     VALUES ($1, $2, $3, 'pending', NULL, $4) ON CONFLICT (tenant_id, idem_key) DO NOTHING",
+                )
+                .bind(tenant_id)
+                .bind(key)
+                .bind(fingerprint)
+                .bind(at)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if inserted == 1 {
+                    return Ok(None);
+                }
+                let row = sqlx::query("SELECT fingerprint, state, response_json, created_at FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2")
+                    .bind(tenant_id)
+                    .bind(key)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(Some(IdempotencyRecord {
+                    fingerprint: row.try_get("fingerprint")?,
+                    state: row.try_get("state")?,
+                    response_json: row.try_get("response_json")?,
+                    created_at: row.try_get("created_at")?,
+                }))
+            }
+
+            async fn complete_idempotency_key(&self, tenant_id: &str, key: &str, response_json: &str) -> Result<()> {
+                sqlx::query("UPDATE idempotency_keys SET state = 'done', response_json = $3 WHERE tenant_id = $1 AND idem_key = $2")
+                    .bind(tenant_id)
+                    .bind(key)
+                    .bind(response_json)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn release_idempotency_key(&self, tenant_id: &str, key: &str) -> Result<()> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2 AND state = 'pending'")
+                    .bind(tenant_id)
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn renew_idempotency_key(&self, tenant_id: &str, key: &str, seen: i64, at: i64) -> Result<bool> {
+                let n = sqlx::query(
+                    "UPDATE idempotency_keys SET created_at = $4 WHERE tenant_id = $1 AND idem_key = $2 AND state = 'pending' AND created_at = $3",
+                )
+                .bind(tenant_id)
+                .bind(key)
+                .bind(seen)
+                .bind(at)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
             }
 
             async fn begin_commit(&self, group_id: &str) -> Result<Box<dyn GroupCommit>> {
@@ -721,7 +791,7 @@ macro_rules! sql_catalog {
             }
 
             async fn insert_job(&self, j: &JobRecord) -> Result<()> {
-                let sql = concat!("INSERT INTO training_jobs (", job_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)");
+                let sql = concat!("INSERT INTO training_jobs (", job_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)");
                 sqlx::query(sql)
                     .bind(&j.id)
                     .bind(&j.tenant_id)
@@ -735,9 +805,50 @@ macro_rules! sql_catalog {
                     .bind(j.started_at)
                     .bind(j.finished_at)
                     .bind(&j.created_by)
+                    .bind(&j.worker)
+                    .bind(j.lease_until)
+                    .bind(j.cancel_requested)
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn renew_job_lease(&self, id: &str, worker: &str, until: i64) -> Result<Option<bool>> {
+                Ok(sqlx::query_scalar(
+                    "UPDATE training_jobs SET lease_until = $3 WHERE id = $1 AND worker = $2 AND state IN ('queued', 'running') \
+                     RETURNING cancel_requested",
+                )
+                .bind(id)
+                .bind(worker)
+                .bind(until)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn request_job_cancel(&self, tenant_id: &str, id: &str) -> Result<bool> {
+                let n = sqlx::query("UPDATE training_jobs SET cancel_requested = TRUE WHERE tenant_id = $1 AND id = $2 AND state IN ('queued', 'running')")
+                    .bind(tenant_id)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn fail_abandoned_job(&self, id: &str, now: i64, orphaned_by: &str, error: &str) -> Result<bool> {
+                let n = sqlx::query(
+                    "UPDATE training_jobs SET state = 'failed', error = $4, finished_at = $2 \
+                     WHERE id = $1 AND state IN ('queued', 'running') \
+                     AND (lease_until IS NULL OR lease_until < $2 OR worker IS NULL OR worker = $3)",
+                )
+                .bind(id)
+                .bind(now)
+                .bind(orphaned_by)
+                .bind(error)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
             }
 
             async fn job(&self, tenant_id: &str, id: &str) -> Result<Option<JobRecord>> {
@@ -755,7 +866,7 @@ macro_rules! sql_catalog {
             async fn update_job(&self, j: &JobRecord) -> Result<bool> {
                 let done = sqlx::query(
                     "UPDATE training_jobs SET state = $1, progress_json = $2, error = $3, model_version = $4, started_at = $5, \
-                     finished_at = $6 WHERE id = $7 AND state IN ('queued', 'running')",
+                     finished_at = $6 WHERE id = $7 AND state IN ('queued', 'running') AND (worker IS NULL OR worker = $8)",
                 )
                 .bind(&j.state)
                 .bind(&j.progress_json)
@@ -764,6 +875,7 @@ macro_rules! sql_catalog {
                 .bind(j.started_at)
                 .bind(j.finished_at)
                 .bind(&j.id)
+                .bind(&j.worker)
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() == 1)
