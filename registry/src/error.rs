@@ -11,6 +11,9 @@ pub enum Error {
     Unauthenticated,
     #[error("the API key is unknown or revoked")]
     InvalidKey,
+    /// A bearer token that is not an API key and does not verify; says why.
+    #[error("{0}")]
+    InvalidToken(String),
     #[error("role `{role}` may not {action}")]
     Forbidden { role: String, action: String },
     /// A name or tag only the server may write (`inference_*` groups, `lakeledger.*` tags).
@@ -75,6 +78,7 @@ impl Error {
         let (status, code): (StatusCode, &str) = match self {
             Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
+            Error::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Error::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             Error::Reserved(_) => (StatusCode::FORBIDDEN, "reserved_name"),
             Error::NotFound { kind, .. } => return (StatusCode::NOT_FOUND, format!("{}_not_found", kind.replace(' ', "_"))),

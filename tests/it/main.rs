@@ -7,6 +7,7 @@ mod edge;
 mod feature_groups;
 mod interop;
 mod models;
+mod oidc;
 mod openapi;
 mod readme;
 mod s3;

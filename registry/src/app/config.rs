@@ -95,6 +95,9 @@ pub struct Config {
     pub inference_log_flush: std::time::Duration,
     /// `[[drift_checks]]` tables of the config file, read by the drift service at start.
     pub drift_checks: Vec<toml::Table>,
+    /// The `[oidc]` table of the config file (bearer tokens from an identity provider),
+    /// read by the identity service at start.
+    pub oidc: Option<toml::Table>,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -176,6 +179,7 @@ pub struct FileConfig {
     pub inference_log_flush_ms: Option<u64>,
     #[serde(default)]
     pub drift_checks: Vec<toml::Table>,
+    pub oidc: Option<toml::Table>,
 }
 
 impl FileConfig {
@@ -292,6 +296,7 @@ impl Config {
             training_workers: file.training_workers.unwrap_or(2).max(1),
             job_lease: std::time::Duration::from_secs(file.job_lease_secs.unwrap_or(30).max(3)),
             drift_checks: file.drift_checks,
+            oidc: file.oidc,
             entity_hash_key_path: file.entity_hash_key_path.unwrap_or_else(|| data_dir.join("keys/entity-hash.key")),
             serving_max_loaded_models: file.serving_max_loaded_models.unwrap_or(64).max(1),
             serving_max_batch_rows: file.serving_max_batch_rows.unwrap_or(256).max(1),

@@ -71,7 +71,7 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
     let drift = Drift::new(models.clone(), training_sets.clone(), features.clone(), catalog.clone(), audit.clone());
     let lineage = Lineage::new(features.clone(), training_sets.clone(), models.clone());
     Ok(AppState(Arc::new(Services {
-        identity: Identity::new(catalog.clone()),
+        identity: Identity::new(catalog.clone(), oidc(config)?),
         features,
         online,
         sql,
@@ -94,6 +94,14 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
         },
         admission: Admission::new(config.max_concurrent_requests, config.max_concurrent_requests_per_tenant),
     })))
+}
+
+/// The identity provider of the `[oidc]` table, if one is configured.
+fn oidc(config: &Config) -> Result<Option<crate::identity::oidc::Oidc>> {
+    let Some(table) = &config.oidc else { return Ok(None) };
+    let settings: crate::identity::oidc::OidcSettings =
+        toml::Value::Table(table.clone()).try_into().map_err(|e| Error::BadRequest(format!("config file: [oidc]: {e}")))?;
+    Ok(Some(crate::identity::oidc::Oidc::new(settings)?))
 }
 
 /// This replica's id: kept in its data dir, so a restarted replica knows the jobs its

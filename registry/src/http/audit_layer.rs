@@ -187,6 +187,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
             Ok(p) => AuthOutcome::Ok(p),
             Err(Error::Unauthenticated) => AuthOutcome::Failed(AuthFailure::Missing),
             Err(Error::InvalidKey) => AuthOutcome::Failed(AuthFailure::Invalid),
+            Err(Error::InvalidToken(why)) => AuthOutcome::Failed(AuthFailure::Token(why)),
             Err(e) => {
                 tracing::error!(error = %e, "authentication lookup failed");
                 AuthOutcome::Failed(AuthFailure::Unavailable)

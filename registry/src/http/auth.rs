@@ -31,18 +31,21 @@ pub enum AuthOutcome {
     Failed(AuthFailure),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum AuthFailure {
     Missing,
     Invalid,
+    /// A bearer token that does not verify, and why.
+    Token(String),
     Unavailable,
 }
 
 impl AuthFailure {
-    pub fn to_error(self) -> Error {
+    pub fn to_error(&self) -> Error {
         match self {
             AuthFailure::Missing => Error::Unauthenticated,
             AuthFailure::Invalid => Error::InvalidKey,
+            AuthFailure::Token(why) => Error::InvalidToken(why.clone()),
             AuthFailure::Unavailable => Error::Unavailable("the catalog is not reachable; try again".into()),
         }
     }

@@ -6,6 +6,7 @@
 //! `Authorization` header into a call to [`Identity::authenticate`].
 
 mod keys;
+pub mod oidc;
 
 use std::sync::Arc;
 
@@ -57,7 +58,8 @@ impl Principal {
     /// Names this principal as the actor of `e`.
     pub fn stamp(&self, e: &mut Event) {
         e.actor.principal = Some(self.key_id.clone());
-        e.actor.principal_type = "api_key".into();
+        // A token's principal is `<issuer>#<subject>`.
+        e.actor.principal_type = if self.auth_method == "oidc" { "oidc" } else { "api_key" }.into();
         e.actor.tenant = Some(self.tenant.clone());
         e.actor.role = Some(self.role.as_str().to_string());
         e.actor.auth_method = self.auth_method.to_string();
@@ -104,16 +106,22 @@ pub struct CreateKey {
 pub struct Identity {
     catalog: SharedCatalog,
     keys: KeyCache,
+    oidc: Option<oidc::Oidc>,
 }
 
 impl Identity {
-    pub fn new(catalog: SharedCatalog) -> Arc<Identity> {
-        Arc::new(Identity { catalog, keys: KeyCache::default() })
+    pub fn new(catalog: SharedCatalog, oidc: Option<oidc::Oidc>) -> Arc<Identity> {
+        Arc::new(Identity { catalog, keys: KeyCache::default(), oidc })
     }
 
-    /// Resolves the caller from `Authorization: Bearer …`.
+    /// Resolves the caller from `Authorization: Bearer …`: an API key (`llk_…`), or a JWT
+    /// from the configured identity provider.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal> {
-        self.keys.authenticate(&self.catalog, header).await
+        let token = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))).map(str::trim).unwrap_or_default();
+        match &self.oidc {
+            Some(oidc) if !token.is_empty() && !token.starts_with(KEY_PREFIX) => oidc.authenticate(&self.catalog, token).await,
+            _ => self.keys.authenticate(&self.catalog, header).await,
+        }
     }
 
     /// On first start: the default tenant and its first admin key.
