@@ -424,6 +424,90 @@ async fn a_job_on_one_replica_is_followed_and_cancelled_through_another() {
     assert_eq!(j["state"], "cancelled");
 }
 
+/// A change made on one replica reaches the others' caches through the database: a
+/// revoked key, a moved alias and a commit to an online group. Each step waits (bounded)
+/// for the other replica to have handled the notice, then checks what it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_on_one_replica_reach_the_others_caches() {
+    let Some(base) = postgres_url().await else { return };
+    let catalog = fresh_postgres_schema(&base).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = url::Url::from_directory_path(dir.path().join("tables")).unwrap();
+    std::fs::create_dir_all(dir.path().join("tables")).unwrap();
+    let config = |name: &str| {
+        let mut c = lakeledger::app::config::Config::embedded(dir.path().join(name)).unwrap();
+        c.catalog_url = lakeledger::app::config::Secret::new(catalog.clone());
+        c.data_root = tables.clone();
+        // Replicas share the keys that sign artifacts and hash entities (mounted secrets).
+        c.model_key_path = dir.path().join("shared/model-signing.key");
+        c.entity_hash_key_path = dir.path().join("shared/entity-hash.key");
+        c
+    };
+    let a = crate::support::Server::start_with(config("a"), None).await;
+    let k = a.admin_key.clone();
+    let b = crate::support::Server::start_with(config("b"), Some(k.clone())).await;
+    let heard = |n: u64| {
+        let b = &b;
+        async move {
+            for _ in 0..400 {
+                if b.state.changes.received() >= n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("replica b never heard notice {n}");
+        }
+    };
+
+    // A key verified (and cached) on b, revoked on a.
+    let r = a.post(&k, "/v1/keys").json(&serde_json::json!({"name": "temp", "role": "reader"})).send().await.unwrap();
+    let minted: serde_json::Value = r.json().await.unwrap();
+    let secret = minted["secret"].as_str().unwrap().to_string();
+    assert_eq!(b.get(&secret, "/v1/whoami").send().await.unwrap().status(), 200);
+    let before = b.state.changes.received();
+    let r = a.delete(&k, &format!("/v1/keys/{}", minted["id"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    heard(before + 1).await;
+    assert_eq!(b.get(&secret, "/v1/whoami").send().await.unwrap().status(), 401, "b dropped the key it had cached");
+
+    // An alias b routes through, moved on a.
+    crate::models::ingest_dataset(&a, &k, "wine", "cultivar", "int64").await;
+    let small = serde_json::json!({"task": "classification", "hidden_layers": [], "max_epochs": 3, "seed": 1});
+    let job = serde_json::json!({"model": "wine", "training_set": crate::models::training_set("wine", "cultivar"), "label": "cultivar", "config": small});
+    crate::models::train(&a, &k, job.clone()).await;
+    crate::models::train(&a, &k, job).await;
+    let put = |v: i64| a.client.put(a.url("/v1/models/wine/aliases/champion")).bearer_auth(&k).json(&serde_json::json!({"version": v})).send();
+    assert_eq!(put(1).await.unwrap().status(), 200);
+    let instances = serde_json::json!({"instances": [[13.2, 1.8, 2.4, 16.0, 100.0, 2.8, 2.7, 0.3, 1.9, 4.4, 1.0, 3.2, 1000.0]]});
+    let scored = |b: &crate::support::Server| b.post(&k, "/v1/models/wine@champion/invocations").json(&instances).send();
+    let v: serde_json::Value = scored(&b).await.unwrap().json().await.unwrap();
+    assert_eq!(v["version"], 1, "{v}");
+    let before = b.state.changes.received();
+    assert_eq!(put(2).await.unwrap().status(), 200);
+    heard(before + 1).await;
+    let v: serde_json::Value = scored(&b).await.unwrap().json().await.unwrap();
+    assert_eq!(v["version"], 2, "b follows the move");
+
+    // A commit on a to a group b serves online.
+    let r = a.client.patch(a.url("/v1/feature-groups/wine_features")).bearer_auth(&k).json(&serde_json::json!({"online": true})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = b.client.post(b.url("/v1/feature-groups/wine_features/online/rebuild")).bearer_auth(&k).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let lookup = serde_json::json!({"features": ["wine_features:alcohol"], "entities": {"id": [900]}});
+    let r = a.post(&k, "/v1/feature-groups/wine_features/data").json(&serde_json::json!([{"id": 900, "ts": "2026-03-01T00:00:00Z", "alcohol": 99.5}])).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let mut served = serde_json::Value::Null;
+    for _ in 0..400 {
+        let got: serde_json::Value = b.post(&k, "/v1/online/features").json(&lookup).send().await.unwrap().json().await.unwrap();
+        if got["results"][1]["values"][0] == 99.5 {
+            served = got;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(served["results"][1]["values"][0], 99.5, "b serves a's commit");
+}
+
 #[tokio::test]
 async fn server_runs_on_postgres() {
     let Some(base) = postgres_url().await else { return };

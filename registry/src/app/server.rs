@@ -153,6 +153,7 @@ pub async fn serve_until(
     let inference_log = tokio::spawn(state.inference_log.clone().run(inference_log_stopped));
     let online_refresh = tokio::spawn(state.online.clone().keep_fresh());
     let job_sweep = tokio::spawn(state.jobs.clone().sweep());
+    let change_listener = tokio::spawn(state.changes.clone().listen());
     // Histogram samples collect in the recorder until upkeep folds them into buckets;
     // without it a server nobody scrapes grows with every request it answers.
     let metrics_upkeep = {
@@ -181,6 +182,7 @@ pub async fn serve_until(
     let _ = inference_log.await;
     online_refresh.abort();
     job_sweep.abort();
+    change_listener.abort();
     metrics_upkeep.abort();
     drift_checks.iter().for_each(|t| t.abort());
     // An archive pass cut short is safe: the next start's pass checks what is there.

@@ -18,6 +18,7 @@ use crate::models::{ModelEvents, ModelSigner, Models};
 use crate::online::{EntityHasher, OnlineStore};
 use crate::platform::audit::AuditLog;
 use crate::platform::catalog::SharedCatalog;
+use crate::platform::changes::{ChangeObserver, Changes};
 use crate::platform::locks::KeyedLocks;
 use crate::platform::readiness::Readiness;
 use crate::platform::runtime::QueryRuntime;
@@ -29,6 +30,8 @@ use crate::training::{JobLeases, Jobs, TrainingSets};
 /// Builds the services over an opened ledger, catalog and table store.
 pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalog, tables: TableStore, metrics: PrometheusHandle) -> Result<AppState> {
     let runtime = Arc::new(QueryRuntime::new(config.sql_threads)?);
+    let replica = replica_id(&config.data_dir)?;
+    let changes = Changes::connect(config.catalog_url.expose(), &replica)?;
     let locks = Arc::new(KeyedLocks::default());
     let (signer, _) = ModelSigner::load(&config.model_key_path)?;
     let hasher = EntityHasher::load(&config.entity_hash_key_path)?;
@@ -44,6 +47,7 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
             spool_dir: config.data_dir.join("tmp"),
             read_threads: config.sql_threads,
         },
+        changes.clone(),
     );
     let online = OnlineStore::new(features.clone(), hasher);
     features.subscribe(Arc::downgrade(&(online.clone() as Arc<dyn CommitObserver>)));
@@ -57,7 +61,7 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
     let training_sets = TrainingSets::new(features.clone(), sql.clone(), tables.clone(), audit.clone(), config.sql_threads);
     features.set_pin_source(Arc::downgrade(&(training_sets.clone() as Arc<dyn PinSource>)));
     let models = Models::new(catalog.clone(), tables.clone(), signer, locks);
-    let leases = JobLeases { worker: replica_id(&config.data_dir)?, lease: config.job_lease };
+    let leases = JobLeases { worker: replica.clone(), lease: config.job_lease };
     let jobs = Jobs::new(catalog.clone(), training_sets.clone(), models.clone(), audit.clone(), config.training_workers, leases);
     let inference_log = InferenceLog::new(FeatureWriter::new(features.clone()), audit.clone(), config.inference_log_flush);
     let serving_config = ServingConfig {
@@ -66,12 +70,18 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
         max_batch_wait: config.serving_max_batch_wait,
         inference_log_sample_rate: config.inference_log_sample_rate,
     };
-    let serving = Serving::new(serving_config, catalog.clone(), models.clone(), online.clone(), audit.clone(), inference_log.clone());
+    let serving = Serving::new(serving_config, catalog.clone(), models.clone(), online.clone(), audit.clone(), inference_log.clone(), changes.clone());
     models.set_events(Arc::downgrade(&(serving.clone() as Arc<dyn ModelEvents>)));
     let drift = Drift::new(models.clone(), training_sets.clone(), features.clone(), catalog.clone(), audit.clone());
     let lineage = Lineage::new(features.clone(), training_sets.clone(), models.clone());
+    let identity = Identity::new(catalog.clone(), oidc(config)?, changes.clone());
+    // Other replicas' changes reach the caches that hold what they invalidate.
+    changes.subscribe(Arc::downgrade(&(identity.clone() as Arc<dyn ChangeObserver>)));
+    changes.subscribe(Arc::downgrade(&(serving.clone() as Arc<dyn ChangeObserver>)));
+    changes.subscribe(Arc::downgrade(&(online.clone() as Arc<dyn ChangeObserver>)));
     Ok(AppState(Arc::new(Services {
-        identity: Identity::new(catalog.clone(), oidc(config)?),
+        changes,
+        identity,
         features,
         online,
         sql,

@@ -158,6 +158,7 @@ impl FeatureGroups {
         for sink in sinks.0 {
             sink.committed(g, outcome.version, mode == WriteMode::Overwrite);
         }
+        self.announce_elsewhere(g);
         metrics::counter!("lakeledger_rows_ingested_total", "mode" => mode.name()).increment(rows);
         Ok(IngestResult { version: outcome.version, rows, mode: mode.name().into() })
     }

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::platform::audit::AuditContext;
 use crate::platform::catalog::{FeatureGroupRecord, GroupMetadata, GroupState, SharedCatalog, VersionRecord};
+use crate::platform::changes::{Change, Changes};
 use crate::platform::locks::KeyedLocks;
 use crate::platform::runtime::QueryRuntime;
 use crate::platform::time::{now_micros, rfc3339};
@@ -63,6 +64,8 @@ pub struct FeatureGroups {
     pins: tokio::sync::RwLock<()>,
     observers: RwLock<Vec<Weak<dyn CommitObserver>>>,
     pin_source: RwLock<Option<Weak<dyn PinSource>>>,
+    /// Where commits and settings changes are announced to other replicas.
+    changes: Arc<Changes>,
 }
 
 /// Group names double as SQL table names, so they follow identifier rules.
@@ -282,8 +285,10 @@ impl FeatureGroups {
         locks: Arc<KeyedLocks>,
         runtime: Arc<QueryRuntime>,
         settings: FeatureSettings,
+        changes: Arc<Changes>,
     ) -> Arc<FeatureGroups> {
         Arc::new(FeatureGroups {
+            changes,
             catalog,
             tables,
             locks,
@@ -313,7 +318,13 @@ impl FeatureGroups {
         for o in self.observers() {
             o.group_changed(g).await?;
         }
+        self.announce_elsewhere(g);
         Ok(())
+    }
+
+    /// Tells other replicas the group committed or changed settings.
+    fn announce_elsewhere(&self, g: &FeatureGroupRecord) {
+        self.changes.announce(Change::Group { tenant_id: g.tenant_id.clone(), name: g.name.clone() });
     }
 
     /// The lock held around a group's commit and catalog update, so versions and their
@@ -502,6 +513,7 @@ impl FeatureGroups {
             held.record(&commit_record(v, "ADD COLUMNS", Some(0), p, ctx)).await?;
             held.finish().await?;
             self.catalog.update_feature_group_schema(&g.id, &next, now_micros()).await?;
+            self.announce_elsewhere(&g);
             version = Some(v);
         } else {
             held.finish().await?;
@@ -519,6 +531,7 @@ impl FeatureGroups {
             self.catalog.set_feature_group_state(&g.id, GroupState::Archived, now).await?;
             g.state = GroupState::Archived;
             g.updated_at = now;
+            self.announce_elsewhere(&g);
         }
         let current = self.catalog.latest_version(&g.id).await?.map(|v| v.version);
         Ok(view(&g, &p.tenant, current, None))

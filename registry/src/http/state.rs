@@ -11,6 +11,7 @@ use crate::lineage::Lineage;
 use crate::models::Models;
 use crate::online::OnlineStore;
 use crate::platform::audit::AuditLog;
+use crate::platform::changes::Changes;
 use crate::platform::readiness::Readiness;
 use crate::serving::drift::Drift;
 use crate::serving::{InferenceLog, Serving};
@@ -22,6 +23,8 @@ pub struct AppState(pub Arc<Services>);
 
 /// The services the routes call, one handle each.
 pub struct Services {
+    /// Change notices to and from the other replicas.
+    pub changes: Arc<Changes>,
     pub identity: Arc<Identity>,
     pub features: Arc<FeatureGroups>,
     pub online: Arc<OnlineStore>,

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 use crate::error::{Error, Result};
 use crate::platform::audit::AuditContext;
 use crate::platform::catalog::{ApiKey, Role, SharedCatalog, Tenant};
+use crate::platform::changes::{Change, ChangeObserver, Changes};
 use crate::platform::time::now_micros;
 
 pub use keys::{KEY_PREFIX, KeyCache, MintedKey, authenticate, hash_secret, mint_key};
@@ -107,11 +108,20 @@ pub struct Identity {
     catalog: SharedCatalog,
     keys: KeyCache,
     oidc: Option<oidc::Oidc>,
+    changes: Arc<Changes>,
+}
+
+impl ChangeObserver for Identity {
+    fn changed(&self, change: &Change) {
+        if matches!(change, Change::Keys | Change::Resync) {
+            self.keys.clear();
+        }
+    }
 }
 
 impl Identity {
-    pub fn new(catalog: SharedCatalog, oidc: Option<oidc::Oidc>) -> Arc<Identity> {
-        Arc::new(Identity { catalog, keys: KeyCache::default(), oidc })
+    pub fn new(catalog: SharedCatalog, oidc: Option<oidc::Oidc>, changes: Arc<Changes>) -> Arc<Identity> {
+        Arc::new(Identity { catalog, keys: KeyCache::default(), oidc, changes })
     }
 
     /// Resolves the caller from `Authorization: Bearer …`: an API key (`llk_…`), or a JWT
@@ -161,11 +171,13 @@ impl Identity {
         self.catalog.list_keys(&tenant.id).await
     }
 
-    /// Revokes a key; it stops working here at once.
+    /// Revokes a key; it stops working here at once, and on other replicas as soon as
+    /// they hear of it.
     pub async fn revoke_key(&self, p: &Principal, id: &str, tenant: Option<&str>) -> Result<()> {
         let tenant = self.target_tenant(p, tenant, "revoke keys").await?;
         if self.catalog.revoke_key(&tenant.id, id, now_micros()).await? {
             self.keys.clear();
+            self.changes.announce(Change::Keys);
             Ok(())
         } else {
             Err(Error::NotFound { kind: "key", name: id.to_string() })

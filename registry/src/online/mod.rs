@@ -123,11 +123,22 @@ pub struct OnlineStore {
     features: Arc<FeatureGroups>,
     /// Keyed hashes of entity keys for audit records.
     hasher: EntityHasher,
+    /// Woken when another replica announces a commit, so the refresh runs at once.
+    wake: tokio::sync::Notify,
+}
+
+impl crate::platform::changes::ChangeObserver for OnlineStore {
+    fn changed(&self, change: &crate::platform::changes::Change) {
+        use crate::platform::changes::Change;
+        if matches!(change, Change::Group { .. } | Change::Resync) {
+            self.wake.notify_one();
+        }
+    }
 }
 
 impl OnlineStore {
     pub fn new(features: Arc<FeatureGroups>, hasher: EntityHasher) -> Arc<OnlineStore> {
-        Arc::new(OnlineStore { groups: Default::default(), features, hasher })
+        Arc::new(OnlineStore { groups: Default::default(), features, hasher, wake: tokio::sync::Notify::new() })
     }
 
     /// The keyed hash of entity keys that audit records use.

@@ -122,7 +122,12 @@ impl OnlineStore {
     /// Runs [`OnlineStore::refresh`] every [`REFRESH_EVERY`] until the task is stopped.
     pub async fn keep_fresh(self: std::sync::Arc<Self>) {
         loop {
-            tokio::time::sleep(REFRESH_EVERY).await;
+            // At once when another replica announces a commit; otherwise every few seconds,
+            // in case a notice was lost.
+            tokio::select! {
+                _ = tokio::time::sleep(REFRESH_EVERY) => {}
+                _ = self.wake.notified() => {}
+            }
             if let Err(e) = self.refresh().await {
                 tracing::warn!(error = %e, "online store refresh failed; retrying");
             }

@@ -1,11 +1,12 @@
-//! What every domain stands on: the catalog (one trait, SQLite and Postgres), the audit
-//! sink, keyed locks, the query runtime, readiness, time and private key files.
+//! What every domain stands on: the catalog (one trait, SQLite and Postgres), change
+//! notices between replicas, the audit sink, keyed locks, the query runtime, readiness, time and private key files.
 //!
 //! Imports no domain folder and nothing of the HTTP edge: everything here is a plain
 //! handle a service is given when the application is wired (`app/`).
 
 pub mod audit;
 pub mod catalog;
+pub mod changes;
 pub mod keyfile;
 pub mod locks;
 pub mod readiness;

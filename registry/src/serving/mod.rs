@@ -35,6 +35,7 @@ use crate::models::{ModelEvents, Models};
 use crate::online::{EntityRows, OnlineStore};
 use crate::platform::audit::AuditLog;
 use crate::platform::catalog::SharedCatalog;
+use crate::platform::changes::{Change, ChangeObserver, Changes};
 use crate::platform::time::now_micros;
 
 pub use batcher::{LoadedModel, ScoringResponse};
@@ -104,6 +105,8 @@ pub struct Serving {
     models_generation: AtomicU64,
     /// One load at a time per process: a burst of first requests loads a version once.
     loading: tokio::sync::Mutex<()>,
+    /// Where route and version changes are announced to other replicas.
+    changes: Arc<Changes>,
 }
 
 impl Serving {
@@ -114,8 +117,10 @@ impl Serving {
         online: Arc<OnlineStore>,
         audit: Arc<AuditLog>,
         log: Arc<InferenceLog>,
+        changes: Arc<Changes>,
     ) -> Arc<Serving> {
         Arc::new(Serving {
+            changes,
             config,
             catalog,
             models,
@@ -131,16 +136,27 @@ impl Serving {
         })
     }
 
-    /// Drops a version from the cache (it was deleted). Call after the catalog changed.
+    /// Drops a version from the cache (it was deleted) here and on the other replicas.
+    /// Call after the catalog changed.
     pub fn forget(&self, model_id: &str, version: i64) {
+        self.drop_version(model_id, version);
+        self.changes.announce(Change::ModelVersion { model_id: model_id.to_string(), version });
+    }
+
+    /// Drops an alias route so the next request, here and on the other replicas, reads it
+    /// from the catalog. Call after the catalog changed.
+    pub fn forget_route(&self, model_id: &str, alias: &str) {
+        self.drop_route(model_id, alias);
+        self.changes.announce(Change::Route { model_id: model_id.to_string(), alias: alias.to_string() });
+    }
+
+    fn drop_version(&self, model_id: &str, version: i64) {
         let mut loaded = self.loaded.write().expect("model cache lock");
         self.models_generation.fetch_add(1, Ordering::SeqCst);
         loaded.remove(&(model_id.to_string(), version));
     }
 
-    /// Drops an alias route so the next request reads it from the catalog. Call after
-    /// the catalog changed.
-    pub fn forget_route(&self, model_id: &str, alias: &str) {
+    fn drop_route(&self, model_id: &str, alias: &str) {
         let mut routes = self.routes.write().expect("route lock");
         self.routes_generation.fetch_add(1, Ordering::SeqCst);
         routes.remove(&(model_id.to_string(), alias.to_string()));
@@ -349,6 +365,23 @@ fn log_rows(request_id: &str, response: &ScoringResponse, input: &ScoringInput, 
             }
         })
         .collect()
+}
+
+impl ChangeObserver for Serving {
+    fn changed(&self, change: &Change) {
+        match change {
+            Change::Route { model_id, alias } => self.drop_route(model_id, alias),
+            Change::ModelVersion { model_id, version } => self.drop_version(model_id, *version),
+            Change::Resync => {
+                let (mut routes, mut loaded) = (self.routes.write().expect("route lock"), self.loaded.write().expect("model cache lock"));
+                self.routes_generation.fetch_add(1, Ordering::SeqCst);
+                self.models_generation.fetch_add(1, Ordering::SeqCst);
+                routes.clear();
+                loaded.clear();
+            }
+            Change::Keys | Change::Group { .. } => {}
+        }
+    }
 }
 
 #[async_trait]

@@ -17,7 +17,7 @@ pub(super) const SQLITE: &[File] = &[
     (2, "models", include_str!("../../../../migrations/sqlite/0002_models.sql")),
     (3, "serving", include_str!("../../../../migrations/sqlite/0003_serving.sql")),
     (4, "idempotency", include_str!("../../../../migrations/sqlite/0004_idempotency.sql")),
-    (5, "job_leases", include_str!("../../../../migrations/sqlite/0005_job_leases.sql")),
+    (5, "job leases", include_str!("../../../../migrations/sqlite/0005_job_leases.sql")),
 ];
 
 pub(super) const POSTGRES: &[File] = &[
@@ -25,7 +25,7 @@ pub(super) const POSTGRES: &[File] = &[
     (2, "models", include_str!("../../../../migrations/postgres/0002_models.sql")),
     (3, "serving", include_str!("../../../../migrations/postgres/0003_serving.sql")),
     (4, "idempotency", include_str!("../../../../migrations/postgres/0004_idempotency.sql")),
-    (5, "job_leases", include_str!("../../../../migrations/postgres/0005_job_leases.sql")),
+    (5, "job leases", include_str!("../../../../migrations/postgres/0005_job_leases.sql")),
 ];
 
 /// The same migrator `sqlx::migrate!` would build from the folder: same versions,
