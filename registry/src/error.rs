@@ -45,6 +45,9 @@ pub enum Error {
     /// The caller's tenant (or key) is over one of its limits; retry after a while.
     #[error("{0}")]
     TooManyRequests(String),
+    /// The tenant is over a limit an operator set; retry after this many seconds.
+    #[error("{message}")]
+    QuotaExceeded { message: String, retry_after_secs: u64 },
     /// The request took longer than the server allows.
     #[error("{0}")]
     TimedOut(String),
@@ -95,6 +98,7 @@ impl Error {
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Error::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Error::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             Error::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             Error::Catalog(e) if is_unique_violation(e) => (StatusCode::CONFLICT, "conflict"),
             Error::Catalog(e) if is_transient(e) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_busy"),

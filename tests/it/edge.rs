@@ -218,3 +218,92 @@ async fn a_vacuum_retention_too_long_to_compute_is_refused_not_a_crash() {
     let r = s.post(&k, "/v1/feature-groups/clicks/vacuum").json(&json!({"retention_hours": 876000, "dry_run": true})).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
+
+/// Limits an operator sets per tenant: request rate, requests in flight, bytes ingested per
+/// day and training jobs at once. Over one: 429 `quota_exceeded` with `Retry-After`, the
+/// error body, recorded as denied; the tenant's admins read their limits, only operators
+/// set them.
+#[tokio::test]
+async fn tenant_quotas_refuse_what_is_over_them_and_say_when_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    let s = Server::start_with(config.clone(), None).await;
+    let op = s.admin_key.clone();
+    assert_eq!(s.post(&op, "/v1/tenants").json(&json!({"name": "acme"})).send().await.unwrap().status(), 201);
+    let acme = s.create_key("admin", Some("acme")).await;
+    let create = json!({"name": "events", "entity_keys": [{"name": "id", "type": "int64"}], "event_time": "ts", "features": [{"name": "x", "type": "string"}]});
+    assert_eq!(s.post(&acme, "/v1/feature-groups").json(&create).send().await.unwrap().status(), 201);
+    let quotas = |q: Value| s.client.put(s.url("/v1/tenants/acme/quotas")).bearer_auth(&op).json(&q).send();
+
+    let none: Value = s.get(&acme, "/v1/tenants/acme/quotas").send().await.unwrap().json().await.unwrap();
+    assert_eq!(none["requests_per_second"], Value::Null);
+    let r = s.client.put(s.url("/v1/tenants/acme/quotas")).bearer_auth(&acme).json(&json!({"burst": 1000})).send().await.unwrap();
+    assert_eq!(error_code(r, 403).await.0, "forbidden", "a tenant's admin does not set its own limits");
+    assert_eq!(error_code(quotas(json!({"burst": 0})).await.unwrap(), 422).await.0, "unprocessable");
+
+    // A rate that barely refills, with a burst of three: three requests, then 429.
+    assert_eq!(quotas(json!({"requests_per_second": 0.0001, "burst": 3})).await.unwrap().status(), 200);
+    for _ in 0..3 {
+        assert_eq!(s.get(&acme, "/v1/whoami").send().await.unwrap().status(), 200);
+    }
+    let r = s.get(&acme, "/v1/whoami").header("x-request-id", "over-rate").send().await.unwrap();
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    let (code, message) = error_code(r, 429).await;
+    assert_eq!(code, "quota_exceeded");
+    assert!(message.contains("rate"), "{message}");
+    assert_eq!(s.get(&op, "/v1/whoami").send().await.unwrap().status(), 200, "other tenants are not held up");
+    let all = wait_for_outcomes(&s, &["over-rate".into()]).await;
+    let o = &find(&all, "over-rate", "outcome").unwrap()["outcome"];
+    assert_eq!((o["status"].as_u64(), o["result"].as_str(), o["error_code"].as_str()), (Some(429), Some("denied"), Some("quota_exceeded")));
+
+    // Bytes per day: the ingest that crosses the limit goes through, the next is refused
+    // until midnight (UTC).
+    assert_eq!(quotas(json!({"ingest_bytes_per_day": 100})).await.unwrap().status(), 200);
+    let rows = json!([{"id": 1, "ts": "2026-01-01T00:00:00Z", "x": "a fairly long string to pass one hundred bytes in a single upload"}]);
+    assert_eq!(s.ingest_json(&acme, "events", "append", rows.clone()).await.status(), 201);
+    let r = s.ingest_json(&acme, "events", "append", rows.clone()).await;
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let (code, message) = error_code(r, 429).await;
+    assert!(code == "quota_exceeded" && message.contains("midnight"), "{message}");
+    assert_eq!(s.read_json(&acme, "/v1/feature-groups/events/data").await.len(), 1, "the refused ingest wrote nothing");
+
+    // Jobs at once, counted in the catalog (any replica's).
+    assert_eq!(quotas(json!({"max_running_jobs": 1})).await.unwrap().status(), 200);
+    let catalog = lakeledger::platform::catalog::connect(config.catalog_url.expose()).await.unwrap();
+    let tenant = catalog.tenant_by_name("acme").await.unwrap().unwrap();
+    catalog
+        .insert_job(&lakeledger::platform::catalog::JobRecord {
+            id: "job_busy".into(),
+            tenant_id: tenant.id.clone(),
+            model_name: "m".into(),
+            state: "running".into(),
+            spec_json: "{}".into(),
+            progress_json: "null".into(),
+            error: None,
+            model_version: None,
+            created_at: 1,
+            started_at: Some(1),
+            finished_at: None,
+            created_by: "acme/x".into(),
+            worker: Some("replica_elsewhere".into()),
+            lease_until: Some(i64::MAX),
+            cancel_requested: false,
+        })
+        .await
+        .unwrap();
+    let job = json!({"model": "m", "training_set_id": "ts_x", "label": "y", "config": {"task": "classification"}});
+    let (code, message) = error_code(s.post(&acme, "/v1/training-jobs").json(&job).send().await.unwrap(), 429).await;
+    assert!(code == "quota_exceeded" && message.contains("training jobs"), "{message}");
+
+    // Requests in flight: one at a time for acme.
+    assert_eq!(quotas(json!({"max_concurrent_requests": 1})).await.unwrap().status(), 200);
+    let held = OpenUpload::start(&s, &acme, "events");
+    let (refused, _) = until_status(&s, &acme, 429, "acme-busy").await;
+    assert_eq!(refused["error"]["code"], "too_many_requests");
+    drop(held);
+    // Lifted again: everything goes through.
+    assert_eq!(quotas(json!({})).await.unwrap().status(), 200);
+    until_status(&s, &acme, 200, "acme-free").await;
+}

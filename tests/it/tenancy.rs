@@ -11,6 +11,7 @@ use crate::support::Server;
 
 /// Real objects of every kind a path can name, in one tenant.
 pub struct Objects {
+    pub tenant: String,
     pub group: String,
     pub features: Value,
     pub model: String,
@@ -43,12 +44,18 @@ pub async fn seed(s: &Server, k: &str) -> Objects {
     let key_id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let g: Value = s.get(k, "/v1/feature-groups/wine_features").send().await.unwrap().json().await.unwrap();
     let artifact = s.get(k, "/v1/models/wine/versions/1/artifact").send().await.unwrap().bytes().await.unwrap();
-    Objects { group: "wine_features".into(), features: g["features"].clone(), model: "wine".into(), training_set, spine, job, key_id, artifact }
+    Objects { tenant: "default".into(), group: "wine_features".into(), features: g["features"].clone(), model: "wine".into(), training_set, spine, job, key_id, artifact }
 }
 
 /// The path with every parameter replaced by a real object of `o`.
 pub fn substitute(template: &str, o: &Objects) -> String {
-    let name = if template.starts_with("/v1/models") { &o.model } else { &o.group };
+    let name = if template.starts_with("/v1/models") {
+        &o.model
+    } else if template.starts_with("/v1/tenants") {
+        &o.tenant
+    } else {
+        &o.group
+    };
     let id = if template.starts_with("/v1/training-sets") {
         &o.training_set
     } else if template.starts_with("/v1/spines") {
@@ -84,6 +91,7 @@ pub fn body_for(method: &str, template: &str, o: &Objects) -> Option<(&'static s
         ("POST", t) if t.ends_with("/invocations") => j(instances),
         ("PUT", "/v1/models/{name}/aliases/{alias}") => j(json!({"version": 2})),
         ("PUT", "/v1/models/{name}/aliases/{alias}/canary") => j(json!({"version": 2, "percent": 10})),
+        ("PUT", "/v1/tenants/{name}/quotas") => j(json!({"requests_per_second": 0.001})),
         _ => None,
     }
 }
@@ -104,6 +112,7 @@ async fn snapshot(s: &Server, k: &str, o: &Objects) -> Vec<(String, String)> {
         format!("/v1/spines/{}", o.spine),
         "/v1/training-jobs".into(),
         "/v1/keys".into(),
+        "/v1/tenants/default/quotas".into(),
     ];
     for p in paths {
         let r = s.get(k, &p).send().await.unwrap();

@@ -82,6 +82,7 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
     Ok(AppState(Arc::new(Services {
         changes,
         identity,
+        quotas: crate::identity::quotas::Limits::new(catalog.clone()),
         features,
         online,
         sql,

@@ -13,7 +13,7 @@ use super::error::ErrorBody;
 use super::state::AppState;
 use crate::error::Result;
 use crate::identity::{CreateKey, MintedKey, Principal};
-use crate::platform::catalog::{ApiKey, Tenant};
+use crate::platform::catalog::{ApiKey, Quotas, Tenant};
 
 /// The caller's identity as the server sees it.
 #[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Principal), (status = 401, body = ErrorBody)))]
@@ -73,4 +73,26 @@ pub async fn list_keys(State(state): State<AppState>, Caller(p): Caller, Query(q
 pub async fn revoke_key(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>, Query(q): Query<TenantParam>) -> Result<StatusCode> {
     state.identity.revoke_key(&p, &id, q.tenant.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A tenant's limits (`null`: the server's default). Operators read any tenant's; a
+/// tenant's admins read their own.
+#[utoipa::path(get, path = "/v1/tenants/{name}/quotas", params(("name" = String, Path)),
+    responses((status = 200, body = Quotas), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_quotas(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<(Extension<AuditFacts>, axum::Json<Quotas>)> {
+    let t = state.identity.tenant_named(&p, &name, "read quotas", false).await?;
+    Ok((in_tenant(&t.name, &t.name), axum::Json(state.quotas.of(&t.id).await?)))
+}
+
+/// Sets a tenant's limits (operators only): request rate and burst, requests and SQL
+/// queries in flight, bytes ingested per day, training jobs at once. Over a limit: 429
+/// `quota_exceeded` with `Retry-After`, recorded as denied.
+#[utoipa::path(put, path = "/v1/tenants/{name}/quotas", params(("name" = String, Path)), request_body = Quotas,
+    responses((status = 200, body = Quotas), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_quotas(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, ApiJson(q): ApiJson<Quotas>) -> Result<(Extension<AuditFacts>, axum::Json<Quotas>)> {
+    let t = state.identity.tenant_named(&p, &name, "set quotas", true).await?;
+    state.quotas.set(&t.id, &q, &p.actor()).await?;
+    let mut facts = in_tenant(&t.name, &t.name);
+    facts.0.details.push(("quotas".into(), serde_json::to_string(&q).unwrap_or_default()));
+    Ok((facts, axum::Json(q)))
 }

@@ -33,6 +33,11 @@ pub const AUDIT_SEQ: &str = "x-audit-seq";
 pub const AUDIT_LEAF: &str = "x-audit-leaf-hash";
 pub const AUDIT_EVENT: &str = "x-audit-event-id";
 
+/// A permit a handler attaches to its response, given up when the body has been sent
+/// (or the client went away), not when the handler returns.
+#[derive(Clone)]
+pub struct HeldUntilSent(pub Arc<tokio::sync::OwnedSemaphorePermit>);
+
 /// What a handler read or wrote, attached to its response for the outcome record.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFacts {
@@ -59,6 +64,8 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("GET", "/v1/whoami") => "auth.whoami",
         ("POST", "/v1/tenants") => "tenant.create",
         ("GET", "/v1/tenants") => "tenant.list",
+        ("GET", "/v1/tenants/{name}/quotas") => "tenant.quotas",
+        ("PUT", "/v1/tenants/{name}/quotas") => "tenant.set_quotas",
         ("POST", "/v1/keys") => "api_key.create",
         ("GET", "/v1/keys") => "api_key.list",
         ("DELETE", "/v1/keys/{id}") => "api_key.revoke",
@@ -298,9 +305,11 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         ..Default::default()
     });
     let rows_counter = response.extensions().get::<AuditFacts>().and_then(|f| f.rows_counter.clone());
+    let held = response.extensions_mut().remove::<HeldUntilSent>();
     let (parts, body) = response.into_parts();
     let body = AuditedBody {
         _admitted: admitted,
+        _held: held,
         rows_counter,
         inner: body,
         bytes: 0,
@@ -324,7 +333,20 @@ async fn admit_and_run(
     admitted: &mut Option<Admitted>,
 ) -> Response {
     if !is_public(route) {
-        match state.admission.admit(principal.map(|p| (p.tenant_id.as_str(), p.tenant.as_str()))) {
+        // A tenant over its request rate is refused before it takes a place.
+        if let Some(p) = principal
+            && let Err(e) = state.quotas.admit_request(p).await
+        {
+            return e.into_response();
+        }
+        let tenant_limit = match principal {
+            Some(p) => match state.quotas.concurrent_requests(&p.tenant_id).await {
+                Ok(limit) => limit,
+                Err(e) => return e.into_response(),
+            },
+            None => None,
+        };
+        match state.admission.admit(principal.map(|p| (p.tenant_id.as_str(), p.tenant.as_str())), tenant_limit) {
             Ok(a) => *admitted = Some(a),
             Err(e) => return e.into_response(),
         }
@@ -433,6 +455,8 @@ struct PendingOutcome {
 struct AuditedBody {
     /// The request's place in the admission bounds, given up when the body ends.
     _admitted: Option<Admitted>,
+    /// What the handler holds until its response has been sent (a query slot).
+    _held: Option<HeldUntilSent>,
     rows_counter: Option<Arc<std::sync::atomic::AtomicU64>>,
     inner: Body,
     bytes: u64,

@@ -32,6 +32,10 @@ pub struct ErrorDetail {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let retry_after = match &self {
+            Error::QuotaExceeded { retry_after_secs, .. } => *retry_after_secs,
+            _ => RETRY_AFTER_SECS as u64,
+        };
         let error_id = uuid::Uuid::now_v7().to_string();
         // 503s say why (the ledger or a dependency is down, or busy) and when to retry, 504s
         // which limit was hit; other 5xx details stay in the log.
@@ -50,7 +54,7 @@ impl IntoResponse for Error {
         let mut response =
             (status, Json(ErrorBody { error: ErrorDetail { code: code.clone(), message, error_id } })).into_response();
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after.into());
         }
         response.extensions_mut().insert(ErrorCode(code));
         response

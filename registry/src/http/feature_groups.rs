@@ -1,7 +1,11 @@
 //! Feature group routes. Handlers parse and delegate to `crate::features`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::Extension;
 use axum::body::Body;
+use futures::TryStreamExt;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +25,7 @@ use crate::features::{
     VersionView, parse_key_filters,
 };
 use super::audit_layer::AuditFacts;
+use crate::identity::Principal;
 use crate::platform::audit::AuditContext;
 use super::state::AppState;
 
@@ -151,16 +156,39 @@ pub async fn ingest(
     {
         return Err(Error::PayloadTooLarge { limit: state.limits.max_body_bytes });
     }
+    state.quotas.check_ingest(&p).await?;
+    // The bytes received count against the tenant's daily limit, whatever the outcome.
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = received.clone();
+    let body = Body::from_stream(body.into_data_stream().inspect_ok(move |chunk| {
+        counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }));
+    let result = ingest_counted(&state, &p, &ctx, &name, mode, format, &headers, body).await;
+    state.quotas.count_ingest(&p, received.load(Ordering::Relaxed)).await?;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ingest_counted(
+    state: &AppState,
+    p: &Principal,
+    ctx: &AuditContext,
+    name: &str,
+    mode: WriteMode,
+    format: IngestFormat,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Extension<AuditFacts>, [(&'static str, &'static str); 1], axum::Json<IngestResult>)> {
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(v.to_str().map_err(|_| Error::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into()))?),
         None => None,
     };
     let Some(key) = key else {
-        let result = state.features.ingest(&p, &name, mode, format, body, &ctx).await?;
+        let result = state.features.ingest(p, name, mode, format, body, ctx).await?;
         let facts = AuditFacts { versions_written: vec![result.version], rows: Some(result.rows), ..Default::default() };
         return Ok((StatusCode::CREATED, Extension(facts), [("idempotent-replayed", "false")], axum::Json(result)));
     };
-    let Ingested { result, replayed } = state.features.ingest_once(&p, &name, mode, format, body, &ctx, key).await?;
+    let Ingested { result, replayed } = state.features.ingest_once(p, name, mode, format, body, ctx, key).await?;
     let mut facts = AuditFacts { rows: Some(result.rows), details: vec![("idempotency_key".into(), key.to_string())], ..Default::default() };
     if replayed {
         // Nothing was written by this request: it is answered with the first one's result.

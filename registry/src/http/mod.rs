@@ -90,6 +90,7 @@ pub fn routes() -> Router<AppState> {
         .route("/docs", get(ops::docs))
         .route("/v1/whoami", get(admin::whoami))
         .route("/v1/tenants", post(admin::create_tenant).get(admin::list_tenants))
+        .route("/v1/tenants/{name}/quotas", get(admin::get_quotas).put(admin::set_quotas))
         .route("/v1/keys", post(admin::create_key).get(admin::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(admin::revoke_key))
         .route("/v1/feature-groups", post(feature_groups::create).get(feature_groups::list))

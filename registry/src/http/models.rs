@@ -221,6 +221,7 @@ pub async fn alias_history(State(state): State<AppState>, Caller(p): Caller, Pat
     responses((status = 202, body = JobView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_job(State(state): State<AppState>, Caller(p): Caller, ctx: AuditContext, ApiJson(req): ApiJson<CreateJob>) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<JobView>)> {
     p.require(WRITE, "start training jobs")?;
+    state.quotas.check_jobs(&p).await?;
     let job = state.jobs.create(&p, &ctx, req).await?;
     let facts = AuditFacts { resource_name: Some(job.id.clone()), details: vec![("model".into(), job.model.clone()), ("training_set_id".into(), job.training_set_id.clone())], ..Default::default() };
     Ok((StatusCode::ACCEPTED, Extension(facts), axum::Json(job)))

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ApiJson;
-use super::audit_layer::AuditFacts;
+use super::audit_layer::{AuditFacts, HeldUntilSent};
 use crate::platform::audit::AuditContext;
 use super::auth::Caller;
 use crate::platform::catalog::Role;
@@ -44,6 +44,8 @@ pub async fn query(
     ApiJson(req): ApiJson<SqlRequest>,
 ) -> Result<Response> {
     p.require(READ, "run SQL")?;
+    // Held until the result has been sent.
+    let slot = state.quotas.admit_query(&p).await?;
     let format = match req.format.as_deref() {
         Some(f) => OutputFormat::from_name(f)
             .ok_or_else(|| Error::BadRequest(format!("format `{f}` is not one of json, ndjson, csv, arrow, parquet")))?,
@@ -79,6 +81,9 @@ pub async fn query(
     let versions: Vec<String> = facts.tables.iter().map(|(n, v)| format!("{n}@{v}")).collect();
     if let Ok(v) = HeaderValue::from_str(&versions.join(",")) {
         h.insert("x-lakeledger-versions", v);
+    }
+    if let Some(slot) = slot {
+        response.extensions_mut().insert(HeldUntilSent(Arc::new(slot)));
     }
     response.extensions_mut().insert(AuditFacts {
         versions_read: facts.tables.iter().map(|(_, v)| *v).collect(),

@@ -7,6 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use super::admission::Admission;
 use crate::features::FeatureGroups;
 use crate::identity::Identity;
+use crate::identity::quotas::Limits;
 use crate::lineage::Lineage;
 use crate::models::Models;
 use crate::online::OnlineStore;
@@ -26,6 +27,8 @@ pub struct Services {
     /// Change notices to and from the other replicas.
     pub changes: Arc<Changes>,
     pub identity: Arc<Identity>,
+    /// Per-tenant limits set by operators.
+    pub quotas: Arc<Limits>,
     pub features: Arc<FeatureGroups>,
     pub online: Arc<OnlineStore>,
     pub sql: Arc<Sql>,

@@ -7,6 +7,7 @@
 
 mod keys;
 pub mod oidc;
+pub mod quotas;
 
 use std::sync::Arc;
 
@@ -185,6 +186,17 @@ impl Identity {
     }
 
     /// The tenant a key request is about: the caller's own unless an operator names another.
+    /// A tenant by name, for an admin of it or an operator; operators only with
+    /// `operators_only`.
+    pub async fn tenant_named(&self, p: &Principal, name: &str, action: &str, operators_only: bool) -> Result<Tenant> {
+        if operators_only {
+            require_operator(p, action)?;
+        }
+        let t = self.target_tenant(p, Some(name), action).await?;
+        // The caller's own tenant comes back without its creation time; read it whole.
+        self.catalog.tenant_by_id(&t.id).await?.ok_or_else(|| Error::NotFound { kind: "tenant", name: name.into() })
+    }
+
     async fn target_tenant(&self, p: &Principal, tenant: Option<&str>, action: &str) -> Result<Tenant> {
         p.require(&[Role::Admin], action)?;
         match tenant {

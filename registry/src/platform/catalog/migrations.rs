@@ -18,6 +18,7 @@ pub(super) const SQLITE: &[File] = &[
     (3, "serving", include_str!("../../../../migrations/sqlite/0003_serving.sql")),
     (4, "idempotency", include_str!("../../../../migrations/sqlite/0004_idempotency.sql")),
     (5, "job leases", include_str!("../../../../migrations/sqlite/0005_job_leases.sql")),
+    (6, "quotas", include_str!("../../../../migrations/sqlite/0006_quotas.sql")),
 ];
 
 pub(super) const POSTGRES: &[File] = &[
@@ -26,6 +27,7 @@ pub(super) const POSTGRES: &[File] = &[
     (3, "serving", include_str!("../../../../migrations/postgres/0003_serving.sql")),
     (4, "idempotency", include_str!("../../../../migrations/postgres/0004_idempotency.sql")),
     (5, "job leases", include_str!("../../../../migrations/postgres/0005_job_leases.sql")),
+    (6, "quotas", include_str!("../../../../migrations/postgres/0006_quotas.sql")),
 ];
 
 /// The same migrator `sqlx::migrate!` would build from the folder: same versions,

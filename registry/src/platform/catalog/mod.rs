@@ -240,6 +240,31 @@ pub struct GroupMetadata {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
+/// Limits an operator sets for a tenant; `None` leaves the server's default (no limit
+/// for rates, bytes, queries and jobs; `max_concurrent_requests_per_tenant` for requests).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Requests per second across all replicas (a token bucket)...
+    #[schema(minimum = 0.0)]
+    pub requests_per_second: Option<f64>,
+    /// ... with this many at once above the rate (default: one second's worth).
+    #[schema(minimum = 1)]
+    pub burst: Option<i64>,
+    /// Requests in flight at once (per replica).
+    #[schema(minimum = 1)]
+    pub max_concurrent_requests: Option<i64>,
+    /// Bytes ingested per UTC day, across replicas.
+    #[schema(minimum = 0)]
+    pub ingest_bytes_per_day: Option<i64>,
+    /// SQL queries running at once (per replica).
+    #[schema(minimum = 1)]
+    pub max_concurrent_queries: Option<i64>,
+    /// Training jobs queued or running at once, across replicas.
+    #[schema(minimum = 1)]
+    pub max_running_jobs: Option<i64>,
+}
+
 /// What an idempotency key holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyRecord {
@@ -348,6 +373,18 @@ pub trait Catalog: Send + Sync + 'static {
     /// Takes over a pending key last reserved at `seen` (its request stopped); false when
     /// someone else took it over first.
     async fn renew_idempotency_key(&self, tenant_id: &str, key: &str, seen: i64, at: i64) -> Result<bool>;
+
+    /// The tenant's limits, if an operator set any.
+    async fn tenant_quotas(&self, tenant_id: &str) -> Result<Option<Quotas>>;
+    async fn set_tenant_quotas(&self, tenant_id: &str, q: &Quotas, at: i64, by: &str) -> Result<()>;
+    /// Takes up to `want` request tokens from the tenant's shared bucket (refilled at
+    /// `rate` per second up to `burst`) as of `now` (microseconds); returns how many.
+    async fn claim_rate_tokens(&self, tenant_id: &str, rate: f64, burst: f64, want: f64, now: i64) -> Result<f64>;
+    /// Bytes the tenant ingested on `day` (days since the epoch, UTC).
+    async fn ingest_bytes(&self, tenant_id: &str, day: i64) -> Result<i64>;
+    async fn add_ingest_bytes(&self, tenant_id: &str, day: i64, bytes: i64) -> Result<()>;
+    /// Jobs of the tenant queued or running, on any replica.
+    async fn running_jobs(&self, tenant_id: &str) -> Result<i64>;
 
     async fn insert_job(&self, j: &JobRecord) -> Result<()>;
     /// Extends the lease of a job `worker` runs; `None` when the job is no longer its own

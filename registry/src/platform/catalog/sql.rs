@@ -91,7 +91,7 @@ macro_rules! record_version_in {
 }
 
 macro_rules! sql_catalog {
-    ($name:ident, $db:ty, $kind:literal, $begin_write:literal, $lock_group:literal) => {
+    ($name:ident, $db:ty, $kind:literal, $begin_write:literal, $lock_group:literal, $lock_bucket:literal) => {
         pub struct $name {
             pool: sqlx::Pool<$db>,
         }
@@ -485,6 +485,102 @@ macro_rules! sql_catalog {
                 .await?
                 .rows_affected();
                 Ok(n == 1)
+            }
+
+            async fn tenant_quotas(&self, tenant_id: &str) -> Result<Option<Quotas>> {
+                let row = sqlx::query(
+                    "SELECT requests_per_second, burst, max_concurrent_requests, ingest_bytes_per_day, max_concurrent_queries, max_running_jobs \
+                     FROM tenant_quotas WHERE tenant_id = $1",
+                )
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| -> Result<Quotas> {
+                    Ok(Quotas {
+                        requests_per_second: r.try_get("requests_per_second")?,
+                        burst: r.try_get("burst")?,
+                        max_concurrent_requests: r.try_get("max_concurrent_requests")?,
+                        ingest_bytes_per_day: r.try_get("ingest_bytes_per_day")?,
+                        max_concurrent_queries: r.try_get("max_concurrent_queries")?,
+                        max_running_jobs: r.try_get("max_running_jobs")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn set_tenant_quotas(&self, tenant_id: &str, q: &Quotas, at: i64, by: &str) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO tenant_quotas (tenant_id, requests_per_second, burst, max_concurrent_requests, ingest_bytes_per_day, \
+                     max_concurrent_queries, max_running_jobs, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (tenant_id) DO UPDATE SET requests_per_second = $2, burst = $3, max_concurrent_requests = $4, \
+                     ingest_bytes_per_day = $5, max_concurrent_queries = $6, max_running_jobs = $7, updated_at = $8, updated_by = $9",
+                )
+                .bind(tenant_id)
+                .bind(q.requests_per_second)
+                .bind(q.burst)
+                .bind(q.max_concurrent_requests)
+                .bind(q.ingest_bytes_per_day)
+                .bind(q.max_concurrent_queries)
+                .bind(q.max_running_jobs)
+                .bind(at)
+                .bind(by)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn claim_rate_tokens(&self, tenant_id: &str, rate: f64, burst: f64, want: f64, now: i64) -> Result<f64> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO tenant_rate_buckets (tenant_id, tokens, updated_at) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING",
+                )
+                .bind(tenant_id)
+                .bind(burst)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let row = sqlx::query($lock_bucket).bind(tenant_id).fetch_one(&mut *tx).await?;
+                let (tokens, updated): (f64, i64) = (row.try_get("tokens")?, row.try_get("updated_at")?);
+                let elapsed = (now - updated).max(0) as f64 / 1e6;
+                let available = (tokens + elapsed * rate).min(burst);
+                let granted = available.min(want).max(0.0);
+                sqlx::query("UPDATE tenant_rate_buckets SET tokens = $2, updated_at = $3 WHERE tenant_id = $1")
+                    .bind(tenant_id)
+                    .bind(available - granted)
+                    .bind(now.max(updated))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(granted)
+            }
+
+            async fn ingest_bytes(&self, tenant_id: &str, day: i64) -> Result<i64> {
+                let n: Option<i64> = sqlx::query_scalar("SELECT ingest_bytes FROM tenant_usage WHERE tenant_id = $1 AND day = $2")
+                    .bind(tenant_id)
+                    .bind(day)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(n.unwrap_or(0))
+            }
+
+            async fn add_ingest_bytes(&self, tenant_id: &str, day: i64, bytes: i64) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO tenant_usage (tenant_id, day, ingest_bytes) VALUES ($1, $2, $3) \
+                     ON CONFLICT (tenant_id, day) DO UPDATE SET ingest_bytes = tenant_usage.ingest_bytes + $3",
+                )
+                .bind(tenant_id)
+                .bind(day)
+                .bind(bytes)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn running_jobs(&self, tenant_id: &str) -> Result<i64> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM training_jobs WHERE tenant_id = $1 AND state IN ('queued', 'running')")
+                    .bind(tenant_id)
+                    .fetch_one(&self.pool)
+                    .await?)
             }
 
             async fn begin_commit(&self, group_id: &str) -> Result<Box<dyn GroupCommit>> {
@@ -892,8 +988,23 @@ macro_rules! sql_catalog {
 
 // Recording a version locks its group for the transaction: on SQLite the database write
 // lock taken at BEGIN IMMEDIATE does it; on Postgres the group's row lock.
-sql_catalog!(SqliteCatalog, sqlx::Sqlite, "sqlite", "BEGIN IMMEDIATE", "SELECT id FROM feature_groups WHERE id = $1");
-sql_catalog!(PostgresCatalog, sqlx::Postgres, "postgres", "BEGIN", "SELECT id FROM feature_groups WHERE id = $1 FOR UPDATE");
+// Claiming request tokens locks the tenant's bucket the same way.
+sql_catalog!(
+    SqliteCatalog,
+    sqlx::Sqlite,
+    "sqlite",
+    "BEGIN IMMEDIATE",
+    "SELECT id FROM feature_groups WHERE id = $1",
+    "SELECT tokens, updated_at FROM tenant_rate_buckets WHERE tenant_id = $1"
+);
+sql_catalog!(
+    PostgresCatalog,
+    sqlx::Postgres,
+    "postgres",
+    "BEGIN",
+    "SELECT id FROM feature_groups WHERE id = $1 FOR UPDATE",
+    "SELECT tokens, updated_at FROM tenant_rate_buckets WHERE tenant_id = $1 FOR UPDATE"
+);
 
 fn unique_to(e: sqlx::Error, kind: &'static str, name: &str) -> Error {
     if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {

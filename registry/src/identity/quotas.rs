@@ -1,0 +1,164 @@
+//! Per-tenant limits an operator sets: request rate, requests and SQL queries in flight,
+//! bytes ingested per day, training jobs at once. Over a limit the request is refused
+//! with 429, `Retry-After` and the error body, and recorded as denied.
+//!
+//! Where each limit is counted, and why:
+//! - the request rate, in a token bucket per tenant kept in the catalog (Postgres in a
+//!   deployment of replicas); each replica claims tokens in batches of a tenth of a
+//!   second's worth, so a request rarely waits on the database, and the rate holds across
+//!   replicas (over by at most a batch per replica);
+//! - bytes ingested per day and jobs at once, in the catalog: they change rarely;
+//! - requests and queries in flight, in each replica's memory: they are about that
+//!   replica's own workers and memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::Principal;
+use crate::error::{Error, Result};
+use crate::platform::catalog::{Quotas, SharedCatalog};
+use crate::platform::time::now_micros;
+
+/// How long a tenant's limits are used before being read from the catalog again (a change
+/// made through this replica applies at once).
+const QUOTAS_TTL: Duration = Duration::from_secs(5);
+
+const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
+
+/// The limits service.
+pub struct Limits {
+    catalog: SharedCatalog,
+    quotas: Mutex<HashMap<String, (Quotas, Instant)>>,
+    /// Tokens this replica has claimed and not yet spent, per tenant.
+    tokens: tokio::sync::Mutex<HashMap<String, f64>>,
+    /// Query slots per tenant: (limit, semaphore).
+    queries: Mutex<HashMap<String, (i64, Arc<Semaphore>)>>,
+}
+
+fn over(message: String, retry_after_secs: u64) -> Error {
+    metrics::counter!("lakeledger_quota_refusals_total").increment(1);
+    Error::QuotaExceeded { message, retry_after_secs }
+}
+
+impl Limits {
+    pub fn new(catalog: SharedCatalog) -> Arc<Limits> {
+        Arc::new(Limits { catalog, quotas: Default::default(), tokens: Default::default(), queries: Default::default() })
+    }
+
+    /// The tenant's limits (cached for a few seconds).
+    pub async fn of(&self, tenant_id: &str) -> Result<Quotas> {
+        if let Some((q, at)) = self.quotas.lock().expect("quota cache").get(tenant_id)
+            && at.elapsed() < QUOTAS_TTL
+        {
+            return Ok(q.clone());
+        }
+        let q = self.catalog.tenant_quotas(tenant_id).await?.unwrap_or_default();
+        self.quotas.lock().expect("quota cache").insert(tenant_id.to_string(), (q.clone(), Instant::now()));
+        Ok(q)
+    }
+
+    /// Sets a tenant's limits (operators only; checked by the caller).
+    pub async fn set(&self, tenant_id: &str, q: &Quotas, by: &str) -> Result<()> {
+        check(q)?;
+        self.catalog.set_tenant_quotas(tenant_id, q, now_micros(), by).await?;
+        self.quotas.lock().expect("quota cache").insert(tenant_id.to_string(), (q.clone(), Instant::now()));
+        Ok(())
+    }
+
+    /// Takes one request token of the caller's tenant, if it has a rate limit.
+    pub async fn admit_request(&self, p: &Principal) -> Result<()> {
+        let q = self.of(&p.tenant_id).await?;
+        let Some(rate) = q.requests_per_second else { return Ok(()) };
+        let burst = q.burst.map(|b| b as f64).unwrap_or(rate.max(1.0));
+        let mut tokens = self.tokens.lock().await;
+        let held = tokens.entry(p.tenant_id.clone()).or_insert(0.0);
+        if *held < 1.0 {
+            let batch = (rate / 10.0).max(1.0).min(burst);
+            *held += self.catalog.claim_rate_tokens(&p.tenant_id, rate, burst, batch, now_micros()).await?;
+        }
+        if *held < 1.0 {
+            let wait = if rate > 0.0 { (1.0 / rate).ceil() as u64 } else { 60 };
+            return Err(over(format!("tenant `{}` is over its rate of {rate} requests per second", p.tenant), wait.max(1)));
+        }
+        *held -= 1.0;
+        Ok(())
+    }
+
+    /// The most requests the tenant may have in flight here, if an operator set it.
+    pub async fn concurrent_requests(&self, tenant_id: &str) -> Result<Option<usize>> {
+        Ok(self.of(tenant_id).await?.max_concurrent_requests.map(|n| n.max(1) as usize))
+    }
+
+    /// Refuses an ingest once the tenant has ingested its bytes for the day.
+    pub async fn check_ingest(&self, p: &Principal) -> Result<()> {
+        let Some(limit) = self.of(&p.tenant_id).await?.ingest_bytes_per_day else { return Ok(()) };
+        let now = now_micros();
+        let used = self.catalog.ingest_bytes(&p.tenant_id, now.div_euclid(DAY_MICROS)).await?;
+        if used >= limit {
+            let until_midnight = (DAY_MICROS - now.rem_euclid(DAY_MICROS)) / 1_000_000;
+            return Err(over(
+                format!("tenant `{}` has ingested its {limit} bytes for today (UTC); more is accepted after midnight", p.tenant),
+                until_midnight.max(1) as u64,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts bytes an ingest received against the day's limit.
+    pub async fn count_ingest(&self, p: &Principal, bytes: u64) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.catalog.add_ingest_bytes(&p.tenant_id, now_micros().div_euclid(DAY_MICROS), bytes as i64).await
+    }
+
+    /// A slot for one SQL query of the caller's tenant, held until its result has been
+    /// sent; `None` when the tenant has no such limit.
+    pub async fn admit_query(&self, p: &Principal) -> Result<Option<OwnedSemaphorePermit>> {
+        let Some(limit) = self.of(&p.tenant_id).await?.max_concurrent_queries else { return Ok(None) };
+        let semaphore = {
+            let mut queries = self.queries.lock().expect("query slots");
+            let entry = queries.entry(p.tenant_id.clone()).or_insert_with(|| (limit, Arc::new(Semaphore::new(limit.max(1) as usize))));
+            // A changed limit takes effect for new queries; running ones keep their slots.
+            if entry.0 != limit {
+                *entry = (limit, Arc::new(Semaphore::new(limit.max(1) as usize)));
+            }
+            entry.1.clone()
+        };
+        semaphore
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| over(format!("tenant `{}` has its limit of {limit} SQL queries running", p.tenant), 1))
+    }
+
+    /// Refuses a training job once the tenant has its limit of jobs queued or running.
+    pub async fn check_jobs(&self, p: &Principal) -> Result<()> {
+        let Some(limit) = self.of(&p.tenant_id).await?.max_running_jobs else { return Ok(()) };
+        if self.catalog.running_jobs(&p.tenant_id).await? >= limit {
+            return Err(over(format!("tenant `{}` has its limit of {limit} training jobs queued or running", p.tenant), 10));
+        }
+        Ok(())
+    }
+}
+
+fn check(q: &Quotas) -> Result<()> {
+    let bad = |what: &str| Err(Error::Unprocessable(what.to_string()));
+    if q.requests_per_second.is_some_and(|r| !(r.is_finite() && r >= 0.0)) {
+        return bad("requests_per_second must be a number of at least 0");
+    }
+    for (name, v, min) in [
+        ("burst", q.burst, 1),
+        ("max_concurrent_requests", q.max_concurrent_requests, 1),
+        ("ingest_bytes_per_day", q.ingest_bytes_per_day, 0),
+        ("max_concurrent_queries", q.max_concurrent_queries, 1),
+        ("max_running_jobs", q.max_running_jobs, 1),
+    ] {
+        if v.is_some_and(|v| v < min) {
+            return bad(&format!("{name} must be at least {min}"));
+        }
+    }
+    Ok(())
+}
