@@ -71,13 +71,21 @@ pub struct ResolvedTable {
     pub provider: Arc<dyn TableProvider>,
 }
 
-/// Limits for one statement.
-#[derive(Clone, Copy, Debug)]
+/// Limits a statement runs under.
+#[derive(Clone, Debug)]
 pub struct SqlLimits {
-    /// Memory the query's operators may hold; sorts and aggregations spill to disk
-    /// before failing.
-    pub memory_bytes: usize,
+    /// The memory every running query shares: sorts and aggregations spill to disk, and
+    /// then fail, when it is spent, however many queries run at once.
+    pub memory: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
     pub target_partitions: usize,
+}
+
+impl SqlLimits {
+    /// Limits over one pool of `memory_bytes` for every query given these limits (clones
+    /// share it), divided fairly among the queries that spill.
+    pub fn shared(memory_bytes: usize, target_partitions: usize) -> SqlLimits {
+        SqlLimits { memory: Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(memory_bytes)), target_partitions }
+    }
 }
 
 fn refused(what: impl Into<String>) -> Error {
@@ -243,7 +251,7 @@ impl Parsed {
             .with_information_schema(false)
             .with_create_default_catalog_and_schema(true);
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(limits.memory_bytes, 1.0)
+            .with_memory_pool(limits.memory.clone())
             .build_arc()
             .map_err(Error::DataFusion)?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);

@@ -211,8 +211,12 @@ async fn a_query_over_its_memory_limit_fails_with_a_clear_error() {
     let (code, message) = crate::support::error_code(r, 422).await;
     assert_eq!(code, "limit_exceeded");
     assert!(message.contains("memory"), "{message}");
-    // Other requests are unaffected.
+    // Other requests are unaffected, and the memory all queries share was given back.
     assert_eq!(s.get(&k, "/v1/whoami").send().await.unwrap().status(), 200);
+    for _ in 0..3 {
+        let r = s.post(&k, "/v1/sql").json(&json!({"sql": "SELECT count(*) AS n FROM clicks", "format": "json"})).send().await.unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap()[0]["n"], 100_000);
+    }
 }
 
 #[tokio::test]

@@ -50,7 +50,8 @@ pub struct Config {
     /// How long a request waits for its audit record to be durable before it is refused
     /// with 503.
     pub audit_timeout: std::time::Duration,
-    /// Memory one SQL query may hold before spilling and then failing.
+    /// Memory all running SQL queries (and training-set builds) share before spilling
+    /// and then failing.
     pub sql_memory_limit_bytes: usize,
     /// How long one SQL query may run.
     pub sql_timeout: std::time::Duration,
@@ -155,7 +156,7 @@ pub struct FileConfig {
     pub audit_archive: Option<String>,
     pub audit_archive_retention_hours: Option<u64>,
     pub audit_check_interval_hours: Option<u64>,
-    /// Memory one SQL query may hold before spilling and then failing.
+    /// Memory all running SQL queries share before spilling and then failing.
     pub sql_memory_limit_bytes: Option<usize>,
     pub sql_timeout_secs: Option<u64>,
     /// Most rows one SQL result may have.

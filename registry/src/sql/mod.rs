@@ -30,6 +30,7 @@ use crate::platform::runtime::QueryRuntime;
 /// Limits for SQL, from the config.
 #[derive(Clone, Copy, Debug)]
 pub struct SqlConfig {
+    /// Memory all running queries share.
     pub memory_bytes: usize,
     pub timeout: Duration,
     pub row_limit: u64,
@@ -42,6 +43,8 @@ pub struct Sql {
     runtime: Arc<QueryRuntime>,
     audit: Arc<AuditLog>,
     config: SqlConfig,
+    /// One memory pool for every query (and training-set build) of the process.
+    limits: SqlLimits,
 }
 
 /// What a statement read, for the audit outcome and response headers.
@@ -69,7 +72,8 @@ pub fn statement_hash(sql: &str) -> String {
 
 impl Sql {
     pub fn new(groups: Arc<FeatureGroups>, runtime: Arc<QueryRuntime>, audit: Arc<AuditLog>, config: SqlConfig) -> Arc<Sql> {
-        Arc::new(Sql { groups, runtime, audit, config })
+        let limits = SqlLimits::shared(config.memory_bytes, config.threads);
+        Arc::new(Sql { groups, runtime, audit, config, limits })
     }
 
     /// The limits queries run under.
@@ -77,9 +81,9 @@ impl Sql {
         self.config
     }
 
-    /// The memory limit and parallelism of one query.
+    /// The shared memory pool and the parallelism queries run with.
     pub fn limits(&self) -> SqlLimits {
-        SqlLimits { memory_bytes: self.config.memory_bytes, target_partitions: self.config.threads }
+        self.limits.clone()
     }
 
     /// Checks and resolves a statement: every table a visible feature group at an exact
@@ -147,7 +151,7 @@ impl Sql {
     ) -> Result<Body> {
         let cfg = self.config;
         let deadline = Instant::now() + cfg.timeout;
-        let limits = SqlLimits { memory_bytes: cfg.memory_bytes, target_partitions: cfg.threads };
+        let limits = self.limits();
         let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
         let (batch_tx, batch_rx) = tokio::sync::mpsc::channel::<std::result::Result<RecordBatch, DataFusionError>>(2);
         let task = self.runtime.handle().spawn(async move {
