@@ -57,6 +57,8 @@ async fn bodies_over_their_route_limit_get_413_with_the_error_body() {
     config.max_json_body_bytes = 2048;
     config.max_scoring_body_bytes = 4096;
     config.max_body_bytes = 64 * 1024;
+    config.max_spine_bytes = 1024;
+    config.max_model_bytes = 1024;
     let s = Server::start_with(config, None).await;
     let k = s.admin_key.clone();
     s.create_clicks(&k).await;
@@ -75,6 +77,15 @@ async fn bodies_over_their_route_limit_get_413_with_the_error_body() {
     let (code, message) = error_code(r, 413).await;
     assert_eq!(code, "payload_too_large");
     assert!(message.contains("4096"), "{message}");
+
+    // Spines and model artifacts are decoded whole: their own, smaller limits.
+    let spine: String = std::iter::once("id,ts\n".to_string()).chain((0..200).map(|i| format!("{i},2026-01-01T00:00:00Z\n"))).collect();
+    let r = s.post(&k, "/v1/spines?time=ts").header("content-type", "text/csv").body(spine).send().await.unwrap();
+    assert!(error_code(r, 413).await.1.contains("1024"));
+    let r = s.post(&k, "/v1/models").json(&json!({"name": "m"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s.post(&k, "/v1/models/m/versions").header("content-type", "application/json").body("x".repeat(2048)).send().await.unwrap();
+    assert!(error_code(r, 413).await.1.contains("1024"));
 
     // Data uploads take the (larger) upload limit, far above the control limit...
     let rows: Vec<Value> = (0..200).map(|i| json!({"user_id": i, "ts": "2026-01-01T00:00:00Z", "country": "NL"})).collect();

@@ -30,6 +30,10 @@ pub struct Config {
     pub max_json_body_bytes: u64,
     /// Largest accepted scoring request body.
     pub max_scoring_body_bytes: u64,
+    /// Largest accepted spine upload and model artifact: both are decoded whole in memory,
+    /// so they take a smaller limit than row uploads (which stream).
+    pub max_spine_bytes: u64,
+    pub max_model_bytes: u64,
     /// How long a read or a query may take to start answering before it is answered 504
     /// (a response already streaming is not cut). Writes are never cut short.
     pub request_timeout: std::time::Duration,
@@ -143,6 +147,8 @@ pub struct FileConfig {
     pub max_body_bytes: Option<u64>,
     pub max_json_body_bytes: Option<u64>,
     pub max_scoring_body_bytes: Option<u64>,
+    pub max_spine_bytes: Option<u64>,
+    pub max_model_bytes: Option<u64>,
     pub request_timeout_secs: Option<u64>,
     pub max_concurrent_requests: Option<usize>,
     pub max_concurrent_requests_per_tenant: Option<usize>,
@@ -214,6 +220,7 @@ pub const DEFAULT_DATA_DIR: &str = "lakeledger-data";
 pub const DEFAULT_MAX_BODY: u64 = 2 * 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_JSON_BODY: u64 = 1024 * 1024;
 pub const DEFAULT_MAX_SCORING_BODY: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_DECODED_UPLOAD: u64 = 256 * 1024 * 1024;
 
 impl Config {
     /// Builds a config for embedded defaults under `data_dir` (used by tests and `serve`).
@@ -258,6 +265,8 @@ impl Config {
             max_body_bytes: cli.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY),
             max_json_body_bytes: file.max_json_body_bytes.unwrap_or(DEFAULT_MAX_JSON_BODY),
             max_scoring_body_bytes: file.max_scoring_body_bytes.unwrap_or(DEFAULT_MAX_SCORING_BODY),
+            max_spine_bytes: file.max_spine_bytes.unwrap_or(DEFAULT_MAX_DECODED_UPLOAD),
+            max_model_bytes: file.max_model_bytes.unwrap_or(DEFAULT_MAX_DECODED_UPLOAD),
             request_timeout: match file.request_timeout_secs.unwrap_or(60) {
                 0 => return Err(Error::BadRequest("request_timeout_secs must be at least 1".into())),
                 s => std::time::Duration::from_secs(s),

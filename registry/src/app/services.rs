@@ -101,6 +101,8 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
             max_body_bytes: config.max_body_bytes,
             max_json_body_bytes: config.max_json_body_bytes,
             max_scoring_body_bytes: config.max_scoring_body_bytes,
+            max_spine_bytes: config.max_spine_bytes,
+            max_model_bytes: config.max_model_bytes,
             request_timeout: config.request_timeout,
         },
         admission: Admission::new(config.max_concurrent_requests, config.max_concurrent_requests_per_tenant),

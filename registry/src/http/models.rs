@@ -98,7 +98,7 @@ pub async fn versions(State(state): State<AppState>, Caller(p): Caller, Path(nam
     responses((status = 201, body = ModelVersionView), (status = 422, body = ErrorBody)))]
 pub async fn import(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, body: Body) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
     p.require(WRITE, "register model versions")?;
-    let limit = state.limits.max_body_bytes;
+    let limit = state.limits.max_model_bytes;
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(|_| Error::PayloadTooLarge { limit })?;
     let v = state.models.import(&p, &name, bytes.to_vec()).await?;
     Ok((StatusCode::CREATED, facts(&name, Some(v.version), true), axum::Json(v)))

@@ -57,6 +57,9 @@ pub struct HttpLimits {
     pub max_json_body_bytes: u64,
     /// Largest accepted scoring request body.
     pub max_scoring_body_bytes: u64,
+    /// Largest accepted spine upload and model artifact (decoded whole in memory).
+    pub max_spine_bytes: u64,
+    pub max_model_bytes: u64,
     /// How long a read or query may take to start answering.
     pub request_timeout: std::time::Duration,
 }

@@ -141,7 +141,7 @@ pub async fn upload_spine(
     let time = q.time.filter(|t| !t.is_empty()).ok_or_else(|| Error::BadRequest("name the spine's time column with ?time=<column>".into()))?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let format = IngestFormat::from_content_type(content_type).ok_or_else(|| Error::UnsupportedMediaType(content_type.to_string()))?;
-    let limit = state.limits.max_body_bytes;
+    let limit = state.limits.max_spine_bytes;
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .await
         .map_err(|_| Error::PayloadTooLarge { limit })?;
