@@ -7,7 +7,8 @@ passing run shows the format is specified well enough to re-implement.
 
     verify_audit_package.py PACKAGE --key 'name+id+base64' [--key ...] [--trusted-checkpoint FILE]
 
-PACKAGE is a package directory or the single-file JSON form. Prints PASS or
+PACKAGE is a package directory, the single-file JSON form, or a merged package of several
+replicas' logs (a directory with merged.json; give each replica's key). Prints PASS or
 "FAIL at seq N: reason" and exits 0 or 1.
 
 Ed25519 verification is implemented here from RFC 8032 (pure Python integers), since the
@@ -397,6 +398,49 @@ def verify(files, keys, kept_note=None):
     return len(records), end_size
 
 
+MERGED_FORMAT = "lakeledger-audit-merged/1"
+
+
+def verify_merged(path, keys):
+    """A merged package (audit/src/merge.rs): each replica's log verified on its own, then
+    the timeline checked to hold every record of every log once, ordered by
+    (ts_unix_ns, log, seq), with its leaf hash."""
+    with open(os.path.join(path, "merged.json"), encoding="utf-8") as f:
+        merged = json.load(f)
+    if merged.get("format") != MERGED_FORMAT:
+        raise VerifyError(f"merged.json format is {merged.get('format')!r}, expected {MERGED_FORMAT!r}")
+    expected = []
+    for i, log in enumerate(merged["logs"]):
+        if log["dir"] != f"logs/{i}":
+            raise VerifyError(f"log {i}: dir {log['dir']!r} is not logs/{i}")
+        sub = os.path.join(path, log["dir"])
+        with open(os.path.join(sub, "manifest.json"), "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != log["manifest_sha256"]:
+                raise VerifyError(f"log {i}: its manifest differs from the one merged.json names")
+        files = read_package(sub)
+        try:
+            n, size = verify(files, keys)
+        except VerifyError as e:
+            raise VerifyError(f"log {i} ({log.get('origin')}): {e}")
+        if (n, size) != (log["records"], log["end_size"]):
+            raise VerifyError(f"log {i}: merged.json's record count or size differs from its package")
+        for line in files["leaves.jsonl"].splitlines():
+            v = json.loads(line)
+            expected.append((v["ts_unix_ns"], i, v["seq"], v["leaf_hash"]))
+    expected.sort()
+    with open(os.path.join(path, "timeline.jsonl"), "rb") as f:
+        text = f.read()
+    if hashlib.sha256(text).hexdigest() != merged["timeline_sha256"]:
+        raise VerifyError("timeline.jsonl differs from the one merged.json names")
+    lines = [json.loads(l) for l in text.decode("utf-8").splitlines() if l]
+    if len(lines) != len(expected):
+        raise VerifyError(f"the timeline holds {len(lines)} records; the logs hold {len(expected)}")
+    for n, (got, want) in enumerate(zip(lines, expected)):
+        if (got["ts_unix_ns"], got["log"], got["seq"], got["leaf_hash"]) != want:
+            raise VerifyError(f"timeline line {n + 1}: expected log {want[1]} seq {want[2]}")
+    return len(expected), len(merged["logs"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("package")
@@ -408,6 +452,10 @@ def main():
         with open(args.trusted_checkpoint, encoding="utf-8") as f:
             kept = f.read()
     try:
+        if os.path.isdir(args.package) and os.path.exists(os.path.join(args.package, "merged.json")):
+            n, logs = verify_merged(args.package, args.key)
+            print(f"PASS: {n} records of {logs} logs, each verified, timeline complete and in order")
+            return 0
         n, size = verify(read_package(args.package), args.key, kept)
     except VerifyError as e:
         print(e)

@@ -31,6 +31,7 @@ pub mod event;
 pub mod leaf;
 pub mod ledger;
 pub mod lru;
+pub mod merge;
 pub mod merkle;
 pub mod note;
 pub mod package;
