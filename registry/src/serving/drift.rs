@@ -50,6 +50,10 @@ pub struct DriftReport {
     /// Rows compared with the training set: inference-log rows of this version in the
     /// window, or rows a feature group's commits wrote.
     pub current_rows: u64,
+    /// The statistics are computed over a uniform sample of at most this many rows of
+    /// each side (the same window always gives the same sample), so a long window costs
+    /// bounded memory.
+    pub sample_rows: u64,
     pub current_source: String,
     pub since: Option<String>,
     pub until: Option<String>,
@@ -115,22 +119,25 @@ impl Drift {
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
             .map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
-        let mut baseline: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
+        let mut baseline = Sample::new(SAMPLE_ROWS);
         for batch in reader {
             let batch = batch.map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
-            for (i, c) in inputs.iter().enumerate() {
-                match RawColumn::read(&batch, &c.name).map_err(|e| Error::Internal(e.to_string()))? {
-                    RawColumn::Numeric(v) => baseline[i].extend(v.into_iter().map(|x| x.map_or(Value::Null, Value::from))),
-                    RawColumn::Text(v) => baseline[i].extend(v.into_iter().map(|x| x.map_or(Value::Null, Value::from))),
-                }
+            let columns = inputs
+                .iter()
+                .map(|c| RawColumn::read(&batch, &c.name).map(values).map_err(|e| Error::Internal(e.to_string())))
+                .collect::<Result<Vec<_>>>()?;
+            for r in 0..batch.num_rows() {
+                baseline.offer(|| columns.iter().map(|c| c[r].clone()).collect());
             }
         }
+        let (baseline, baseline_rows) = baseline.columns(inputs.len());
 
         let names: Vec<String> = inputs.iter().map(|c| c.name.clone()).collect();
-        let current = match &source {
+        let (current, current_rows) = match &source {
             Source::InferenceLog => self.log_values(p, name, version, &names, since, until).await?,
             Source::FeatureGroup { name: group, from_version, to_version } => self.group_values(p, &names, group, *from_version, *to_version).await?,
-        };
+        }
+        .columns(names.len());
 
         let mut features = Vec::new();
         let mut drifted = Vec::new();
@@ -157,8 +164,9 @@ impl Drift {
             model: name.to_string(),
             version,
             training_set_id: set_id,
-            baseline_rows: baseline.first().map_or(0, |b| b.len() as u64),
-            current_rows: current.iter().map(|c| c.len() as u64).max().unwrap_or(0),
+            baseline_rows,
+            current_rows,
+            sample_rows: SAMPLE_ROWS as u64,
             current_source: match source {
                 Source::InferenceLog => "inference_log".to_string(),
                 Source::FeatureGroup { name, from_version, to_version } => {
@@ -175,9 +183,9 @@ impl Drift {
     }
 
     /// Per input, the values logged for `version` in `[since, until)`.
-    async fn log_values(&self, p: &Principal, model: &str, version: i64, inputs: &[String], since: Option<i64>, until: Option<i64>) -> Result<Vec<Vec<Value>>> {
+    async fn log_values(&self, p: &Principal, model: &str, version: i64, inputs: &[String], since: Option<i64>, until: Option<i64>) -> Result<Sample> {
         use arrow::array::AsArray;
-        let mut current: Vec<Vec<Value>> = vec![Vec::new(); inputs.len()];
+        let mut current = Sample::new(SAMPLE_ROWS);
         let log = self.groups.record(&p.tenant_id, &group_name(model)).await?;
         let Some(g) = log.filter(|g| g.tags.get(LOG_TAG).map(String::as_str) == Some(model)) else {
             return Ok(current);
@@ -198,10 +206,12 @@ impl Drift {
                 if versions.value(r) != version || since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
                     continue;
                 }
-                let Ok(Value::Object(row)) = serde_json::from_str::<Value>(rows.value(r)) else { continue };
-                for (i, c) in inputs.iter().enumerate() {
-                    current[i].push(row.get(c).cloned().unwrap_or(Value::Null));
-                }
+                let text = rows.value(r);
+                // Only rows the sample keeps are parsed.
+                current.offer(|| match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(row)) => inputs.iter().map(|c| row.get(c).cloned().unwrap_or(Value::Null)).collect(),
+                    _ => vec![Value::Null; inputs.len()],
+                });
             }
         }
         Ok(current)
@@ -209,7 +219,7 @@ impl Drift {
 
     /// Per input `<group>__<feature>`, the values the group's commits after `from` up to `to`
     /// wrote; other inputs get none.
-    async fn group_values(&self, p: &Principal, inputs: &[String], group: &str, from: i64, to: Option<i64>) -> Result<Vec<Vec<Value>>> {
+    async fn group_values(&self, p: &Principal, inputs: &[String], group: &str, from: i64, to: Option<i64>) -> Result<Sample> {
         let g = self.groups.find(p, group).await?;
         let spec = ReadSpec { version: to, ..Default::default() };
         let to = self.groups.resolve_version(&g, &spec).await?.version;
@@ -228,19 +238,78 @@ impl Drift {
             return Err(Error::Unprocessable(format!("no input of this model comes from feature group `{group}` (inputs are named `{group}__<feature>`)")));
         }
         let rows = self.groups.read_rows(&snap, columns.clone(), FileSet::Live, Some(from)).await?;
-        let batch = rows.concat()?;
-        wanted
-            .iter()
-            .map(|w| match w {
-                None => Ok(Vec::new()),
-                Some(f) => Ok(match RawColumn::read(&batch, f).map_err(|e| Error::Unprocessable(e.to_string()))? {
-                    RawColumn::Numeric(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
-                    RawColumn::Text(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
-                }),
-            })
-            .collect()
+        let mut sample = Sample::new(SAMPLE_ROWS);
+        for batch in &rows.batches {
+            let read = wanted
+                .iter()
+                .map(|w| w.as_ref().map(|f| RawColumn::read(batch, f).map(values).map_err(|e| Error::Unprocessable(e.to_string()))).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            for r in 0..batch.num_rows() {
+                // Inputs from elsewhere have no values here (null, counted apart).
+                sample.offer(|| read.iter().map(|c| c.as_ref().map_or(Value::Null, |c| c[r].clone())).collect());
+            }
+        }
+        Ok(sample)
     }
 
+}
+
+/// Rows kept per side of a drift comparison.
+const SAMPLE_ROWS: usize = 100_000;
+
+/// A uniform sample of at most `cap` rows of a stream (reservoir sampling), drawn with a
+/// fixed seed so the same rows always give the same sample and report.
+struct Sample {
+    cap: usize,
+    seen: u64,
+    rows: Vec<Vec<Value>>,
+    state: u64,
+}
+
+impl Sample {
+    fn new(cap: usize) -> Sample {
+        Sample { cap, seen: 0, rows: Vec::new(), state: 0x9e37_79b9_7f4a_7c15 }
+    }
+
+    /// SplitMix64: small, fast and plenty for choosing rows.
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Offers the next row; `row` is only built when the sample keeps it.
+    fn offer(&mut self, row: impl FnOnce() -> Vec<Value>) {
+        if self.rows.len() < self.cap {
+            self.rows.push(row());
+        } else {
+            let j = self.next() % (self.seen + 1);
+            if (j as usize) < self.cap {
+                self.rows[j as usize] = row();
+            }
+        }
+        self.seen += 1;
+    }
+
+    /// The sample by input, and how many rows were offered.
+    fn columns(self, inputs: usize) -> (Vec<Vec<Value>>, u64) {
+        let mut out = vec![Vec::with_capacity(self.rows.len()); inputs];
+        for row in self.rows {
+            for (i, v) in row.into_iter().enumerate().take(inputs) {
+                out[i].push(v);
+            }
+        }
+        (out, self.seen)
+    }
+}
+
+fn values(c: RawColumn) -> Vec<Value> {
+    match c {
+        RawColumn::Numeric(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
+        RawColumn::Text(v) => v.into_iter().map(|x| x.map_or(Value::Null, Value::from)).collect(),
+    }
 }
 
 fn numbers(values: &[Value]) -> (Vec<f64>, u64) {
@@ -471,6 +540,28 @@ impl Drift {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_are_uniform_bounded_and_the_same_every_time() {
+        let draw = || {
+            let mut s = super::Sample::new(1000);
+            for i in 0..100_000 {
+                s.offer(|| vec![serde_json::json!(i)]);
+            }
+            s.columns(1)
+        };
+        let (a, seen) = draw();
+        assert_eq!((a[0].len(), seen), (1000, 100_000));
+        assert_eq!(a, draw().0, "the same rows give the same sample");
+        // Uniform: the kept rows' mean is near the stream's (49,999.5), not its start.
+        let mean = a[0].iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / 1000.0;
+        assert!((mean - 49_999.5).abs() < 5_000.0, "{mean}");
+        let mut few = super::Sample::new(10);
+        for i in 0..3 {
+            few.offer(|| vec![serde_json::json!(i)]);
+        }
+        assert_eq!(few.columns(1), (vec![vec![serde_json::json!(0), serde_json::json!(1), serde_json::json!(2)]], 3));
+    }
 
     #[test]
     fn identical_samples_do_not_drift_and_shifted_ones_do() {
