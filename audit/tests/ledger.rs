@@ -23,6 +23,20 @@ fn config(dir: &Path) -> LedgerConfig {
     c
 }
 
+/// Opens a ledger just closed in this process. Another test here spawns processes: a
+/// child holds the parent's descriptors (the lock's among them) from its fork until its
+/// exec closes them, so a lock released a moment ago can still be held for that moment.
+/// Waits that out (bounded) instead of failing.
+fn open_unlocked(c: LedgerConfig) -> (Ledger, lakeledger_audit::OpenReport) {
+    for _ in 0..500 {
+        match Ledger::open(c.clone()) {
+            Err(lakeledger_audit::Error::Locked(_)) => std::thread::sleep(Duration::from_millis(10)),
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} stayed locked", c.dir.display());
+}
+
 fn event(i: usize) -> Event {
     let mut e = Event::new(
         if i.is_multiple_of(2) {
@@ -181,7 +195,7 @@ fn a_torn_tail_is_cut_at_every_offset_and_nothing_acknowledged_before_it_is_lost
         std::fs::write(dir.join("seg-00000001.log"), &full[..cut]).unwrap();
         let mut c = cfg.clone();
         c.dir = dir.clone();
-        let (ledger, report) = Ledger::open(c.clone()).unwrap();
+        let (ledger, report) = open_unlocked(c.clone());
         // Whole frames before the cut survive; a partial frame is cut away.
         let expected =
             frames.iter().filter(|f| **f < cut).count() as u64 - u64::from(!frames.contains(&cut));
@@ -198,7 +212,7 @@ fn a_torn_tail_is_cut_at_every_offset_and_nothing_acknowledged_before_it_is_lost
         }
         drop(ledger);
         // A second recovery finds nothing more to cut.
-        let (again, report2) = Ledger::open(c).unwrap();
+        let (again, report2) = open_unlocked(c);
         assert!(report2.repaired.is_none(), "cut at {cut}");
         drop(again);
         std::fs::remove_dir_all(&dir).unwrap();
