@@ -82,7 +82,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     };
     let state = super::services::build(&config, std::sync::Arc::new(audit), catalog, tables, metrics_handle())?;
     let first_admin_key = state.identity.bootstrap().await?;
-    let failed = state.jobs.fail_abandoned().await?;
+    let failed = state.jobs.fail_abandoned(true).await?;
     if failed > 0 {
         tracing::warn!(failed, "training jobs nobody runs any more (left by this replica's previous run, or with a lapsed lease) were marked failed");
     }

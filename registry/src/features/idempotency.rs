@@ -18,8 +18,8 @@ pub(super) const KEY_META: &str = "lakeledger.idempotencyKey";
 /// Commit metadata with the rows a commit wrote, for a replay found in the log.
 pub(super) const ROWS_META: &str = "lakeledger.rows";
 /// A pending key older than this belongs to an attempt that stopped without committing;
-/// a retry may take it over. (Kept long: an upload of gigabytes can take many minutes.)
-const STALE_PENDING_MICROS: i64 = 3600 * 1_000_000;
+/// a retry may take it over. (Long enough for an upload of gigabytes.)
+const STALE_PENDING_MICROS: i64 = 15 * 60 * 1_000_000;
 /// How many of a group's latest commits a retry searches for its key.
 const SEARCH_DEPTH: i64 = 1000;
 

@@ -440,21 +440,25 @@ impl Jobs {
     /// replica's previous run left (at start) and those whose lease lapsed (their replica
     /// died). Each is ended, and its end recorded, by exactly one replica. Returns how many
     /// this call ended.
-    pub async fn fail_abandoned(&self) -> Result<usize> {
+    pub async fn fail_abandoned(&self, at_start: bool) -> Result<usize> {
         let mut ended = 0;
         let now = now_micros();
+        // Only at start can this replica's own unfinished jobs be leftovers: later they may
+        // be between their insert and their start here.
+        let orphaned_by = if at_start { self.leases.worker.as_str() } else { "" };
         for mut j in self.catalog.unfinished_jobs().await? {
             if self.live().contains_key(&j.id) {
                 continue;
             }
-            let reason = if j.worker.as_deref() == Some(&self.leases.worker) || j.worker.is_none() {
+            let own = at_start && j.worker.as_deref() == Some(&self.leases.worker);
+            let reason = if own || j.worker.is_none() {
                 format!("the server stopped while the job was {}; start it again", j.state)
             } else if j.lease_until.is_some_and(|t| t < now) {
                 format!("the server running the job stopped (its lease lapsed) while it was {}; start it again", j.state)
             } else {
                 continue;
             };
-            if !self.catalog.fail_abandoned_job(&j.id, now, &self.leases.worker, &reason).await? {
+            if !self.catalog.fail_abandoned_job(&j.id, now, orphaned_by, &reason).await? {
                 continue;
             }
             ended += 1;
@@ -471,7 +475,7 @@ impl Jobs {
     pub async fn sweep(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.leases.lease / 2).await;
-            match self.fail_abandoned().await {
+            match self.fail_abandoned(false).await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(failed = n, "failed training jobs whose replica stopped (lease lapsed)"),
                 Err(e) => tracing::warn!(error = %e, "could not look for abandoned training jobs"),

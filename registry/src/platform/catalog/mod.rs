@@ -392,8 +392,9 @@ pub trait Catalog: Send + Sync + 'static {
     async fn renew_job_lease(&self, id: &str, worker: &str, until: i64) -> Result<Option<bool>>;
     /// Asks the replica running an unfinished job to cancel it; false when it has ended.
     async fn request_job_cancel(&self, tenant_id: &str, id: &str) -> Result<bool>;
-    /// Ends an unfinished job as failed with `error`, if its lease lapsed before `now` or it
-    /// belongs to `orphaned_by` (this replica's previous run). True for exactly one caller.
+    /// Ends an unfinished job as failed with `error`, if its lease lapsed before `now`, it
+    /// has no worker (written by an earlier version), or it belongs to `orphaned_by` (this
+    /// replica's previous run; empty: none). True for exactly one caller.
     async fn fail_abandoned_job(&self, id: &str, now: i64, orphaned_by: &str, error: &str) -> Result<bool>;
     async fn job(&self, tenant_id: &str, id: &str) -> Result<Option<JobRecord>>;
     async fn list_jobs(&self, tenant_id: &str) -> Result<Vec<JobRecord>>;
