@@ -488,11 +488,10 @@ async fn changes_on_one_replica_reach_the_others_caches() {
     let v: serde_json::Value = scored(&b).await.unwrap().json().await.unwrap();
     assert_eq!(v["version"], 2, "b follows the move");
 
-    // A commit on a to a group b serves online.
+    // A group turned online on a, and a commit to it there.
     let r = a.client.patch(a.url("/v1/feature-groups/wine_features")).bearer_auth(&k).json(&serde_json::json!({"online": true})).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = b.client.post(b.url("/v1/feature-groups/wine_features/online/rebuild")).bearer_auth(&k).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    // b loads the group it now serves on a's notice, then follows a's commit to it.
     let lookup = serde_json::json!({"features": ["wine_features:alcohol"], "entities": {"id": [900]}});
     let r = a.post(&k, "/v1/feature-groups/wine_features/data").json(&serde_json::json!([{"id": 900, "ts": "2026-03-01T00:00:00Z", "alcohol": 99.5}])).send().await.unwrap();
     assert_eq!(r.status(), 201);

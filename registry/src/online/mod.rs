@@ -125,20 +125,28 @@ pub struct OnlineStore {
     hasher: EntityHasher,
     /// Woken when another replica announces a commit, so the refresh runs at once.
     wake: tokio::sync::Notify,
+    /// Groups other replicas announced a change of: one turned online there is loaded
+    /// here, one turned off is dropped.
+    announced: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl crate::platform::changes::ChangeObserver for OnlineStore {
     fn changed(&self, change: &crate::platform::changes::Change) {
         use crate::platform::changes::Change;
-        if matches!(change, Change::Group { .. } | Change::Resync) {
-            self.wake.notify_one();
+        match change {
+            Change::Group { tenant_id, name } => {
+                self.announced.lock().expect("announced groups").push((tenant_id.clone(), name.clone()));
+                self.wake.notify_one();
+            }
+            Change::Resync => self.wake.notify_one(),
+            _ => {}
         }
     }
 }
 
 impl OnlineStore {
     pub fn new(features: Arc<FeatureGroups>, hasher: EntityHasher) -> Arc<OnlineStore> {
-        Arc::new(OnlineStore { groups: Default::default(), features, hasher, wake: tokio::sync::Notify::new() })
+        Arc::new(OnlineStore { groups: Default::default(), features, hasher, wake: tokio::sync::Notify::new(), announced: Default::default() })
     }
 
     /// The keyed hash of entity keys that audit records use.

@@ -77,6 +77,17 @@ impl OnlineStore {
     /// upserts and column additions are applied incrementally from the files they added;
     /// anything else (an overwrite) rebuilds the group.
     pub async fn refresh(&self) -> Result<()> {
+        // Groups another replica turned online (or off) since the last pass.
+        let announced = std::mem::take(&mut *self.announced.lock().expect("announced groups"));
+        for (tenant_id, name) in announced {
+            let Some(g) = self.features.record(&tenant_id, &name).await? else { continue };
+            let here = self.group(&tenant_id, &name).is_some();
+            if g.online && !here && g.state != GroupState::Creating {
+                self.rebuild(&g).await?;
+            } else if !g.online && here {
+                self.remove(&g);
+            }
+        }
         for group in self.all() {
             let Some(latest) = self.features.latest_version(&group.id).await? else { continue };
             if latest.version > group.table.read().expect("online group lock").version {
