@@ -48,6 +48,9 @@ pub enum Error {
     /// The tenant is over a limit an operator set; retry after this many seconds.
     #[error("{message}")]
     QuotaExceeded { message: String, retry_after_secs: u64 },
+    /// The online store would go over its memory budget; says which group and by how much.
+    #[error("{0}")]
+    OnlineStoreFull(String),
     /// The request took longer than the server allows.
     #[error("{0}")]
     TimedOut(String),
@@ -100,6 +103,7 @@ impl Error {
             Error::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Error::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             Error::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            Error::OnlineStoreFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "online_store_full"),
             Error::Catalog(e) if is_unique_violation(e) => (StatusCode::CONFLICT, "conflict"),
             Error::Catalog(e) if is_transient(e) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_busy"),
             Error::Engine(e) => match e {

@@ -606,3 +606,48 @@ async fn replicas_sharing_catalog_and_tables_see_each_others_writes() {
     let v = until_seen(&b, &k, &ask, |v| column(v, 1).1[1] == "NOT_FOUND").await;
     assert_eq!((column(&v, 1).0[0].clone(), &v["metadata"]["versions"]), (json!(32.0), &json!({"profiles": 3})));
 }
+
+/// The embedded online store keeps to its memory budget: a group that would take it over
+/// is refused (loading) or taken out (a commit), its data safe in Delta, and lookups say
+/// why with 507 `online_store_full`; the store's size is in the metrics.
+#[tokio::test]
+async fn the_online_store_keeps_to_its_memory_budget_and_says_which_group_is_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    config.online_store_max_bytes = Some(40_000);
+    let s = Server::start_with(config, None).await;
+    let k = s.admin_key.clone();
+    let create = |name: &str, online: bool| {
+        s.post(&k, "/v1/feature-groups")
+            .json(&json!({"name": name, "entity_keys": [{"name": "id", "type": "int64"}], "event_time": "ts",
+                          "features": [{"name": "note", "type": "string"}], "online": online}))
+            .send()
+    };
+    let rows = |from: i64, n: i64| -> Value {
+        json!((from..from + n).map(|i| json!({"id": i, "ts": "2026-01-01T00:00:00Z", "note": format!("{i:0>40}")})).collect::<Vec<_>>())
+    };
+    let lookup = |group: &str| s.post(&k, "/v1/online/features").json(&json!({"features": [group], "entities": {"id": [1]}})).send();
+    assert_eq!(create("small", true).await.unwrap().status(), 201);
+    assert_eq!(s.ingest_json(&k, "small", "append", rows(0, 50)).await.status(), 201);
+    assert_eq!(lookup("small").await.unwrap().status(), 200);
+
+    // Loading a group that does not fit is refused, saying so; the group's data is intact.
+    assert_eq!(create("big", false).await.unwrap().status(), 201);
+    assert_eq!(s.ingest_json(&k, "big", "append", rows(0, 1000)).await.status(), 201);
+    let r = s.client.patch(s.url("/v1/feature-groups/big")).bearer_auth(&k).json(&json!({"online": true})).send().await.unwrap();
+    let (code, message) = error_code(r, 507).await;
+    assert_eq!(code, "online_store_full");
+    assert!(message.contains("`big`") && message.contains("40000"), "{message}");
+    let (code, _) = error_code(lookup("big").await.unwrap(), 507).await;
+    assert_eq!(code, "online_store_full");
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/big/data?limit=5000").await.len(), 1000);
+    assert_eq!(lookup("small").await.unwrap().status(), 200, "the groups that fit keep serving");
+
+    // A commit that takes a served group over the budget takes it out, not the server down.
+    assert_eq!(s.ingest_json(&k, "small", "append", rows(1000, 1000)).await.status(), 201);
+    let (code, message) = error_code(lookup("small").await.unwrap(), 507).await;
+    assert_eq!(code, "online_store_full");
+    assert!(message.contains("`small`"), "{message}");
+    let metrics = s.get(&k, "/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("lakeledger_online_store_bytes") && metrics.contains("lakeledger_online_groups_dropped_total"), "{metrics}");
+}

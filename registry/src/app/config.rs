@@ -88,6 +88,8 @@ pub struct Config {
     /// The key for hashing entity keys in audit records (mode 0600). Default
     /// `<data_dir>/keys/entity-hash.key`.
     pub entity_hash_key_path: PathBuf,
+    /// Memory the embedded online store may hold (estimated); `None`: no bound.
+    pub online_store_max_bytes: Option<usize>,
     /// Model versions kept loaded for scoring (least recently used evicted first).
     pub serving_max_loaded_models: usize,
     /// Most rows scored in one batch when concurrent requests to a model are batched.
@@ -173,6 +175,7 @@ pub struct FileConfig {
     pub training_workers: Option<usize>,
     pub job_lease_secs: Option<u64>,
     pub entity_hash_key_path: Option<PathBuf>,
+    pub online_store_max_bytes: Option<usize>,
     /// Model versions kept loaded for scoring (least recently used evicted first).
     pub serving_max_loaded_models: Option<usize>,
     /// Most rows scored in one batch when concurrent requests to a model are batched.
@@ -308,6 +311,7 @@ impl Config {
             drift_checks: file.drift_checks,
             oidc: file.oidc,
             entity_hash_key_path: file.entity_hash_key_path.unwrap_or_else(|| data_dir.join("keys/entity-hash.key")),
+            online_store_max_bytes: file.online_store_max_bytes,
             serving_max_loaded_models: file.serving_max_loaded_models.unwrap_or(64).max(1),
             serving_max_batch_rows: file.serving_max_batch_rows.unwrap_or(256).max(1),
             serving_max_batch_wait: std::time::Duration::from_micros(file.serving_max_batch_wait_us.unwrap_or(0)),

@@ -49,7 +49,7 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
         },
         changes.clone(),
     );
-    let online = OnlineStore::new(features.clone(), hasher);
+    let online = OnlineStore::new(features.clone(), hasher, config.online_store_max_bytes);
     features.subscribe(Arc::downgrade(&(online.clone() as Arc<dyn CommitObserver>)));
     let sql_config = SqlConfig {
         memory_bytes: config.sql_memory_limit_bytes,

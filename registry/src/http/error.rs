@@ -38,8 +38,8 @@ impl IntoResponse for Error {
         };
         let error_id = uuid::Uuid::now_v7().to_string();
         // 503s say why (the ledger or a dependency is down, or busy) and when to retry, 504s
-        // which limit was hit; other 5xx details stay in the log.
-        let says_why = matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT);
+        // and 507s which limit was hit; other 5xx details stay in the log.
+        let says_why = matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT | StatusCode::INSUFFICIENT_STORAGE);
         let message = if status.is_server_error() && !says_why {
             // The detail may name paths, hosts or SQL; it goes to the log only.
             tracing::error!(%error_id, %code, error = %self, "request failed");

@@ -75,7 +75,8 @@ pub async fn get(State(state): State<AppState>, Caller(p): Caller, Path(name): P
 
 /// Updates description, owner or tags.
 #[utoipa::path(patch, path = "/v1/feature-groups/{name}", params(("name" = String, Path)), request_body = UpdateFeatureGroup,
-    responses((status = 200, body = FeatureGroupView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = FeatureGroupView), (status = 404, body = ErrorBody),
+        (status = 507, description = "turning online serving on: the group does not fit the online store's memory budget", body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     Caller(p): Caller,

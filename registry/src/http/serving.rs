@@ -28,7 +28,8 @@ const WRITE: &[Role] = &[Role::Admin, Role::Writer];
 /// The latest feature values of entities, from the online store (Feast's
 /// `get-online-features` shape).
 #[utoipa::path(post, path = "/v1/online/features", request_body = OnlineFeaturesRequest,
-    responses((status = 200, body = OnlineFeaturesResponse), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = OnlineFeaturesResponse), (status = 422, body = ErrorBody),
+        (status = 507, description = "the group was taken out of the online store to keep to its memory budget", body = ErrorBody)))]
 pub async fn features(State(state): State<AppState>, Caller(p): Caller, ApiJson(req): ApiJson<OnlineFeaturesRequest>) -> Result<(Extension<AuditFacts>, axum::Json<OnlineFeaturesResponse>)> {
     p.require(READ, "read online features")?;
     let (response, details) = state.online.get_online_features(&p.tenant_id, &req)?;
@@ -44,7 +45,8 @@ pub async fn features(State(state): State<AppState>, Caller(p): Caller, ApiJson(
 
 /// Reloads a group's online values from its latest Delta version.
 #[utoipa::path(post, path = "/v1/feature-groups/{name}/online/rebuild", params(("name" = String, Path)),
-    responses((status = 200, body = RebuildReport), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = RebuildReport), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 507, description = "the group does not fit the online store's memory budget", body = ErrorBody)))]
 pub async fn rebuild(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>) -> Result<(Extension<AuditFacts>, axum::Json<RebuildReport>)> {
     p.require(WRITE, "rebuild the online store")?;
     let report = state.online.rebuild_named(&p.tenant_id, &name).await?;

@@ -167,10 +167,11 @@ pub fn resolve_features(store: &OnlineStore, tenant_id: &str, specs: &[String]) 
             Some((g, f)) => (g, Some(f)),
             None => (spec.as_str(), None),
         };
-        let group = store.group(tenant_id, group_name).ok_or_else(|| {
-            Error::Unprocessable(format!(
+        let group = store.group(tenant_id, group_name).ok_or_else(|| match store.dropped(tenant_id, group_name) {
+            Some(why) => Error::OnlineStoreFull(why),
+            None => Error::Unprocessable(format!(
                 "feature group `{group_name}` is not served online here (it does not exist, or was created without \"online\": true)"
-            ))
+            )),
         })?;
         let features = group.table.read().expect("online group lock").features.clone();
         match feature {

@@ -59,6 +59,26 @@ pub struct GroupTable {
     pub version: i64,
     pub features: Vec<String>,
     pub rows: HashMap<EntityKey, Entry>,
+    /// What `rows` holds, estimated (see [`entry_bytes`]), for the store's memory budget.
+    pub bytes: usize,
+}
+
+/// An estimate of the memory one entity's row holds: its key, event time and values,
+/// plus the map's own overhead per entry.
+fn entry_bytes(key: &EntityKey, e: &Entry) -> usize {
+    fn value(v: &Value) -> usize {
+        match v {
+            Value::String(s) => 32 + s.len(),
+            Value::Array(a) => 32 + a.iter().map(value).sum::<usize>(),
+            Value::Object(o) => 48 + o.iter().map(|(k, v)| 32 + k.len() + value(v)).sum::<usize>(),
+            _ => 32,
+        }
+    }
+    let key: usize = key.iter().map(|k| match k {
+        KeyPart::Int(_) => 16,
+        KeyPart::Str(s) => 24 + s.len(),
+    }).sum();
+    64 + key + e.values.iter().map(value).sum::<usize>()
 }
 
 /// A group as the online store serves it.
@@ -85,11 +105,54 @@ impl OnlineGroup {
     }
 }
 
-/// Every online group, by (tenant id, group name).
+/// Every online group, by (tenant id, group name), and the memory budget they share.
 #[derive(Default)]
-struct Groups(RwLock<HashMap<(String, String), Arc<OnlineGroup>>>);
+struct Groups(RwLock<HashMap<(String, String), Arc<OnlineGroup>>>, Budget);
+
+/// The store's memory budget, and the groups taken out to keep to it, with why.
+#[derive(Default)]
+struct Budget {
+    max_bytes: Option<usize>,
+    dropped: RwLock<HashMap<(String, String), String>>,
+}
 
 impl Groups {
+    /// What every group holds, estimated, leaving out `except`.
+    fn bytes_except(&self, except: Option<(&str, &str)>) -> usize {
+        self.0
+            .read()
+            .expect("online store lock")
+            .iter()
+            .filter(|((t, n), _)| except != Some((t.as_str(), n.as_str())))
+            .map(|(_, g)| g.table.read().expect("online group lock").bytes)
+            .sum()
+    }
+
+    fn over_budget(&self, tenant_id: &str, name: &str, bytes: usize) -> Option<String> {
+        let max = self.1.max_bytes?;
+        let others = self.bytes_except(Some((tenant_id, name)));
+        (others + bytes > max).then(|| {
+            format!(
+                "feature group `{name}` needs about {bytes} bytes in the online store and the other groups hold {others}: over the \
+                 store's budget of {max} bytes (online_store_max_bytes); raise it or turn other groups' online serving off"
+            )
+        })
+    }
+
+    /// Takes a group out of the store to keep to the budget; lookups say why.
+    fn drop_for_budget(&self, tenant_id: &str, name: &str, why: String) {
+        tracing::warn!(group = %name, tenant_id = %tenant_id, reason = %why, "online group taken out of the store");
+        metrics::counter!("lakeledger_online_groups_dropped_total").increment(1);
+        self.0.write().expect("online store lock").remove(&(tenant_id.to_string(), name.to_string()));
+        self.1.dropped.write().expect("dropped groups").insert((tenant_id.to_string(), name.to_string()), why);
+        metrics::gauge!("lakeledger_online_store_bytes").set(self.bytes_except(None) as f64);
+    }
+
+    /// Why a group is not in the store, if it was taken out for the budget.
+    fn dropped(&self, tenant_id: &str, name: &str) -> Option<String> {
+        self.1.dropped.read().expect("dropped groups").get(&(tenant_id.to_string(), name.to_string())).cloned()
+    }
+
     fn get(&self, tenant_id: &str, name: &str) -> Option<Arc<OnlineGroup>> {
         self.0.read().expect("online store lock").get(&(tenant_id.to_string(), name.to_string())).cloned()
     }
@@ -97,23 +160,35 @@ impl Groups {
     /// Merges the rows a commit wrote. Called with the group's commit lock held.
     fn apply(&self, g: &FeatureGroupRecord, version: i64, delta: OnlineDelta, replace: bool) {
         let Some(group) = self.get(&g.tenant_id, &g.name) else { return };
-        let mut table = group.table.write().expect("online group lock");
-        if replace {
-            table.rows = delta.rows;
-        } else {
-            for (key, entry) in delta.rows {
-                match table.rows.get(&key) {
-                    // A later commit wins ties on event time.
-                    Some(old) if old.event_time > entry.event_time => {}
-                    _ => {
-                        table.rows.insert(key, entry);
+        let bytes = {
+            let mut table = group.table.write().expect("online group lock");
+            if replace {
+                table.bytes = delta.rows.iter().map(|(k, e)| entry_bytes(k, e)).sum();
+                table.rows = delta.rows;
+            } else {
+                for (key, entry) in delta.rows {
+                    match table.rows.get(&key) {
+                        // A later commit wins ties on event time.
+                        Some(old) if old.event_time > entry.event_time => {}
+                        old => {
+                            let freed = old.map_or(0, |o| entry_bytes(&key, o));
+                            table.bytes = (table.bytes + entry_bytes(&key, &entry)).saturating_sub(freed);
+                            table.rows.insert(key, entry);
+                        }
                     }
                 }
             }
+            table.features = delta.schema.features.iter().map(|c| c.name.clone()).collect();
+            table.version = version;
+            metrics::gauge!("lakeledger_online_entities", "tenant_id" => g.tenant_id.clone(), "group" => g.name.clone()).set(table.rows.len() as f64);
+            table.bytes
+        };
+        // A commit that takes the store past its budget takes its group out (the data is
+        // safe in Delta; lookups say why) rather than the process's memory.
+        match self.over_budget(&g.tenant_id, &g.name, bytes) {
+            Some(why) => self.drop_for_budget(&g.tenant_id, &g.name, why),
+            None => metrics::gauge!("lakeledger_online_store_bytes").set(self.bytes_except(None) as f64),
         }
-        table.features = delta.schema.features.iter().map(|c| c.name.clone()).collect();
-        table.version = version;
-        metrics::gauge!("lakeledger_online_entities", "tenant_id" => g.tenant_id.clone(), "group" => g.name.clone()).set(table.rows.len() as f64);
     }
 }
 
@@ -145,8 +220,15 @@ impl crate::platform::changes::ChangeObserver for OnlineStore {
 }
 
 impl OnlineStore {
-    pub fn new(features: Arc<FeatureGroups>, hasher: EntityHasher) -> Arc<OnlineStore> {
-        Arc::new(OnlineStore { groups: Default::default(), features, hasher, wake: tokio::sync::Notify::new(), announced: Default::default() })
+    /// A store over `features`, holding at most about `max_bytes` (unbounded when `None`).
+    pub fn new(features: Arc<FeatureGroups>, hasher: EntityHasher, max_bytes: Option<usize>) -> Arc<OnlineStore> {
+        let groups = Arc::new(Groups(Default::default(), Budget { max_bytes, dropped: Default::default() }));
+        Arc::new(OnlineStore { groups, features, hasher, wake: tokio::sync::Notify::new(), announced: Default::default() })
+    }
+
+    /// Why a group is not served here, if it was taken out to keep to the memory budget.
+    pub fn dropped(&self, tenant_id: &str, name: &str) -> Option<String> {
+        self.groups.dropped(tenant_id, name)
     }
 
     /// The keyed hash of entity keys that audit records use.
@@ -164,7 +246,10 @@ impl OnlineStore {
     }
 
     fn publish(&self, group: OnlineGroup) {
-        self.groups.0.write().expect("online store lock").insert((group.tenant_id.clone(), group.name.clone()), Arc::new(group));
+        let key = (group.tenant_id.clone(), group.name.clone());
+        self.groups.1.dropped.write().expect("dropped groups").remove(&key);
+        self.groups.0.write().expect("online store lock").insert(key, Arc::new(group));
+        metrics::gauge!("lakeledger_online_store_bytes").set(self.groups.bytes_except(None) as f64);
     }
 
     fn all(&self) -> Vec<Arc<OnlineGroup>> {

@@ -44,10 +44,15 @@ impl OnlineStore {
             delta.absorb(batch)?;
         }
         let entities = delta.rows.len();
+        let bytes = delta.rows.iter().map(|(k, e)| super::entry_bytes(k, e)).sum();
+        if let Some(why) = self.groups.over_budget(&g.tenant_id, &g.name, bytes) {
+            self.groups.drop_for_budget(&g.tenant_id, &g.name, why.clone());
+            return Err(Error::OnlineStoreFull(why));
+        }
         // Filled before it is published, so lookups never see a half-loaded group.
         let group = OnlineGroup::new(&g);
         *group.table.write().expect("online group lock") =
-            GroupTable { version: snap.version, features: snap.schema.features.iter().map(|c| c.name.clone()).collect(), rows: delta.rows };
+            GroupTable { version: snap.version, features: snap.schema.features.iter().map(|c| c.name.clone()).collect(), rows: delta.rows, bytes };
         metrics::gauge!("lakeledger_online_entities", "tenant_id" => g.tenant_id.clone(), "group" => g.name.clone()).set(entities as f64);
         self.publish(group);
         Ok(RebuildReport { group: g.name.clone(), version: snap.version, rows_read: rows.num_rows() as u64, entities: entities as u64, millis: started.elapsed().as_millis() as u64 })
