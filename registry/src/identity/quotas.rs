@@ -32,8 +32,9 @@ const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
 pub struct Limits {
     catalog: SharedCatalog,
     quotas: Mutex<HashMap<String, (Quotas, Instant)>>,
-    /// Tokens this replica has claimed and not yet spent, per tenant.
-    tokens: tokio::sync::Mutex<HashMap<String, f64>>,
+    /// Tokens this replica has claimed and not yet spent, per tenant (each tenant its own
+    /// lock, so one tenant's claim from the catalog never holds up another's requests).
+    tokens: Mutex<HashMap<String, Arc<tokio::sync::Mutex<f64>>>>,
     /// Query slots per tenant: (limit, semaphore).
     queries: Mutex<HashMap<String, (i64, Arc<Semaphore>)>>,
 }
@@ -73,8 +74,8 @@ impl Limits {
         let q = self.of(&p.tenant_id).await?;
         let Some(rate) = q.requests_per_second else { return Ok(()) };
         let burst = q.burst.map(|b| b as f64).unwrap_or(rate.max(1.0));
-        let mut tokens = self.tokens.lock().await;
-        let held = tokens.entry(p.tenant_id.clone()).or_insert(0.0);
+        let bucket = self.tokens.lock().expect("token buckets").entry(p.tenant_id.clone()).or_default().clone();
+        let mut held = bucket.lock().await;
         if *held < 1.0 {
             let batch = (rate / 10.0).max(1.0).min(burst);
             *held += self.catalog.claim_rate_tokens(&p.tenant_id, rate, burst, batch, now_micros()).await?;
