@@ -239,6 +239,27 @@ async fn models(c: &dyn Catalog) {
     assert!(!c.fail_abandoned_job("job_2", 700, "replica_c", "lapsed").await.unwrap(), "ended once");
     let j = c.job("ten_1", "job_2").await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.error.as_deref(), j.finished_at), ("failed", Some("lapsed"), Some(600)));
+    // Quotas and their counters.
+    assert!(c.tenant_quotas("ten_1").await.unwrap().is_none());
+    let q = lakeledger::platform::catalog::Quotas { requests_per_second: Some(2.5), burst: Some(5), ingest_bytes_per_day: Some(100), ..Default::default() };
+    c.set_tenant_quotas("ten_1", &q, 1, "op").await.unwrap();
+    assert_eq!(c.tenant_quotas("ten_1").await.unwrap(), Some(q.clone()));
+    let lifted = lakeledger::platform::catalog::Quotas::default();
+    c.set_tenant_quotas("ten_1", &lifted, 2, "op").await.unwrap();
+    assert_eq!(c.tenant_quotas("ten_1").await.unwrap(), Some(lifted));
+    // A full bucket of 5, then refilled at 2.5 a second, never above 5.
+    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 4.0, 0).await.unwrap(), 4.0);
+    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 4.0, 0).await.unwrap(), 1.0);
+    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 4.0, 0).await.unwrap(), 0.0);
+    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 4.0, 1_000_000).await.unwrap(), 2.5);
+    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 9.0, 100_000_000).await.unwrap(), 5.0);
+    assert_eq!(c.ingest_bytes("ten_1", 20_000).await.unwrap(), 0);
+    c.add_ingest_bytes("ten_1", 20_000, 60).await.unwrap();
+    c.add_ingest_bytes("ten_1", 20_000, 50).await.unwrap();
+    c.add_ingest_bytes("ten_1", 20_001, 7).await.unwrap();
+    assert_eq!((c.ingest_bytes("ten_1", 20_000).await.unwrap(), c.ingest_bytes("ten_1", 20_001).await.unwrap()), (110, 7));
+    assert_eq!(c.running_jobs("ten_1").await.unwrap(), 0);
+
     // A replica's own leftovers, from before its restart, it may fail at once.
     let own = JobRecord { id: "job_3".into(), lease_until: Some(i64::MAX), ..job };
     c.insert_job(&own).await.unwrap();
