@@ -130,11 +130,7 @@ async fn every_route_records_an_intent_and_an_outcome_including_refusals_and_pan
     assert!(!text.contains(&admin) && !text.contains(&reader) && !text.contains("llk_"));
 
     // A handler that panics still yields both records.
-    let routes = lakeledger::http::routes().route("/v1/panics", axum::routing::get(panicking_handler));
-    let app = lakeledger::app::server::app_with_routes(s.state.clone(), routes);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = s.serve_with_routes(axum::Router::new().route("/v1/panics", axum::routing::get(panicking_handler))).await;
     let r = s.client.get(format!("http://{addr}/v1/panics")).bearer_auth(&admin).header("x-request-id", "cov-panic").send().await.unwrap();
     assert_eq!(r.status(), 500);
     let body = r.text().await.unwrap();

@@ -329,6 +329,29 @@ async fn postgres_holds_a_group_against_other_replicas_commits() {
     assert_eq!(try_lock("fg_a").await, Ok(()));
 }
 
+/// Two replicas on one fresh Postgres schema and one table root, each with its own data
+/// dir and ledger, sharing the keys that sign artifacts and hash entities (a deployment's
+/// mounted secrets); `tweak` adjusts both configs. Returns them, the admin key, and the
+/// directory that holds everything (dropped last).
+async fn two_replicas(base: &str, tweak: impl Fn(&mut lakeledger::app::config::Config)) -> (crate::support::Server, crate::support::Server, String, tempfile::TempDir) {
+    let catalog = fresh_postgres_schema(base).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tables")).unwrap();
+    let config = |name: &str| {
+        let mut c = lakeledger::app::config::Config::embedded(dir.path().join(name)).unwrap();
+        c.catalog_url = lakeledger::app::config::Secret::new(catalog.clone());
+        c.data_root = url::Url::from_directory_path(dir.path().join("tables")).unwrap();
+        c.model_key_path = dir.path().join("shared/model-signing.key");
+        c.entity_hash_key_path = dir.path().join("shared/entity-hash.key");
+        tweak(&mut c);
+        c
+    };
+    let a = crate::support::Server::start_with(config("a"), None).await;
+    let k = a.admin_key.clone();
+    let b = crate::support::Server::start_with(config("b"), Some(k.clone())).await;
+    (a, b, k, dir)
+}
+
 /// Two replicas on one Postgres catalog and one table root, ingesting into the same group
 /// at once: every acknowledged ingest is present once, catalog versions are gap-free and
 /// equal the Delta log's, commit times rise with the version, and `as_of` each recorded
@@ -336,19 +359,7 @@ async fn postgres_holds_a_group_against_other_replicas_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_ingesting_into_one_group_record_versions_in_order() {
     let Some(base) = postgres_url().await else { return };
-    let catalog = fresh_postgres_schema(&base).await;
-    let dir = tempfile::tempdir().unwrap();
-    let tables = url::Url::from_directory_path(dir.path().join("tables")).unwrap();
-    std::fs::create_dir_all(dir.path().join("tables")).unwrap();
-    let config = |name: &str| {
-        let mut c = lakeledger::app::config::Config::embedded(dir.path().join(name)).unwrap();
-        c.catalog_url = lakeledger::app::config::Secret::new(catalog.clone());
-        c.data_root = tables.clone();
-        c
-    };
-    let a = crate::support::Server::start_with(config("a"), None).await;
-    let k = a.admin_key.clone();
-    let b = crate::support::Server::start_with(config("b"), Some(k.clone())).await;
+    let (a, b, k, _dir) = two_replicas(&base, |_| {}).await;
     a.create_clicks(&k).await;
 
     let mut tasks = Vec::new();
@@ -408,20 +419,7 @@ async fn two_replicas_ingesting_into_one_group_record_versions_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_on_one_replica_is_followed_and_cancelled_through_another() {
     let Some(base) = postgres_url().await else { return };
-    let catalog = fresh_postgres_schema(&base).await;
-    let dir = tempfile::tempdir().unwrap();
-    let tables = url::Url::from_directory_path(dir.path().join("tables")).unwrap();
-    std::fs::create_dir_all(dir.path().join("tables")).unwrap();
-    let config = |name: &str| {
-        let mut c = lakeledger::app::config::Config::embedded(dir.path().join(name)).unwrap();
-        c.catalog_url = lakeledger::app::config::Secret::new(catalog.clone());
-        c.data_root = tables.clone();
-        c.job_lease = std::time::Duration::from_secs(3);
-        c
-    };
-    let a = crate::support::Server::start_with(config("a"), None).await;
-    let k = a.admin_key.clone();
-    let b = crate::support::Server::start_with(config("b"), Some(k.clone())).await;
+    let (a, b, k, _dir) = two_replicas(&base, |c| c.job_lease = std::time::Duration::from_secs(3)).await;
     crate::models::ingest_dataset(&a, &k, "wine", "cultivar", "int64").await;
     let long = serde_json::json!({"model": "wine", "training_set": crate::models::training_set("wine", "cultivar"), "label": "cultivar",
                                   "config": {"task": "classification", "hidden_layers": [64], "max_epochs": 100000, "patience": 100000}});
@@ -451,22 +449,7 @@ async fn a_job_on_one_replica_is_followed_and_cancelled_through_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_on_one_replica_reach_the_others_caches() {
     let Some(base) = postgres_url().await else { return };
-    let catalog = fresh_postgres_schema(&base).await;
-    let dir = tempfile::tempdir().unwrap();
-    let tables = url::Url::from_directory_path(dir.path().join("tables")).unwrap();
-    std::fs::create_dir_all(dir.path().join("tables")).unwrap();
-    let config = |name: &str| {
-        let mut c = lakeledger::app::config::Config::embedded(dir.path().join(name)).unwrap();
-        c.catalog_url = lakeledger::app::config::Secret::new(catalog.clone());
-        c.data_root = tables.clone();
-        // Replicas share the keys that sign artifacts and hash entities (mounted secrets).
-        c.model_key_path = dir.path().join("shared/model-signing.key");
-        c.entity_hash_key_path = dir.path().join("shared/entity-hash.key");
-        c
-    };
-    let a = crate::support::Server::start_with(config("a"), None).await;
-    let k = a.admin_key.clone();
-    let b = crate::support::Server::start_with(config("b"), Some(k.clone())).await;
+    let (a, b, k, _dir) = two_replicas(&base, |_| {}).await;
     let heard = |n: u64| {
         let b = &b;
         async move {

@@ -192,11 +192,7 @@ async fn a_read_that_takes_too_long_is_answered_504_with_the_error_body() {
     config.request_timeout = Duration::from_secs(1);
     let s = Server::start_with(config, None).await;
     // A read that never finishes on its own.
-    let routes = lakeledger::http::routes().route("/v1/stalls", axum::routing::get(std::future::pending::<()>));
-    let app = lakeledger::app::server::app_with_routes(s.state.clone(), routes);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = s.serve_with_routes(axum::Router::new().route("/v1/stalls", axum::routing::get(std::future::pending::<()>))).await;
     let r = s.client.get(format!("http://{addr}/v1/stalls")).bearer_auth(&s.admin_key).header("x-request-id", "stalled").send().await.unwrap();
     let (code, message) = error_code(r, 504).await;
     assert_eq!(code, "deadline_exceeded");

@@ -381,28 +381,14 @@ async fn restart_reconciles_catalog_with_the_delta_log() {
     s.stop().await;
 
     // A commit that reached the Delta log but not the catalog, as after kill -9 between the two.
-    let store = lakeledger_query_store(&config);
-    let url = store.location("tenants/default/feature-groups/clicks").unwrap();
-    let table = store.open(&url, None).await.unwrap();
     let schema: lakeledger_query::FeatureSchema = serde_json::from_value(json!({
         "entity_keys": [{"name": "user_id", "type": "int64"}], "event_time": "ts",
         "features": [{"name": "clicks", "type": "int32"}, {"name": "ctr", "type": "float64"},
                      {"name": "country", "type": "string"}, {"name": "emb", "type": "list<float32>"}]
     }))
     .unwrap();
-    let mut staged = store.begin_write(&table, &schema, lakeledger_query::tables::WriteMode::Append).unwrap();
-    let mut conformer = lakeledger_query::ingest::Conformer::new(schema.clone());
-    let batch = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("user_id", DataType::Int64, false),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
-        ])),
-        vec![Arc::new(Int64Array::from(vec![2])), Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone("UTC"))],
-    )
-    .unwrap();
-    staged.write(conformer.conform(&batch).unwrap()).await.unwrap();
     let meta = lakeledger_query::tables::CommitMeta::default().with("lakeledger.actor", "default/crashed-writer");
-    assert_eq!(staged.commit(table, meta).await.unwrap().version, 2);
+    assert_eq!(commit_behind_the_catalog(&config, &schema, 2, meta).await, 2);
 
     // And a group whose creation never got past the catalog row.
     let catalog = lakeledger::platform::catalog::connect(config.catalog_url.expose()).await.unwrap();
@@ -471,6 +457,30 @@ async fn restart_reconciles_catalog_with_the_delta_log() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+}
+
+/// Commits one row (`user_id`, event time 0) to `clicks` straight to its Delta table, with
+/// `meta`, and nothing to the catalog: what a writer killed between the two leaves.
+/// Returns the version.
+async fn commit_behind_the_catalog(
+    config: &lakeledger::app::config::Config,
+    schema: &lakeledger_query::FeatureSchema,
+    user_id: i64,
+    meta: lakeledger_query::tables::CommitMeta,
+) -> i64 {
+    let store = lakeledger_query_store(config);
+    let table = store.open(&store.location("tenants/default/feature-groups/clicks").unwrap(), None).await.unwrap();
+    let mut staged = store.begin_write(&table, schema, lakeledger_query::tables::WriteMode::Append).unwrap();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        ])),
+        vec![Arc::new(Int64Array::from(vec![user_id])), Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone("UTC"))],
+    )
+    .unwrap();
+    staged.write(lakeledger_query::ingest::Conformer::new(schema.clone()).conform(&batch).unwrap()).await.unwrap();
+    staged.commit(table, meta).await.unwrap().version
 }
 
 fn lakeledger_query_store(config: &lakeledger::app::config::Config) -> lakeledger_query::tables::TableStore {
@@ -605,24 +615,12 @@ async fn an_idempotent_ingest_writes_once_however_often_it_is_retried() {
     let tenant = catalog.tenant_by_name("default").await.unwrap().unwrap();
     let fingerprint = "POST /v1/feature-groups/clicks/data?mode=append";
     assert!(catalog.reserve_idempotency_key(&tenant.id, "order-3", fingerprint, lakeledger::platform::time::now_micros()).await.unwrap().is_none());
-    let store = lakeledger_query_store(&config);
-    let table = store.open(&store.location("tenants/default/feature-groups/clicks").unwrap(), None).await.unwrap();
     let schema = catalog.feature_group(&tenant.id, "clicks").await.unwrap().unwrap().schema;
-    let mut staged = store.begin_write(&table, &schema, lakeledger_query::tables::WriteMode::Append).unwrap();
-    let batch = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("user_id", DataType::Int64, false),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
-        ])),
-        vec![Arc::new(Int64Array::from(vec![4])), Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone("UTC"))],
-    )
-    .unwrap();
-    staged.write(lakeledger_query::ingest::Conformer::new(schema.clone()).conform(&batch).unwrap()).await.unwrap();
     let meta = lakeledger_query::tables::CommitMeta::default()
         .with("lakeledger.idempotencyKey", "order-3")
         .with("lakeledger.rows", 1)
         .with("lakeledger.mode", "append");
-    let crashed = staged.commit(table, meta).await.unwrap().version;
+    let crashed = commit_behind_the_catalog(&config, &schema, 4, meta).await;
     // And another key whose attempt is still in flight on another replica.
     assert!(catalog.reserve_idempotency_key(&tenant.id, "order-4", fingerprint, lakeledger::platform::time::now_micros()).await.unwrap().is_none());
     drop(catalog);

@@ -63,6 +63,17 @@ impl Server {
         let _ = handle.await;
     }
 
+    /// Serves this server's state over its route table plus `extra` (a route that panics,
+    /// one that never answers), with the same layers, on another port; returns its address.
+    pub async fn serve_with_routes(&self, extra: axum::Router<lakeledger::http::AppState>) -> SocketAddr {
+        let routes = lakeledger::http::routes().merge(extra);
+        let app = lakeledger::app::server::app_with_routes(self.state.clone(), routes);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

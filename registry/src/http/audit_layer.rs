@@ -334,13 +334,8 @@ async fn admit_and_run(
 ) -> Response {
     if !is_public(route) {
         // A tenant over its request rate is refused before it takes a place.
-        if let Some(p) = principal
-            && let Err(e) = state.quotas.admit_request(p).await
-        {
-            return e.into_response();
-        }
         let tenant_limit = match principal {
-            Some(p) => match state.quotas.concurrent_requests(&p.tenant_id).await {
+            Some(p) => match state.quotas.admit_request(p).await {
                 Ok(limit) => limit,
                 Err(e) => return e.into_response(),
             },

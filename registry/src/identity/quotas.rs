@@ -69,10 +69,13 @@ impl Limits {
         Ok(())
     }
 
-    /// Takes one request token of the caller's tenant, if it has a rate limit.
-    pub async fn admit_request(&self, p: &Principal) -> Result<()> {
+    /// Admits one request of the caller's tenant: takes a request token if it has a rate
+    /// limit, and returns how many requests it may have in flight here, if an operator set
+    /// that (one read of the tenant's limits per request).
+    pub async fn admit_request(&self, p: &Principal) -> Result<Option<usize>> {
         let q = self.of(&p.tenant_id).await?;
-        let Some(rate) = q.requests_per_second else { return Ok(()) };
+        let in_flight = q.max_concurrent_requests.map(|n| n.max(1) as usize);
+        let Some(rate) = q.requests_per_second else { return Ok(in_flight) };
         let burst = q.burst.map(|b| b as f64).unwrap_or(rate.max(1.0));
         let bucket = self.tokens.lock().expect("token buckets").entry(p.tenant_id.clone()).or_default().clone();
         let mut held = bucket.lock().await;
@@ -85,12 +88,7 @@ impl Limits {
             return Err(over(format!("tenant `{}` is over its rate of {rate} requests per second", p.tenant), wait.max(1)));
         }
         *held -= 1.0;
-        Ok(())
-    }
-
-    /// The most requests the tenant may have in flight here, if an operator set it.
-    pub async fn concurrent_requests(&self, tenant_id: &str) -> Result<Option<usize>> {
-        Ok(self.of(tenant_id).await?.max_concurrent_requests.map(|n| n.max(1) as usize))
+        Ok(in_flight)
     }
 
     /// Refuses an ingest once the tenant has ingested its bytes for the day.
