@@ -246,6 +246,19 @@ impl Parsed {
     /// Plans and starts the statement against its resolved tables. Planning errors name
     /// the tables as the user wrote them.
     pub async fn execute(&self, tables: Vec<ResolvedTable>, limits: SqlLimits) -> Result<SendableRecordBatchStream> {
+        let (ctx, plan) = self.plan(tables, limits).await?;
+        let rename = |e: datafusion::error::DataFusionError| self.user_error(e);
+        let df = ctx.execute_logical_plan(plan).await.map_err(rename)?;
+        df.execute_stream().await.map_err(rename)
+    }
+
+    /// The schema of the statement's result, from its plan; nothing is read or run.
+    pub async fn output_schema(&self, tables: Vec<ResolvedTable>, limits: SqlLimits) -> Result<arrow::datatypes::SchemaRef> {
+        let (_, plan) = self.plan(tables, limits).await?;
+        Ok(Arc::new(plan.schema().as_arrow().clone()))
+    }
+
+    async fn plan(&self, tables: Vec<ResolvedTable>, limits: SqlLimits) -> Result<(SessionContext, datafusion::logical_expr::LogicalPlan)> {
         let config = SessionConfig::new()
             .with_target_partitions(limits.target_partitions.max(1))
             .with_information_schema(false)
@@ -264,8 +277,7 @@ impl Parsed {
             .statement_to_plan(DfStatement::Statement(Box::new(self.rewritten.clone())))
             .await
             .map_err(rename)?;
-        let df = ctx.execute_logical_plan(plan).await.map_err(rename)?;
-        df.execute_stream().await.map_err(rename)
+        Ok((ctx, plan))
     }
 
     /// DataFusion errors with internal table names replaced by the names the user wrote.

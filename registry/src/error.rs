@@ -78,7 +78,36 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a caller is told about an error, the same over HTTP and Flight.
+pub struct Public {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    /// Quote this id to an operator; the log holds the detail under it.
+    pub error_id: String,
+}
+
 impl Error {
+    /// The status, code and message a caller sees, with a fresh error id. 503s say why (the
+    /// ledger or a dependency is down, or busy), 504s and 507s which limit was hit; other 5xx
+    /// details (paths, hosts, SQL) go to the log only.
+    pub fn public(&self) -> Public {
+        let (status, code) = self.status_and_code();
+        let error_id = uuid::Uuid::now_v7().to_string();
+        let says_why = matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT | StatusCode::INSUFFICIENT_STORAGE);
+        let message = if status.is_server_error() && !says_why {
+            tracing::error!(%error_id, %code, error = %self, "request failed");
+            "internal error; quote the error_id to an operator".to_string()
+        } else if let Error::Catalog(_) = self {
+            tracing::warn!(%error_id, %code, error = %self, "request refused: the catalog is busy");
+            "the catalog is busy; retry the request".to_string()
+        } else {
+            tracing::debug!(%error_id, %code, error = %self, "request refused");
+            self.to_string()
+        };
+        Public { status, code, message, error_id }
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, String) {
         use lakeledger_query::Error as Q;
         let (status, code): (StatusCode, &str) = match self {

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod error;
 pub mod features;
+pub mod flight;
 pub mod http;
 pub mod identity;
 pub mod lineage;

@@ -5,6 +5,7 @@ mod audit;
 mod catalog_conformance;
 mod edge;
 mod feature_groups;
+mod flight;
 mod interop;
 mod models;
 mod oidc;

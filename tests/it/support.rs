@@ -7,6 +7,8 @@ use serde_json::{Value, json};
 
 pub struct Server {
     pub addr: SocketAddr,
+    /// Arrow Flight SQL (on for every test server).
+    pub flight: SocketAddr,
     pub state: lakeledger::http::AppState,
     pub admin_key: String,
     pub data_dir: PathBuf,
@@ -35,6 +37,9 @@ impl Server {
     /// catalog was bootstrapped earlier.
     pub async fn start_with(mut config: Config, admin_key: Option<String>) -> Server {
         config.listen = "127.0.0.1:0".parse().unwrap();
+        if config.flight_listen.is_none() {
+            config.flight_listen = Some("127.0.0.1:0".parse().unwrap());
+        }
         let data_dir = config.data_dir.clone();
         let prepared = lakeledger::app::server::prepare(config).await.expect("server prepares");
         let admin_key = prepared.first_admin_key.as_ref().map(|k| k.secret.clone()).or(admin_key).expect("an admin key");
@@ -45,10 +50,11 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            lakeledger::app::server::serve_until(prepared, |addr| tx.send(addr).unwrap(), shutdown).await.unwrap();
+            lakeledger::app::server::serve_until(prepared, |bound| tx.send(bound).unwrap(), shutdown).await.unwrap();
         });
-        let addr = rx.await.unwrap();
-        Server { addr, state, admin_key, data_dir, client: Client::new(), _dir: None, handle, stop: Some(stop) }
+        let bound = rx.await.unwrap();
+        let (addr, flight) = (bound.http, bound.flight.expect("Flight is on").0);
+        Server { addr, flight, state, admin_key, data_dir, client: Client::new(), _dir: None, handle, stop: Some(stop) }
     }
 
     /// Shuts down gracefully: the ledger records the shutdown and is released, so a new

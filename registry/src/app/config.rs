@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where Arrow Flight SQL listens; off when `None` (the default).
+    pub flight_listen: Option<SocketAddr>,
+    /// PEM certificate chain and key for Flight; plaintext without them.
+    pub flight_tls: Option<(PathBuf, PathBuf)>,
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`.
     pub catalog_url: Secret,
@@ -141,6 +145,9 @@ impl fmt::Debug for Secret {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub flight_listen: Option<SocketAddr>,
+    pub flight_tls_cert: Option<PathBuf>,
+    pub flight_tls_key: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub catalog: Option<String>,
     pub data_root: Option<String>,
@@ -204,6 +211,9 @@ impl FileConfig {
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    pub flight_listen: Option<SocketAddr>,
+    pub flight_tls_cert: Option<PathBuf>,
+    pub flight_tls_key: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub catalog: Option<String>,
     pub data_root: Option<String>,
@@ -260,8 +270,19 @@ impl Config {
         if !archive_given && (cli.audit_archive_retention_hours.is_some() || file.audit_archive_retention_hours.is_some()) {
             return Err(Error::BadRequest("audit_archive_retention_hours needs audit_archive: only archived segments may be dropped".into()));
         }
+        let flight_tls = match (cli.flight_tls_cert.or(file.flight_tls_cert), cli.flight_tls_key.or(file.flight_tls_key)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(Error::BadRequest("Flight TLS needs both flight_tls_cert and flight_tls_key".into())),
+        };
+        let flight_listen = cli.flight_listen.or(file.flight_listen);
+        if flight_tls.is_some() && flight_listen.is_none() {
+            return Err(Error::BadRequest("flight_tls_cert and flight_tls_key need flight_listen".into()));
+        }
         Ok(Config {
             listen,
+            flight_listen,
+            flight_tls,
             catalog_url: Secret::new(catalog),
             data_root,
             storage_options,

@@ -46,6 +46,8 @@ pub struct Prepared {
     /// What opening the audit ledger found (created, repaired) and its public key.
     pub audit_report: lakeledger_audit::OpenReport,
     listen: SocketAddr,
+    /// Where Arrow Flight SQL listens, if it does.
+    flight: Option<crate::flight::FlightSettings>,
     /// Where signed checkpoints are copied, if anywhere.
     checkpoint_mirror: Option<TableStore>,
     /// Where sealed audit segments are archived, if anywhere, and how long local copies stay.
@@ -97,6 +99,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         first_admin_key,
         audit_report,
         listen: config.listen,
+        flight: config.flight_listen.map(|listen| crate::flight::FlightSettings { listen, tls: config.flight_tls.clone() }),
         checkpoint_mirror,
         audit_archive,
         audit_check_interval: config.audit_check_interval,
@@ -127,21 +130,56 @@ pub fn app_with_routes(state: AppState, routes: Router<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Where a started server listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub http: SocketAddr,
+    /// Flight SQL's address and whether it speaks TLS, when it is on.
+    pub flight: Option<(SocketAddr, bool)>,
+}
+
 /// Binds, prints where the server listens, and serves until SIGTERM/Ctrl-C; in-flight
 /// requests finish before it returns.
-pub async fn serve(prepared: Prepared, on_bound: impl FnOnce(SocketAddr)) -> Result<()> {
+pub async fn serve(prepared: Prepared, on_bound: impl FnOnce(Bound)) -> Result<()> {
     serve_until(prepared, on_bound, shutdown_signal()).await
 }
 
 /// As [`serve`], stopping when `shutdown` completes instead of on a signal.
 pub async fn serve_until(
     prepared: Prepared,
-    on_bound: impl FnOnce(SocketAddr),
+    on_bound: impl FnOnce(Bound),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let Prepared { state, listen, checkpoint_mirror, audit_archive, audit_check_interval, drift_checks, .. } = prepared;
+    let Prepared { state, listen, flight, checkpoint_mirror, audit_archive, audit_check_interval, drift_checks, .. } = prepared;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Error::Internal(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+    // Flight stops with HTTP: both wait on one shutdown signal.
+    let (stop_flight, flight_stopped) = tokio::sync::watch::channel(false);
+    let (flight_task, flight_bound) = match flight {
+        Some(settings) => {
+            let listener = tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .map_err(|e| Error::Internal(format!("cannot listen for Flight on {}: {e}", settings.listen)))?;
+            let bound = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+            let tls = settings.tls.is_some();
+            let service = crate::flight::FlightSql::new(
+                state.identity.clone(),
+                state.quotas.clone(),
+                state.audit.clone(),
+                state.sql.clone(),
+                state.features.clone(),
+                state.training_sets.clone(),
+            );
+            let mut stopped = flight_stopped;
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            // TLS files are read now, so a bad one stops the start rather than the first call.
+            let task = tokio::spawn(crate::flight::serve(listener, service, settings.tls, stop));
+            (Some(task), Some((bound, tls)))
+        }
+        None => (None, None),
+    };
     let mirror = checkpoint_mirror.clone().map(|store| {
         tokio::spawn(crate::platform::audit::mirror_checkpoints(state.audit.ledger.clone(), store, std::time::Duration::from_secs(1)))
     });
@@ -166,7 +204,7 @@ pub async fn serve_until(
         })
     };
     let drift_checks: Vec<_> = drift_checks.into_iter().map(|c| tokio::spawn(state.drift.clone().run_check(c))).collect();
-    on_bound(addr);
+    on_bound(Bound { http: addr, flight: flight_bound });
     let shutdown_state = state.clone();
     let served = axum::serve(listener, app(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
@@ -176,6 +214,14 @@ pub async fn serve_until(
         })
         .await
         .map_err(|e| Error::Internal(format!("server error: {e}")));
+    let _ = stop_flight.send(true);
+    if let Some(task) = flight_task {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the Flight server stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "the Flight server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     // Scored rows still buffered are committed while the ledger can record the commit;
     // a flush under way finishes first.
     let _ = stop_inference_log.send(true);

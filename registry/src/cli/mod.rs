@@ -89,6 +89,16 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
     #[arg(long, env = "LAKELEDGER_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Serve Arrow Flight SQL (ADBC, JDBC, pyarrow.flight) on this address, e.g.
+    /// 127.0.0.1:8815; off unless given.
+    #[arg(long, env = "LAKELEDGER_FLIGHT_LISTEN")]
+    flight_listen: Option<SocketAddr>,
+    /// PEM certificate chain for Flight TLS (with --flight-tls-key).
+    #[arg(long, env = "LAKELEDGER_FLIGHT_TLS_CERT", requires = "flight_tls_key")]
+    flight_tls_cert: Option<PathBuf>,
+    /// PEM private key for Flight TLS.
+    #[arg(long, env = "LAKELEDGER_FLIGHT_TLS_KEY", requires = "flight_tls_cert")]
+    flight_tls_key: Option<PathBuf>,
     /// Largest accepted data upload (rows, spines, model artifacts), in bytes.
     #[arg(long, env = "LAKELEDGER_MAX_BODY_BYTES")]
     max_body_bytes: Option<u64>,
@@ -172,6 +182,9 @@ async fn serve(args: ServeArgs) -> crate::Result<()> {
         &args.storage,
         Overrides {
             listen: args.listen,
+            flight_listen: args.flight_listen,
+            flight_tls_cert: args.flight_tls_cert,
+            flight_tls_key: args.flight_tls_key,
             max_body_bytes: args.max_body_bytes,
             metrics_token_file: args.metrics_token_file,
             json_logs: args.json_logs.then_some(true),
@@ -205,8 +218,11 @@ async fn serve(args: ServeArgs) -> crate::Result<()> {
     } else {
         println!("  auth     : Authorization: Bearer <api key>  (mint one offline: lakeledger keys create)");
     }
-    crate::app::server::serve(prepared, |addr| {
-        println!("  listening: http://{addr}  (ready in {} ms)", started.elapsed().as_millis());
+    crate::app::server::serve(prepared, |bound| {
+        if let Some((flight, tls)) = bound.flight {
+            println!("  flight   : {}://{flight}  (Arrow Flight SQL)", if tls { "grpc+tls" } else { "grpc" });
+        }
+        println!("  listening: http://{}  (ready in {} ms)", bound.http, started.elapsed().as_millis());
     })
     .await
 }

@@ -440,6 +440,13 @@ impl FeatureGroups {
         Ok(out)
     }
 
+    /// The caller's tenant's live (not archived) groups, as records.
+    pub async fn visible(&self, p: &Principal) -> Result<Vec<FeatureGroupRecord>> {
+        let mut groups = self.catalog.list_feature_groups(&p.tenant_id).await?;
+        groups.retain(|g| g.state != GroupState::Archived);
+        Ok(groups)
+    }
+
     pub async fn get(&self, p: &Principal, name: &str) -> Result<FeatureGroupView> {
         let g = self.find(p, name).await?;
         let table = self.tables.open(&self.tables.location(&g.location)?, None).await?;

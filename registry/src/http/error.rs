@@ -31,26 +31,11 @@ pub struct ErrorDetail {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
         let retry_after = match &self {
             Error::QuotaExceeded { retry_after_secs, .. } => *retry_after_secs,
             _ => RETRY_AFTER_SECS as u64,
         };
-        let error_id = uuid::Uuid::now_v7().to_string();
-        // 503s say why (the ledger or a dependency is down, or busy) and when to retry, 504s
-        // and 507s which limit was hit; other 5xx details stay in the log.
-        let says_why = matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT | StatusCode::INSUFFICIENT_STORAGE);
-        let message = if status.is_server_error() && !says_why {
-            // The detail may name paths, hosts or SQL; it goes to the log only.
-            tracing::error!(%error_id, %code, error = %self, "request failed");
-            "internal error; quote the error_id to an operator".to_string()
-        } else if let Error::Catalog(_) = self {
-            tracing::warn!(%error_id, %code, error = %self, "request refused: the catalog is busy");
-            "the catalog is busy; retry the request".to_string()
-        } else {
-            tracing::debug!(%error_id, %code, error = %self, "request refused");
-            self.to_string()
-        };
+        let crate::error::Public { status, code, message, error_id } = self.public();
         let mut response =
             (status, Json(ErrorBody { error: ErrorDetail { code: code.clone(), message, error_id } })).into_response();
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {

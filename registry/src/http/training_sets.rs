@@ -5,8 +5,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
-use lakeledger_query::arrow::array::RecordBatchReader;
 use lakeledger_query::formats::{Encoder, OutputFormat};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -19,6 +17,7 @@ use crate::platform::catalog::Role;
 use super::error::ErrorBody;
 use crate::error::{Error, Result};
 use super::state::AppState;
+use crate::features::encoded_body;
 use crate::training::{CreateTrainingSet, SpineManifest, TrainingSetManifest};
 use lakeledger_query::ingest::IngestFormat;
 
@@ -85,29 +84,17 @@ pub async fn data(
         Some(f) => OutputFormat::from_name(f).ok_or_else(|| Error::BadRequest(format!("format `{f}` is not one of json, ndjson, csv, arrow, parquet")))?,
         None => OutputFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())).ok_or(Error::NotAcceptable)?,
     };
-    let (manifest, bytes) = state.training_sets.data(&p, &id).await?;
-    let body = if format == OutputFormat::Parquet {
-        Body::from(bytes)
+    let (manifest, body) = if format == OutputFormat::Parquet {
+        let (manifest, bytes) = state.training_sets.data(&p, &id).await?;
+        (manifest, Body::from(bytes))
     } else {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.with_batch_size(65_536).build())
-            .map_err(|e| Error::Internal(format!("training set {id}: {e}")))?;
-        let mut encoder = Encoder::new(format, &reader.schema())?;
-        // Decode and encode batch by batch off the async runtime; only a few encoded
-        // chunks are in flight at once, however large the training set.
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-        tokio::task::spawn_blocking(move || {
-            let io = |e: String| std::io::Error::other(e);
-            for batch in reader {
-                let chunk = batch.map_err(|e| io(e.to_string())).and_then(|b| encoder.encode(&b).map_err(|e| io(e.to_string())));
-                let failed = chunk.is_err();
-                if tx.blocking_send(chunk).is_err() || failed {
-                    return;
-                }
-            }
-            let _ = tx.blocking_send(encoder.finish().map_err(|e| io(e.to_string())));
+        let (manifest, stream) = state.training_sets.batches(&p, &id).await?;
+        let mut encoder = Encoder::new(format, &stream.schema())?;
+        let body = encoded_body(stream, move |batch| match batch {
+            Some(b) => encoder.encode(&b),
+            None => encoder.finish(),
         });
-        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }).boxed())
+        (manifest, body)
     };
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));

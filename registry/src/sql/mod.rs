@@ -16,6 +16,7 @@ use axum::body::Body;
 use futures::StreamExt;
 use lakeledger_query::arrow::array::RecordBatch;
 use lakeledger_query::datafusion::error::DataFusionError;
+use lakeledger_query::datafusion::physical_plan::SendableRecordBatchStream;
 use lakeledger_query::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use lakeledger_query::formats::{Encoder, OutputFormat};
 use lakeledger_query::sql::{self, Parsed, ResolvedTable, SqlLimits, VersionSpec};
@@ -89,7 +90,21 @@ impl Sql {
     /// Checks and resolves a statement: every table a visible feature group at an exact
     /// version. Returns the parsed statement, its resolved tables and what will be read.
     pub async fn prepare(&self, p: &Principal, text: &str) -> Result<(Parsed, Vec<ResolvedTable>, SqlFacts)> {
+        self.prepare_pinned(p, text, &[]).await
+    }
+
+    /// As [`Sql::prepare`], reading each table at the version `pins` gives for it, in
+    /// statement order (empty: resolve each reference now). A Flight ticket carries the
+    /// versions its plan resolved, so the rows fetched are those the plan described.
+    pub async fn prepare_pinned(&self, p: &Principal, text: &str, pins: &[i64]) -> Result<(Parsed, Vec<ResolvedTable>, SqlFacts)> {
         let parsed = sql::parse(text)?;
+        if !pins.is_empty() && pins.len() != parsed.tables.len() {
+            return Err(Error::BadRequest(format!(
+                "the ticket pins {} versions but its statement reads {} tables",
+                pins.len(),
+                parsed.tables.len()
+            )));
+        }
         let mut resolved = Vec::with_capacity(parsed.tables.len());
         let mut tables = Vec::with_capacity(parsed.tables.len());
         for t in &parsed.tables {
@@ -98,10 +113,14 @@ impl Sql {
                 Err(Error::NotFound { .. }) => return Err(Error::SqlTableNotVisible(t.name.clone())),
                 Err(e) => return Err(e),
             };
-            let spec = match &t.version {
-                VersionSpec::Latest => ReadSpec { version: None, as_of: None, filters: vec![], limit: None },
-                VersionSpec::Version(v) => ReadSpec { version: Some(*v), as_of: None, filters: vec![], limit: None },
-                VersionSpec::Timestamp(ts) => ReadSpec { version: None, as_of: Some(ts.clone()), filters: vec![], limit: None },
+            let spec = match (&t.version, pins.get(resolved.len())) {
+                (VersionSpec::Version(asked), Some(pin)) if asked != pin => {
+                    return Err(Error::BadRequest(format!("the ticket pins `{}` at version {pin}, but the statement asks for {asked}", t.name)));
+                }
+                (_, Some(v)) => ReadSpec { version: Some(*v), as_of: None, filters: vec![], limit: None },
+                (VersionSpec::Latest, None) => ReadSpec { version: None, as_of: None, filters: vec![], limit: None },
+                (VersionSpec::Version(v), None) => ReadSpec { version: Some(*v), as_of: None, filters: vec![], limit: None },
+                (VersionSpec::Timestamp(ts), None) => ReadSpec { version: None, as_of: Some(ts.clone()), filters: vec![], limit: None },
             };
             let version = self.groups.resolve_version(&g, &spec).await?.version;
             // A version clause is honoured or the query fails: never another snapshot.
@@ -149,6 +168,24 @@ impl Sql {
         format: OutputFormat,
         rows: Arc<AtomicU64>,
     ) -> Result<Body> {
+        let stream = self.stream(parsed, tables, rows).await?;
+        let mut encoder = Encoder::new(format, &stream.schema())?;
+        Ok(encoded_body(stream, move |batch| match batch {
+            Some(b) => encoder.encode(&b),
+            None => encoder.finish(),
+        }))
+    }
+
+    /// The schema of a prepared statement's result, from its plan (nothing runs).
+    pub async fn output_schema(&self, parsed: &Parsed, tables: Vec<ResolvedTable>) -> Result<lakeledger_query::arrow::datatypes::SchemaRef> {
+        let limits = self.limits();
+        let parsed = parsed.clone();
+        self.runtime.run(async move { Ok(parsed.output_schema(tables, limits).await?) }).await
+    }
+
+    /// Runs a prepared statement on the query runtime and returns its batches as they
+    /// come, under the same limits as [`Sql::run`] (Flight encodes them itself).
+    pub async fn stream(&self, parsed: Parsed, tables: Vec<ResolvedTable>, rows: Arc<AtomicU64>) -> Result<SendableRecordBatchStream> {
         let cfg = self.config;
         let deadline = Instant::now() + cfg.timeout;
         let limits = self.limits();
@@ -229,11 +266,6 @@ impl Sql {
             }
         };
         let stream = futures::stream::unfold(batch_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-        let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), stream));
-        let mut encoder = Encoder::new(format, &schema)?;
-        Ok(encoded_body(stream, move |batch| match batch {
-            Some(b) => encoder.encode(&b),
-            None => encoder.finish(),
-        }))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use lakeledger_query::arrow::array::RecordBatch;
+use lakeledger_query::datafusion::error::DataFusionError;
+use lakeledger_query::datafusion::physical_plan::SendableRecordBatchStream;
+use lakeledger_query::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use lakeledger_query::ingest::{IngestFormat, decode_inferred};
 use lakeledger_query::feature_rows::{FeatureRows, FileSet};
 use lakeledger_query::tables::TableStore;
@@ -372,6 +375,28 @@ impl TrainingSets {
         let m = self.manifest(p, id).await?;
         let bytes = TRAINING_SETS.data(&self.tables, &p.tenant, id, &m.sha256).await?;
         Ok((m, bytes))
+    }
+
+    /// The rows, checked against the manifest's SHA-256 first, decoded batch by batch off
+    /// the async runtime; only a few batches are in flight at once.
+    pub async fn batches(&self, p: &Principal, id: &str) -> Result<(TrainingSetManifest, SendableRecordBatchStream)> {
+        let (m, bytes) = self.data(p, id).await?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.with_batch_size(65_536).build())
+            .map_err(|e| Error::Internal(format!("training set {id}: {e}")))?;
+        let schema = lakeledger_query::arrow::array::RecordBatchReader::schema(&reader);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<RecordBatch, DataFusionError>>(2);
+        tokio::task::spawn_blocking(move || {
+            for batch in reader {
+                let batch = batch.map_err(|e| DataFusionError::ArrowError(Box::new(e), None));
+                let failed = batch.is_err();
+                if tx.blocking_send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        Ok((m, Box::pin(RecordBatchStreamAdapter::new(schema, stream))))
     }
 
     /// The tenant's training sets, oldest first (ids are time-ordered).
