@@ -33,11 +33,10 @@ def _binary() -> str:
     return str(built)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("lakeledger-data")
+def start_server(data: Path, *extra: str):
+    """Starts the binary on free ports over `data`; returns the process and where it listens."""
     proc = subprocess.Popen(
-        [_binary(), "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"],
+        [_binary(), "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -49,7 +48,7 @@ def server(tmp_path_factory):
         s = line.strip()
         if s.startswith("llk_"):
             key = s
-        elif m := re.match(r"flight\s*:\s*(grpc://\S+)", s):
+        elif m := re.match(r"flight\s*:\s*(grpc(?:\+tls)?://\S+)", s):
             flight = m.group(1)
         elif m := re.match(r"listening:\s*(http://\S+)", s):
             url = m.group(1)
@@ -59,8 +58,18 @@ def server(tmp_path_factory):
         pytest.fail("the server did not start:\n" + "".join(seen))
     # The server logs to stdout: keep reading it, or a full pipe would stall the server.
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    return proc, Running(url=url, flight_url=flight, key=key, data_dir=data)
+
+
+def stop_server(proc):
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    proc, running = start_server(tmp_path_factory.mktemp("lakeledger-data"))
     try:
-        yield Running(url=url, flight_url=flight, key=key, data_dir=data)
+        yield running
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)

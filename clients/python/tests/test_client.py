@@ -244,3 +244,38 @@ def test_pyarrow_flight_reads_a_training_set_by_ticket_equal_to_its_hashed_parqu
     raw = ll._request("GET", f"/v1/training-sets/{ts.id}/data", query={"format": "parquet"})
     assert hashlib.sha256(raw).hexdigest() == ts.sha256
     assert over_flight.equals(pq.read_table(pa.BufferReader(raw)))
+
+
+def test_flight_over_tls_with_the_servers_certificate(tmp_path):
+    import subprocess
+
+    from conftest import start_server, stop_server
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True,
+    )
+    if made.returncode != 0:
+        if os.environ.get("LAKELEDGER_REQUIRE_PYTHON") == "1":
+            pytest.fail(f"openssl could not make a test certificate: {made.stderr.decode()}")
+        pytest.skip("openssl is not available to make a test certificate")
+    (tmp_path / "data").mkdir()
+    proc, running = start_server(tmp_path / "data", "--flight-tls-cert", str(cert), "--flight-tls-key", str(key))
+    try:
+        assert running.flight_url.startswith("grpc+tls://")
+        client = fl.FlightClient(running.flight_url, tls_root_certs=cert.read_bytes())
+        token = client.authenticate_basic_token(b"anyone", running.key.encode())
+        options = fl.FlightCallOptions(headers=[token])
+        ll = Client(running.url, running.key)
+        ll.create_feature_group("t", entity_keys=[{"name": "id", "type": "int64"}], event_time="ts", features=[{"name": "x", "type": "int64"}])
+        ll.ingest("t", [{"id": 1, "ts": "2026-01-01T00:00:00Z", "x": 7}])
+        got = client.do_get(fl.Ticket(b'{"feature_group": "t", "version": 1}'), options).read_all()
+        assert got.column("x").to_pylist() == [7]
+        # A client that does not trust the certificate is refused.
+        untrusting = fl.FlightClient(running.flight_url)
+        with pytest.raises(pa.ArrowException):
+            untrusting.do_get(fl.Ticket(b'{"feature_group": "t"}'), options).read_all()
+    finally:
+        stop_server(proc)

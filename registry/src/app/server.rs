@@ -162,6 +162,7 @@ pub async fn serve_until(
                 .map_err(|e| Error::Internal(format!("cannot listen for Flight on {}: {e}", settings.listen)))?;
             let bound = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
             let tls = settings.tls.is_some();
+            let transport = crate::flight::transport(settings.tls.as_ref())?;
             let service = crate::flight::FlightSql::new(
                 state.identity.clone(),
                 state.quotas.clone(),
@@ -174,8 +175,7 @@ pub async fn serve_until(
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            // TLS files are read now, so a bad one stops the start rather than the first call.
-            let task = tokio::spawn(crate::flight::serve(listener, service, settings.tls, stop));
+            let task = tokio::spawn(crate::flight::serve(transport, listener, service, stop));
             (Some(task), Some((bound, tls)))
         }
         None => (None, None),

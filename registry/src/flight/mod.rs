@@ -478,21 +478,29 @@ fn basic_to_bearer(header: &str) -> Result<String> {
     Ok(format!("Bearer {secret}"))
 }
 
-/// Serves Flight on a bound listener until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    service: FlightSql,
-    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+/// The gRPC server Flight runs on, with TLS when a certificate and key are given. The
+/// files are read here, before the server starts, so a bad one stops the start.
+pub fn transport(tls: Option<&(std::path::PathBuf, std::path::PathBuf)>) -> Result<tonic::transport::Server> {
     let mut server = tonic::transport::Server::builder();
     if let Some((cert, key)) = tls {
+        // Several crates in the tree enable rustls; name the provider rather than let it guess.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::BadRequest(format!("Flight TLS file {}: {e}", p.display())));
-        let identity = tonic::transport::Identity::from_pem(read(&cert)?, read(&key)?);
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
         server = server
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| Error::BadRequest(format!("Flight TLS: {e}")))?;
     }
+    Ok(server)
+}
+
+/// Serves Flight on a bound listener until `shutdown` completes.
+pub async fn serve(
+    mut server: tonic::transport::Server,
+    listener: tokio::net::TcpListener,
+    service: FlightSql,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     server
         .add_service(FlightServiceServer::new(service).max_decoding_message_size(16 * 1024 * 1024))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
