@@ -200,18 +200,23 @@ impl TableStore {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(Error::Storage(e.to_string())),
         };
+        let (mut record, mut columns) = (None, None);
         for line in bytes.split(|&b| b == b'\n') {
             let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
             if let Some(ci) = v.get("commitInfo") {
-                return Ok(Some(CommitRecord {
+                record = Some(CommitRecord {
                     version,
                     timestamp_ms: ci.get("timestamp").and_then(Value::as_i64),
                     operation: ci.get("operation").and_then(Value::as_str).unwrap_or("UNKNOWN").to_string(),
                     info: ci.as_object().cloned().unwrap_or_default(),
-                }));
+                    columns: None,
+                });
+            } else if let Some(schema) = v.get("metaData").and_then(|m| m.get("schemaString")).and_then(Value::as_str) {
+                let fields = serde_json::from_str::<Value>(schema).ok().and_then(|s| s.get("fields").and_then(Value::as_array).cloned());
+                columns = fields.map(|f| f.iter().filter_map(|f| f.get("name").and_then(Value::as_str).map(str::to_string)).collect());
             }
         }
-        Ok(None)
+        Ok(record.map(|r| CommitRecord { columns, ..r }))
     }
 }
 
@@ -278,6 +283,9 @@ pub struct CommitRecord {
     pub timestamp_ms: Option<i64>,
     pub operation: String,
     pub info: serde_json::Map<String, Value>,
+    /// The table's column names when this commit set its schema (a `metaData` action:
+    /// the creation and each schema change); `None` when it kept the schema.
+    pub columns: Option<Vec<String>>,
 }
 
 /// Metadata written into the commit info of each commit (request id, actor, audit event).

@@ -13,12 +13,9 @@ Prints rows/s for each path, each path's ratio to the local read, and query late
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -29,33 +26,15 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "clients" / "python"))
+sys.path.insert(0, str(ROOT / "clients" / "python" / "tests"))
 from lakeledger import Client  # noqa: E402
+from servers import start_server, stop_server  # noqa: E402
 
 
 def start(binary, data_dir):
+    os.environ["LAKELEDGER_BIN"] = binary
     (data_dir / "bench.toml").write_text("sql_memory_limit_bytes = 8589934592\nsql_row_limit = 100000000\n")
-    proc = subprocess.Popen(
-        [binary, "serve", "--data-dir", str(data_dir), "--config", str(data_dir / "bench.toml"), "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    key = flight = url = None
-    for line in proc.stdout:
-        s = line.strip()
-        if s.startswith("llk_"):
-            key = s
-        elif m := re.match(r"flight\s*:\s*(grpc://\S+)", s):
-            flight = m.group(1)
-        elif m := re.match(r"listening:\s*(http://\S+)", s):
-            url = m.group(1)
-            break
-    if not (key and flight and url):
-        proc.kill()
-        sys.exit("the server did not start")
-    # The server logs to stdout: keep reading it, or a full pipe would stall the server.
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    return proc, url, flight, key
+    return start_server(data_dir, "--config", str(data_dir / "bench.toml"))
 
 
 def best_of(n, f):
@@ -78,7 +57,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as d:
         data_dir = Path(d)
-        proc, url, flight_url, key = start(args.bin, data_dir)
+        proc, running = start(args.bin, data_dir)
+        url, flight_url, key = running.url, running.flight_url, running.key
         try:
             ll = Client(url, key, flight_url=flight_url)
             ll.create_feature_group(
@@ -151,8 +131,7 @@ def main():
                 print(f"  {via:<7} p50 {p50:7.2f}  p99 {p99:7.2f}")
             print(f"  Flight / HTTP p50 ratio: {lat['flight'][0] / lat['http'][0]:.2f}")
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            stop_server(proc)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,12 @@ pub async fn wait_for_outcomes(s: &Server, request_ids: &[String]) -> Vec<Value>
 /// Every documented route plus the undocumented ones, as (method, template).
 fn route_table() -> Vec<(String, String)> {
     let doc: Value = serde_json::from_str(&lakeledger::http::openapi_document()).unwrap();
-    let mut out = vec![("GET".to_string(), "/openapi.json".to_string()), ("GET".into(), "/docs".into())];
+    let mut out = vec![
+        ("GET".to_string(), "/openapi.json".to_string()),
+        ("GET".into(), "/docs".into()),
+        ("GET".into(), "/ui".into()),
+        ("GET".into(), "/ui/{file}".into()),
+    ];
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
             out.push((method.to_uppercase(), path.clone()));

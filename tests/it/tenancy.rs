@@ -72,6 +72,7 @@ pub fn substitute(template: &str, o: &Objects) -> String {
         .replace("{target}", &format!("{}@champion", o.model))
         .replace("{id}", id)
         .replace("{path}", "0/000.p/1")
+        .replace("{file}", "app.js")
 }
 
 /// A body the owner of `o` could send with success (so that only tenancy can stop it).

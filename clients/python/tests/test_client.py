@@ -249,7 +249,7 @@ def test_pyarrow_flight_reads_a_training_set_by_ticket_equal_to_its_hashed_parqu
 def test_flight_over_tls_with_the_servers_certificate(tmp_path):
     import subprocess
 
-    from conftest import start_server, stop_server
+    from servers import start_server, stop_server
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     made = subprocess.run(

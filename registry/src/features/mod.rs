@@ -207,6 +207,12 @@ pub struct VersionView {
     pub actor: String,
     pub request_id: Option<String>,
     pub recovered: bool,
+    /// The ledger record of the request that made the commit (from the commit's own log
+    /// entry), when it carries one.
+    pub audit_seq: Option<u64>,
+    /// Columns this version added to the table (all of them at creation).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub columns_added: Vec<String>,
 }
 
 impl From<VersionRecord> for VersionView {
@@ -219,6 +225,8 @@ impl From<VersionRecord> for VersionView {
             actor: v.actor,
             request_id: v.request_id,
             recovered: v.recovered,
+            audit_seq: None,
+            columns_added: vec![],
         }
     }
 }
@@ -546,7 +554,22 @@ impl FeatureGroups {
 
     pub async fn history(&self, p: &Principal, name: &str) -> Result<Vec<VersionView>> {
         let g = self.find(p, name).await?;
-        Ok(self.catalog.versions(&g.id).await?.into_iter().map(VersionView::from).collect())
+        let table = self.tables.open(&self.tables.location(&g.location)?, None).await?;
+        let (mut out, mut known) = (Vec::new(), std::collections::HashSet::new());
+        for v in self.catalog.versions(&g.id).await? {
+            let info = self.tables.commit_info(&table, v.version).await?;
+            let mut view = VersionView::from(v);
+            if let Some(ci) = info {
+                view.audit_seq = ci.info.get("lakeledger.auditSeq").and_then(|s| s.as_u64());
+                for c in ci.columns.unwrap_or_default() {
+                    if known.insert(c.clone()) {
+                        view.columns_added.push(c);
+                    }
+                }
+            }
+            out.push(view);
+        }
+        Ok(out)
     }
 
     /// Records a committed version. Commit times strictly increase with the version so that

@@ -61,6 +61,7 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("GET", "/readyz") => "ops.ready",
         ("GET", "/metrics") => "ops.metrics",
         ("GET", "/openapi.json" | "/docs") => "ops.docs",
+        ("GET", "/ui" | "/ui/" | "/ui/{file}") => "console.asset",
         ("GET", "/v1/whoami") => "auth.whoami",
         ("POST", "/v1/tenants") => "tenant.create",
         ("GET", "/v1/tenants") => "tenant.list",
@@ -433,10 +434,11 @@ fn set_actor(e: &mut Event, p: Option<&Principal>, has_credentials: bool) {
     }
 }
 
-/// Routes that answer without a key: probes and the API description. They are still
-/// recorded. (`/metrics` takes an operator's key or the scrape token.)
+/// Routes that answer without a key: probes, the API description and the console's
+/// files (the console then calls the API with the key the user signs in with). They are
+/// still recorded. (`/metrics` takes an operator's key or the scrape token.)
 fn is_public(route: &str) -> bool {
-    matches!(route, "/healthz" | "/readyz" | "/docs" | "/openapi.json")
+    matches!(route, "/healthz" | "/readyz" | "/docs" | "/openapi.json" | "/ui" | "/ui/" | "/ui/{file}")
 }
 
 struct PendingOutcome {

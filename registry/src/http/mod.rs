@@ -7,6 +7,7 @@
 mod admin;
 mod admission;
 mod audit;
+mod console;
 pub mod audit_layer;
 pub mod auth;
 pub mod error;
@@ -88,6 +89,9 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi_json))
         .route("/docs", get(ops::docs))
+        .route("/ui", get(console::index))
+        .route("/ui/", get(console::index))
+        .route("/ui/{file}", get(console::asset))
         .route("/v1/whoami", get(admin::whoami))
         .route("/v1/tenants", post(admin::create_tenant).get(admin::list_tenants))
         .route("/v1/tenants/{name}/quotas", get(admin::get_quotas).put(admin::set_quotas))
