@@ -503,7 +503,8 @@ pub async fn serve(
 ) -> Result<()> {
     server
         .add_service(FlightServiceServer::new(service).max_decoding_message_size(16 * 1024 * 1024))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        // Small answers (a plan, a catalog listing) must not wait on Nagle's algorithm.
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .map_err(|e| Error::Internal(format!("Flight server: {e}")))
 }

@@ -377,25 +377,40 @@ impl TrainingSets {
         Ok((m, bytes))
     }
 
-    /// The rows, checked against the manifest's SHA-256 first, decoded batch by batch off
-    /// the async runtime; only a few batches are in flight at once.
+    /// The rows, checked against the manifest's SHA-256 first, decoded off the async runtime
+    /// a row group per task, several at once (as many as the query runtime has threads),
+    /// sent in file order; only that many row groups are decoded ahead of the reader.
     pub async fn batches(&self, p: &Principal, id: &str) -> Result<(TrainingSetManifest, SendableRecordBatchStream)> {
+        use futures::StreamExt;
+        use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+
         let (m, bytes) = self.data(p, id).await?;
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.with_batch_size(65_536).build())
-            .map_err(|e| Error::Internal(format!("training set {id}: {e}")))?;
-        let schema = lakeledger_query::arrow::array::RecordBatchReader::schema(&reader);
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<RecordBatch, DataFusionError>>(2);
-        tokio::task::spawn_blocking(move || {
-            for batch in reader {
-                let batch = batch.map_err(|e| DataFusionError::ArrowError(Box::new(e), None));
-                let failed = batch.is_err();
-                if tx.blocking_send(batch).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let unreadable = |e: parquet::errors::ParquetError| Error::Internal(format!("training set {id}: {e}"));
+        let meta = ArrowReaderMetadata::load(&bytes, Default::default()).map_err(unreadable)?;
+        let schema = meta.schema().clone();
+        let groups = meta.metadata().num_row_groups();
+        let decode = move |group: usize| {
+            let (bytes, meta) = (bytes.clone(), meta.clone());
+            tokio::task::spawn_blocking(move || {
+                ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
+                    .with_row_groups(vec![group])
+                    .with_batch_size(65_536)
+                    .build()?
+                    .collect::<std::result::Result<Vec<RecordBatch>, _>>()
+                    .map_err(parquet::errors::ParquetError::from)
+            })
+        };
+        let stream = futures::stream::iter(0..groups)
+            .map(decode)
+            .buffered(self.threads)
+            .flat_map(|decoded| {
+                let batches = match decoded {
+                    Ok(Ok(batches)) => batches.into_iter().map(Ok).collect(),
+                    Ok(Err(e)) => vec![Err(DataFusionError::ParquetError(Box::new(e)))],
+                    Err(e) => vec![Err(DataFusionError::External(Box::new(e)))],
+                };
+                futures::stream::iter(batches)
+            });
         Ok((m, Box::pin(RecordBatchStreamAdapter::new(schema, stream))))
     }
 
