@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::audit::{find, records, wait_for_outcomes};
+use crate::audit::{find, wait_for_outcomes};
 use crate::support::Server;
 
 async fn channel(s: &Server) -> Channel {
@@ -184,13 +184,16 @@ async fn bulk_tickets_pull_a_version_and_a_training_set_with_its_hash() {
     assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&parquet)), m["sha256"].as_str().unwrap());
     let from_file: Vec<RecordBatch> =
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(parquet).unwrap().build().unwrap().collect::<Result<_, _>>().unwrap();
+    c.set_header("x-request-id", "flight-training-set-pull");
     let over_flight: Vec<RecordBatch> = c.do_get(Ticket::new(format!(r#"{{"training_set": "{id}"}}"#))).await.unwrap().try_collect().await.unwrap();
     let concat = |b: &[RecordBatch]| arrow::compute::concat_batches(&b[0].schema(), b).unwrap();
     assert_eq!(concat(&over_flight), concat(&from_file));
 
-    // The outcome of the pull names the training set and its hash.
-    let all = records(&s);
-    let outcome = all.iter().rev().find(|r| r["kind"] == "training_set.read" && r["phase"] == "outcome").unwrap();
+    // The outcome of the pull (recorded as its stream ends on the server, which may be a
+    // moment after the client has read it) names the training set and its hash.
+    let all = wait_for_outcomes(&s, &["flight-training-set-pull".to_string()]).await;
+    let outcome = find(&all, "flight-training-set-pull", "outcome").unwrap();
+    assert_eq!(outcome["kind"], "training_set.read");
     assert_eq!(outcome["resource"]["name"], id);
     assert!(outcome["details"].to_string().contains(m["sha256"].as_str().unwrap()));
     assert_eq!(outcome["outcome"]["rows"], 2);
