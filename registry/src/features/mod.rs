@@ -553,11 +553,18 @@ impl FeatureGroups {
     }
 
     pub async fn history(&self, p: &Principal, name: &str) -> Result<Vec<VersionView>> {
+        use futures::StreamExt;
         let g = self.find(p, name).await?;
         let table = self.tables.open(&self.tables.location(&g.location)?, None).await?;
+        // One small read of the Delta log per version, several at a time (object stores
+        // answer each with a round trip), kept in version order.
+        let versions = self.catalog.versions(&g.id).await?;
+        let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
+        let table = &table;
+        let infos: Vec<_> = futures::stream::iter(numbers).map(|n| self.tables.commit_info(table, n)).buffered(16).collect().await;
         let (mut out, mut known) = (Vec::new(), std::collections::HashSet::new());
-        for v in self.catalog.versions(&g.id).await? {
-            let info = self.tables.commit_info(&table, v.version).await?;
+        for (v, info) in versions.into_iter().zip(infos) {
+            let info = info?;
             let mut view = VersionView::from(v);
             if let Some(ci) = info {
                 view.audit_seq = ci.info.get("lakeledger.auditSeq").and_then(|s| s.as_u64());
