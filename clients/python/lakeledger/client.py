@@ -444,6 +444,26 @@ class Client:
     def models(self) -> List[Dict[str, Any]]:
         return self._json("GET", "/v1/models")
 
+    def create_model(self, name: str, *, description: str = "", owner: str = "", tags: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+        return self._json("POST", "/v1/models", json_body={"name": name, "description": description, "owner": owner, "tags": dict(tags or {})})
+
+    def import_model(
+        self,
+        name: str,
+        artifact: Union[bytes, str],
+        *,
+        columns: Optional[Sequence[str]] = None,
+        training_set_id: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """Registers a model trained elsewhere as a new version of ``name``: ONNX bytes (or a
+        path to a ``.onnx`` file) or this server's artifact JSON. ``columns`` names the
+        features of the graph's 2-D input, in order; ``training_set_id`` is recorded as
+        declared lineage. The server checks the upload against the SHA-256 sent with it."""
+        data = artifact if isinstance(artifact, bytes) else open(artifact, "rb").read()
+        query = {"columns": ",".join(columns) if columns else None, "training_set_id": training_set_id}
+        headers = {"x-lakeledger-artifact-sha256": hashlib.sha256(data).hexdigest()}
+        return self._json("POST", f"/v1/models/{_q(name)}/versions", data=data, content_type="application/octet-stream", query=query, headers=headers)
+
     def model(self, name: str) -> Dict[str, Any]:
         return self._json("GET", f"/v1/models/{_q(name)}")
 

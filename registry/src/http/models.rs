@@ -21,7 +21,7 @@ use crate::platform::catalog::Role;
 use super::error::ErrorBody;
 use crate::error::{Error, Result};
 use crate::training::{CreateJob, JobView};
-use crate::models::{AliasMoveView, CreateModel, ModelVersionView, ModelView, MoveAlias};
+use crate::models::{AliasMoveView, CreateModel, ImportOptions, ModelVersionView, ModelView, MoveAlias};
 use super::state::AppState;
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
@@ -91,16 +91,49 @@ pub async fn versions(State(state): State<AppState>, Caller(p): Caller, Path(nam
     Ok(axum::Json(state.models.versions(&p, &name).await?))
 }
 
-/// Imports an artifact trained elsewhere (the lakeledger artifact format only); the
-/// version is marked `imported` and claims no training-set lineage.
-#[utoipa::path(post, path = "/v1/models/{name}/versions", params(("name" = String, Path)),
-    request_body(content = String, description = "a lakeledger model artifact", content_type = "application/json"),
-    responses((status = 201, body = ModelVersionView), (status = 422, body = ErrorBody)))]
-pub async fn import(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, body: Body) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// ONNX: names of the features of the graph's single 2-D input, comma-separated, in
+    /// order (a signature; without it the columns are `<input>[i]`). Name them as the
+    /// training set does (`group__feature`) to score by entity key.
+    pub columns: Option<String>,
+    /// The training set the model was trained on, as the uploader declares it (recorded as
+    /// declared, not verified; drift reports compare with it).
+    pub training_set_id: Option<String>,
+}
+
+/// Registers a model trained elsewhere as a new version, marked `imported`: this server's
+/// artifact format (JSON) or an ONNX model (scikit-learn, XGBoost, LightGBM converters,
+/// PyTorch exports). An ONNX graph is checked and prepared before it is stored: an operator
+/// the server cannot run, a shape it cannot serve or a body that is not a model is refused
+/// with 422. Stored by SHA-256 and signed like every artifact. With the header
+/// `x-lakeledger-artifact-sha256`, a body whose hash differs is refused (422).
+#[utoipa::path(post, path = "/v1/models/{name}/versions", params(("name" = String, Path), ImportQuery),
+    request_body(content = String, description = "a lakeledger model artifact (application/json) or an ONNX model (application/octet-stream)", content_type = "application/octet-stream"),
+    responses((status = 201, body = ModelVersionView), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn import(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, Query(q): Query<ImportQuery>, headers: axum::http::HeaderMap, body: Body) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
     p.require(WRITE, "register model versions")?;
     let limit = state.limits.max_model_bytes;
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(|_| Error::PayloadTooLarge { limit })?;
-    let v = state.models.import(&p, &name, bytes.to_vec()).await?;
+    if let Some(declared) = headers.get("x-lakeledger-artifact-sha256") {
+        // The uploader's hash of what it sent: a body changed on the way is refused.
+        let declared = declared.to_str().unwrap_or_default().trim().to_ascii_lowercase();
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if declared != actual {
+            return Err(Error::Unprocessable(format!("the upload's SHA-256 is {actual}, not {declared} as declared in x-lakeledger-artifact-sha256: it was changed on the way")));
+        }
+    }
+    if let Some(id) = &q.training_set_id {
+        // Declared, not verified, but it must be one of the caller's training sets.
+        state.training_sets.manifest(&p, id).await?;
+    }
+    let columns = q.columns.map(|c| c.split(',').map(|n| n.trim().to_string()).collect::<Vec<_>>());
+    if let Some(empty) = columns.as_ref().and_then(|c| c.iter().position(String::is_empty)) {
+        return Err(Error::Unprocessable(format!("`columns`: name {} is empty", empty + 1)));
+    }
+    let options = ImportOptions { columns, training_set_id: q.training_set_id };
+    let v = state.models.import(&p, &name, bytes.to_vec(), options).await?;
     Ok((StatusCode::CREATED, facts(&name, Some(v.version), true), axum::Json(v)))
 }
 
@@ -120,7 +153,8 @@ pub async fn artifact(State(state): State<AppState>, Caller(p): Caller, Path((na
     let (v, bytes) = state.models.artifact(&p, &name, version).await?;
     let mut response = (StatusCode::OK, bytes).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let content_type = if v.backend == "onnx" { "application/octet-stream" } else { "application/json" };
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(sha) = HeaderValue::from_str(&v.artifact_sha256) {
         h.insert("x-lakeledger-artifact-sha256", sha);
     }

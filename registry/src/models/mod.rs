@@ -11,6 +11,7 @@
 //! [`ModelEvents`], which serving implements. Never imports `http/` or `app/`.
 
 mod aliases;
+pub mod onnx;
 mod signing;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use crate::platform::locks::KeyedLocks;
 use crate::platform::time::{now_micros, rfc3339};
 
 pub use aliases::{ModelEvents, MoveAlias};
+pub use onnx::OnnxModel;
 pub use signing::{ModelSigner, build_id};
 
 /// The model registry service.
@@ -162,6 +164,49 @@ fn version_view(model: &str, v: ModelVersionRecord, aliases: &[(String, i64)]) -
     }
 }
 
+/// A loaded, verified model of either kind.
+pub enum Runnable {
+    /// Trained here (or imported in this server's format).
+    Native(ModelArtifact),
+    /// An imported ONNX graph.
+    Onnx(Arc<OnnxModel>),
+}
+
+impl Runnable {
+    /// The columns a caller gives, in the model's order.
+    pub fn input_names(&self) -> Vec<String> {
+        match self {
+            Runnable::Native(a) => a.inputs.iter().map(|c| c.name.clone()).collect(),
+            Runnable::Onnx(m) => m.column_names(),
+        }
+    }
+
+    /// The input columns with whether each is numeric (else categorical text).
+    pub fn input_kinds(&self) -> Vec<(String, bool)> {
+        use lakeledger_trainer::data::Encoding;
+        match self {
+            Runnable::Native(a) => a.inputs.iter().map(|c| (c.name.clone(), matches!(c.encoding, Encoding::Standardized { .. }))).collect(),
+            Runnable::Onnx(m) => m.description.columns.iter().map(|c| (c.name.clone(), c.elem != onnx::Elem::String)).collect(),
+        }
+    }
+}
+
+/// How an imported artifact is to be read.
+#[derive(Debug, Default)]
+pub struct ImportOptions {
+    /// ONNX: names of the features of a single 2-D input, in order (a signature).
+    pub columns: Option<Vec<String>>,
+    /// The training set the uploader says the model was trained on (declared, not verified).
+    pub training_set_id: Option<String>,
+}
+
+/// What the catalog records of a version besides its artifact.
+struct Recorded {
+    config: Value,
+    metrics: Value,
+    backend: String,
+}
+
 /// What a new version is made of, besides its artifact.
 pub struct NewVersion {
     pub source: &'static str,
@@ -277,10 +322,16 @@ impl Models {
         Ok(version_view(&m.name, self.version_record(&m, version).await?, &aliases))
     }
 
-    /// Stores, signs and registers an artifact as the model's next version.
+    /// Stores, signs and registers an artifact trained here as the model's next version.
     pub async fn register(&self, p: &Principal, m: &ModelRecord, artifact: &ModelArtifact, bytes: Vec<u8>, new: NewVersion) -> Result<ModelVersionView> {
+        let config = serde_json::to_value(&artifact.training.config).map_err(|e| Error::Internal(e.to_string()))?;
+        let metrics = serde_json::to_value(&artifact.training.validation).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store(p, m, bytes, "json", Recorded { config, metrics, backend: artifact.training.backend.clone() }, new).await
+    }
+
+    async fn store(&self, p: &Principal, m: &ModelRecord, bytes: Vec<u8>, extension: &str, recorded: Recorded, new: NewVersion) -> Result<ModelVersionView> {
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let location = format!("tenants/{}/models/{}/{sha256}.json", p.tenant, m.id);
+        let location = format!("tenants/{}/models/{}/{sha256}.{extension}", p.tenant, m.id);
         self.tables.put_object(&location, bytes.into()).await?;
         let signature = self.signer.sign(&p.tenant, &m.name, &sha256)?;
         let record = ModelVersionRecord {
@@ -294,9 +345,9 @@ impl Models {
             signing_key_id: self.signer.verifier().encode(),
             training_set_id: new.training_set_id,
             lineage_json: new.lineage.to_string(),
-            config_json: serde_json::to_string(&artifact.training.config).map_err(|e| Error::Internal(e.to_string()))?,
-            metrics_json: serde_json::to_string(&artifact.training.validation).map_err(|e| Error::Internal(e.to_string()))?,
-            backend: artifact.training.backend.clone(),
+            config_json: recorded.config.to_string(),
+            metrics_json: recorded.metrics.to_string(),
+            backend: recorded.backend,
             build_id: build_id().to_string(),
             job_id: new.job_id,
             created_at: now_micros(),
@@ -307,12 +358,45 @@ impl Models {
         Ok(version_view(&m.name, ModelVersionRecord { version, ..record }, &aliases))
     }
 
-    /// Registers an artifact trained elsewhere, in this format. No lineage is claimed.
-    pub async fn import(&self, p: &Principal, name: &str, bytes: Vec<u8>) -> Result<ModelVersionView> {
-        let artifact = ModelArtifact::from_bytes(&bytes).map_err(|e| Error::Unprocessable(format!("not a lakeledger model artifact: {e}")))?;
+    /// Registers an artifact trained elsewhere: this server's artifact format, or an ONNX
+    /// model (checked and prepared first: a graph that cannot be served is refused now).
+    /// A declared training set is recorded as declared, not verified.
+    pub async fn import(&self, p: &Principal, name: &str, bytes: Vec<u8>, options: ImportOptions) -> Result<ModelVersionView> {
         let m = self.find(p, name).await?;
-        let new = NewVersion { source: "imported", training_set_id: None, lineage: Value::Null, job_id: None };
-        self.register(p, &m, &artifact, bytes, new).await
+        let declared = options.training_set_id.clone();
+        let lineage = match &declared {
+            Some(id) => serde_json::json!({"declared": {"training_set_id": id}, "verified": false}),
+            None => Value::Null,
+        };
+        let new = NewVersion { source: "imported", training_set_id: declared, lineage, job_id: None };
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            if options.columns.is_some() {
+                return Err(Error::Unprocessable("`columns` applies to ONNX models; this server's artifacts name their inputs".into()));
+            }
+            let artifact = ModelArtifact::from_bytes(&bytes).map_err(|e| Error::Unprocessable(format!("not a lakeledger model artifact: {e}")))?;
+            return self.register(p, &m, &artifact, bytes, new).await;
+        }
+        if !onnx::looks_like_onnx(&bytes) {
+            return Err(Error::Unprocessable("the body is neither a lakeledger model artifact (JSON) nor an ONNX model (protobuf)".into()));
+        }
+        let model = {
+            let (bytes, columns) = (bytes.clone(), options.columns.clone());
+            tokio::task::spawn_blocking(move || OnnxModel::prepare(&bytes, columns.as_deref())).await.map_err(|e| Error::Internal(format!("preparing the model: {e}")))??
+        };
+        let d = &model.description;
+        let config = serde_json::json!({
+            "format": "onnx",
+            "producer": {"name": d.producer_name, "version": d.producer_version},
+            "uploaded_by": p.actor(),
+            "signature": options.columns,
+            "opsets": d.opsets.iter().map(|(domain, v)| serde_json::json!({"domain": domain, "version": v})).collect::<Vec<_>>(),
+            "operators": d.operators,
+            "inputs": d.inputs,
+            "outputs": d.outputs,
+            "columns": d.columns.iter().map(|c| serde_json::json!({"name": c.name, "type": c.elem})).collect::<Vec<_>>(),
+            "classes": d.classes,
+        });
+        self.store(p, &m, bytes, "onnx", Recorded { config, metrics: Value::Object(Default::default()), backend: "onnx".into() }, new).await
     }
 
     /// The artifact's bytes, after checking its hash and signature.
@@ -335,9 +419,18 @@ impl Models {
     }
 
     /// Loads and checks an artifact, ready to score with.
-    pub async fn load(&self, p: &Principal, name: &str, version: i64) -> Result<ModelArtifact> {
-        let (_, bytes) = self.artifact(p, name, version).await?;
-        ModelArtifact::from_bytes(&bytes).map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))
+    pub async fn load(&self, p: &Principal, name: &str, version: i64) -> Result<Runnable> {
+        let (v, bytes) = self.artifact(p, name, version).await?;
+        if v.backend == "onnx" {
+            let columns: Option<Vec<String>> = v.config.get("signature").cloned().and_then(|s| serde_json::from_value(s).ok());
+            let model = tokio::task::spawn_blocking(move || OnnxModel::prepare(&bytes, columns.as_deref()))
+                .await
+                .map_err(|e| Error::Internal(format!("preparing the model: {e}")))?
+                // It was prepared at registration; failing now means the bytes changed.
+                .map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))?;
+            return Ok(Runnable::Onnx(Arc::new(model)));
+        }
+        ModelArtifact::from_bytes(&bytes).map(Runnable::Native).map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))
     }
 
     pub async fn set_state(&self, p: &Principal, name: &str, version: i64, to: &str) -> Result<ModelVersionView> {

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use lakeledger_trainer::ModelArtifact;
 use lakeledger_trainer::artifact::{DenseLayer, Predictions};
+use crate::models::onnx::{OnnxModel, Values};
+use crate::models::Runnable;
 use lakeledger_trainer::data::{Encoding, RawColumn, Target};
 use serde::Serialize;
 use serde_json::Value;
@@ -21,8 +23,7 @@ pub struct LoadedModel {
     pub model_id: String,
     pub model: String,
     pub version: i64,
-    pub artifact: ModelArtifact,
-    pub(super) width: usize,
+    pub runnable: Runnable,
     pub(super) batcher: mpsc::Sender<Job>,
     /// When a request last used it (ms since the server's clock origin), for eviction.
     pub(super) last_used: std::sync::atomic::AtomicU64,
@@ -34,15 +35,82 @@ pub(super) fn now_ms() -> u64 {
     ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-pub(super) struct Job {
-    matrix: Vec<f32>,
-    rows: usize,
-    reply: oneshot::Sender<Result<Predictions>>,
+/// Rows ready for a model: the encoded matrix of a native model, or one tensor per input
+/// of an ONNX graph (batch axis first).
+pub enum Encoded {
+    Matrix(Vec<f32>),
+    Tensors(Vec<Values>),
 }
 
-pub(super) async fn run_batcher(mut rx: mpsc::Receiver<Job>, layers: Arc<Vec<DenseLayer>>, artifact: ModelArtifact, config: ServingConfig, label: String, version: i64) {
+impl Encoded {
+    fn append(&mut self, other: Encoded) {
+        match (self, other) {
+            (Encoded::Matrix(a), Encoded::Matrix(b)) => a.extend_from_slice(&b),
+            (Encoded::Tensors(a), Encoded::Tensors(b)) => a.iter_mut().zip(&b).for_each(|(a, b)| a.extend(b)),
+            _ => unreachable!("one model's jobs are encoded one way"),
+        }
+    }
+}
+
+/// What a model gave for some rows.
+pub enum Scored {
+    Native(Predictions),
+    /// One tensor per graph output, batch axis first.
+    Onnx(Vec<Values>),
+}
+
+impl Scored {
+    /// Rows `from..from + rows` of an answer for `total` rows.
+    fn rows(&self, from: usize, rows: usize, total: usize) -> Scored {
+        match self {
+            Scored::Native(p) => Scored::Native(slice(p, from, rows)),
+            Scored::Onnx(outputs) => Scored::Onnx(
+                outputs
+                    .iter()
+                    .map(|o| {
+                        let width = o.len() / total.max(1);
+                        o.slice(from * width, rows * width)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// What a batcher scores with.
+#[derive(Clone)]
+pub(super) enum Scorer {
+    Native { layers: Arc<Vec<DenseLayer>>, artifact: ModelArtifact },
+    Onnx(Arc<OnnxModel>),
+}
+
+impl Scorer {
+    /// Whether a batch is small enough to score on the batcher's own task; bigger ones go
+    /// to a blocking thread so that they do not hold a request thread.
+    fn is_light(&self, rows: usize) -> bool {
+        match self {
+            Scorer::Native { layers, .. } => rows * layers.iter().map(|l| l.inputs * l.outputs).sum::<usize>() <= 2_000_000,
+            Scorer::Onnx(_) => rows <= 16,
+        }
+    }
+
+    fn score(&self, input: Encoded, rows: usize) -> Result<Scored> {
+        match (self, input) {
+            (Scorer::Native { layers, artifact }, Encoded::Matrix(m)) => Ok(Scored::Native(artifact.predict_encoded(layers, &m, rows))),
+            (Scorer::Onnx(model), Encoded::Tensors(t)) => model.run(t, rows).map(Scored::Onnx),
+            _ => Err(Error::Internal("rows encoded for another kind of model".into())),
+        }
+    }
+}
+
+pub(super) struct Job {
+    input: Encoded,
+    rows: usize,
+    reply: oneshot::Sender<Result<Scored>>,
+}
+
+pub(super) async fn run_batcher(mut rx: mpsc::Receiver<Job>, scorer: Scorer, config: ServingConfig, label: String, version: i64) {
     let version_label = version.to_string();
-    let flops_per_row: usize = layers.iter().map(|l| l.inputs * l.outputs).sum();
     while let Some(first) = rx.recv().await {
         let mut rows = first.rows;
         let mut jobs = vec![first];
@@ -68,33 +136,53 @@ pub(super) async fn run_batcher(mut rx: mpsc::Receiver<Job>, layers: Arc<Vec<Den
             }
         }
         metrics::histogram!("lakeledger_model_batch_rows", "model" => label.clone(), "version" => version_label.clone()).record(rows as f64);
-        let mut matrix = Vec::with_capacity(jobs.iter().map(|j| j.matrix.len()).sum());
         let mut sizes = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
+        let mut input: Option<Encoded> = None;
         for j in jobs {
-            matrix.extend_from_slice(&j.matrix);
+            match &mut input {
+                None => input = Some(j.input),
+                Some(all) => all.append(j.input),
+            }
             sizes.push(j.rows);
             replies.push(j.reply);
         }
+        let input = input.expect("a batch has a first job");
         // A panic while scoring fails this batch's requests, not the batcher: later
         // requests to the model are still served.
-        let predictions = if rows * flops_per_row <= 2_000_000 {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| artifact.predict_encoded(&layers, &matrix, rows))).map_err(|_| ())
+        let scored = if scorer.is_light(rows) {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scorer.score(input, rows))).map_err(|_| ())
         } else {
-            // Big batches of big models would hold a request thread too long.
-            let (layers, artifact) = (layers.clone(), artifact.clone());
-            tokio::task::spawn_blocking(move || artifact.predict_encoded(&layers, &matrix, rows)).await.map_err(|_| ())
+            let scorer = scorer.clone();
+            tokio::task::spawn_blocking(move || scorer.score(input, rows)).await.map_err(|_| ())
         };
-        let Ok(predictions) = predictions else {
+        let Ok(scored) = scored else {
             tracing::error!(model = %label, version, rows, "scoring a batch panicked; its requests fail");
             for reply in replies {
                 let _ = reply.send(Err(Error::Internal(format!("model {label}/{version}: scoring panicked"))));
             }
             continue;
         };
+        let scored = match scored {
+            Ok(s) => s,
+            Err(e) => {
+                let why = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(match &e {
+                        Error::Unprocessable(_) => Error::Unprocessable(why.clone()),
+                        _ => Error::Internal(why.clone()),
+                    }));
+                }
+                continue;
+            }
+        };
+        if replies.len() == 1 {
+            let _ = replies.pop().expect("one reply").send(Ok(scored));
+            continue;
+        }
         let mut offset = 0;
         for (n, reply) in sizes.into_iter().zip(replies) {
-            let _ = reply.send(Ok(slice(&predictions, offset, n)));
+            let _ = reply.send(Ok(scored.rows(offset, n, rows)));
             offset += n;
         }
     }
@@ -111,11 +199,10 @@ fn slice(p: &Predictions, from: usize, rows: usize) -> Predictions {
 
 impl LoadedModel {
     /// Scores encoded rows through the batcher.
-    pub async fn score(&self, matrix: Vec<f32>, rows: usize) -> Result<Predictions> {
-        debug_assert_eq!(matrix.len(), rows * self.width);
+    pub async fn score(&self, input: Encoded, rows: usize) -> Result<Scored> {
         let (tx, rx) = oneshot::channel();
         self.batcher
-            .send(Job { matrix, rows, reply: tx })
+            .send(Job { input, rows, reply: tx })
             .await
             .map_err(|_| Error::Unavailable(format!("model {}/{} is being unloaded; retry", self.model, self.version)))?;
         // The batcher answers every job it takes; a dropped reply means the server is
@@ -123,13 +210,22 @@ impl LoadedModel {
         rx.await.map_err(|_| Error::Unavailable(format!("model {}/{} stopped scoring; retry", self.model, self.version)))?
     }
 
-    /// Encodes rows with the artifact's preprocessing, checking every column. Also
-    /// returns the rows narrowed to the model's inputs, in its order.
-    pub fn encode(&self, input: ScoringInput) -> Result<(Vec<f32>, ScoringInput)> {
-        let columns = self.columns(&input)?;
-        let rows: Vec<usize> = (0..input.rows).collect();
-        let matrix = lakeledger_trainer::data::encode(&self.artifact.inputs, &columns, &rows).map_err(|e| Error::Unprocessable(e.to_string()))?;
-        let names: Vec<String> = self.artifact.inputs.iter().map(|c| c.name.clone()).collect();
+    /// Encodes rows for the model, checking every column. Also returns the rows narrowed
+    /// to the model's inputs, in its order.
+    pub fn encode(&self, input: ScoringInput) -> Result<(Encoded, ScoringInput)> {
+        let names = self.runnable.input_names();
+        let (encoded, input) = match &self.runnable {
+            Runnable::Native(artifact) => {
+                let columns = self.columns(artifact, &input)?;
+                let rows: Vec<usize> = (0..input.rows).collect();
+                let matrix = lakeledger_trainer::data::encode(&artifact.inputs, &columns, &rows).map_err(|e| Error::Unprocessable(e.to_string()))?;
+                (Encoded::Matrix(matrix), input)
+            }
+            Runnable::Onnx(model) => {
+                let input = tensor_columns(model, input)?;
+                (Encoded::Tensors(model.tensors(&input.columns, &input.values, input.rows)?), input)
+            }
+        };
         let narrowed = if input.columns == names {
             input
         } else {
@@ -138,19 +234,19 @@ impl LoadedModel {
             let values = (0..input.rows).flat_map(|r| at.iter().map(move |&i| r * width + i)).map(|i| input.values[i].clone()).collect();
             ScoringInput { columns: names, values, rows: input.rows }
         };
-        Ok((matrix, narrowed))
+        Ok((encoded, narrowed))
     }
 
-    fn columns(&self, input: &ScoringInput) -> Result<Vec<RawColumn>> {
-        let mut out = Vec::with_capacity(self.artifact.inputs.len());
-        for c in &self.artifact.inputs {
+    fn columns(&self, artifact: &ModelArtifact, input: &ScoringInput) -> Result<Vec<RawColumn>> {
+        let mut out = Vec::with_capacity(artifact.inputs.len());
+        for c in &artifact.inputs {
             let Some(index) = input.columns.iter().position(|n| n == &c.name) else {
                 return Err(Error::Unprocessable(format!(
                     "input column `{}` is missing; model {}/{} takes {}",
                     c.name,
                     self.model,
                     self.version,
-                    self.artifact.input_names().join(", ")
+                    artifact.input_names().join(", ")
                 )));
             };
             let values = (0..input.rows).map(|r| &input.values[r * input.columns.len() + index]);
@@ -181,29 +277,117 @@ impl LoadedModel {
         Ok(out)
     }
 
-    /// Predictions in the shape MLflow clients read, plus probabilities for classifiers.
-    pub fn response(&self, p: &Predictions) -> ScoringResponse {
-        match (p, &self.artifact.target) {
-            (Predictions::Probabilities { classes, values }, Target::Classes { classes: labels }) => {
-                let mut predictions = Vec::with_capacity(values.len() / classes.max(&1));
-                let mut probabilities = Vec::with_capacity(predictions.capacity());
-                for row in values.chunks(*classes) {
-                    let best = row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
-                    predictions.push(labels[best].clone());
-                    probabilities.push(row.iter().map(|&v| round6(v)).collect());
-                }
-                ScoringResponse { predictions, probabilities: Some(probabilities), classes: Some(labels.clone()), model: self.model.clone(), version: self.version }
+    /// Predictions in the shape MLflow clients read, plus probabilities for classifiers,
+    /// and the same as named tensors for the Open Inference Protocol.
+    pub fn response(&self, scored: Scored) -> ScoringResponse {
+        let (predictions, probabilities, classes, tensors) = match (scored, &self.runnable) {
+            (Scored::Native(p), Runnable::Native(artifact)) => native_answer(&p, &artifact.target),
+            (Scored::Onnx(outputs), Runnable::Onnx(model)) => {
+                let d = &model.description;
+                let rows = outputs.first().map_or(0, |o| o.len() / d.outputs[0].row_width().max(1));
+                let (predictions, probabilities) = model.predictions(&outputs, rows);
+                let tensors = outputs
+                    .into_iter()
+                    .zip(&d.outputs)
+                    .map(|(values, spec)| OutputTensor { name: spec.name.clone(), shape: spec.shape(rows as i64).into_iter().map(|d| d as usize).collect(), values })
+                    .collect();
+                let probabilities = probabilities.map(|p| p.iter().map(|row| row.iter().map(|&v| round6(v)).collect()).collect());
+                (predictions, probabilities, d.classes.clone().filter(|_| d.probabilities.is_some()), tensors)
             }
-            (Predictions::Values(v), _) => ScoringResponse {
-                predictions: v.iter().map(|&x| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)).collect(),
-                probabilities: None,
-                classes: None,
-                model: self.model.clone(),
-                version: self.version,
-            },
-            _ => ScoringResponse { predictions: vec![], probabilities: None, classes: None, model: self.model.clone(), version: self.version },
+            _ => (vec![], None, None, vec![]),
+        };
+        ScoringResponse { predictions, probabilities, classes, model: self.model.clone(), version: self.version, tensors }
+    }
+}
+
+type Answer = (Vec<Value>, Option<Vec<Vec<Value>>>, Option<Vec<Value>>, Vec<OutputTensor>);
+
+fn native_answer(p: &Predictions, target: &Target) -> Answer {
+    match (p, target) {
+        (Predictions::Probabilities { classes, values }, Target::Classes { classes: labels }) => {
+            let rows = values.len() / classes.max(&1);
+            let mut predictions = Vec::with_capacity(rows);
+            let mut probabilities = Vec::with_capacity(rows);
+            for row in values.chunks(*classes) {
+                let best = row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
+                predictions.push(labels[best].clone());
+                probabilities.push(row.iter().map(|&v| round6(v)).collect());
+            }
+            let tensors = vec![
+                OutputTensor { name: "predictions".into(), shape: vec![rows], values: label_values(&predictions) },
+                OutputTensor { name: "probabilities".into(), shape: vec![rows, *classes], values: Values::Float(values.clone()) },
+            ];
+            (predictions, Some(probabilities), Some(labels.clone()), tensors)
+        }
+        (Predictions::Values(v), _) => {
+            let predictions = v.iter().map(|&x| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)).collect();
+            (predictions, None, None, vec![OutputTensor { name: "predictions".into(), shape: vec![v.len()], values: Values::Double(v.clone()) }])
+        }
+        _ => (vec![], None, None, vec![]),
+    }
+}
+
+/// Class labels as a tensor: numbers when every label is one, text otherwise.
+fn label_values(labels: &[Value]) -> Values {
+    if let Some(ints) = labels.iter().map(Value::as_i64).collect::<Option<Vec<_>>>() {
+        return Values::Int64(ints);
+    }
+    if let Some(floats) = labels.iter().map(Value::as_f64).collect::<Option<Vec<_>>>() {
+        return Values::Double(floats);
+    }
+    Values::String(labels.iter().map(|l| l.as_str().map_or_else(|| l.to_string(), str::to_string)).collect())
+}
+
+/// A named output tensor, for protocols that answer with tensors (the Open Inference
+/// Protocol): a graph output of an ONNX model; `predictions` and `probabilities` of a
+/// native one.
+#[derive(Debug, Clone)]
+pub struct OutputTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Values,
+}
+
+/// For an ONNX graph whose input is a tensor of several columns, a column named after the
+/// input may hold whole rows of that tensor (MLflow's `inputs` / `instances` tensor forms):
+/// spread them into the input's columns.
+fn tensor_columns(model: &OnnxModel, input: ScoringInput) -> Result<ScoringInput> {
+    let d = &model.description;
+    let wide: Vec<(usize, usize)> = input
+        .columns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| d.inputs.iter().position(|s| &s.name == c && s.row_width() > 1 && !d.columns.iter().any(|k| &k.name == c)).map(|s| (i, s)))
+        .collect();
+    if wide.is_empty() {
+        return Ok(input);
+    }
+    let width = input.columns.len();
+    let mut columns = Vec::new();
+    for (i, c) in input.columns.iter().enumerate() {
+        match wide.iter().find(|(w, _)| *w == i) {
+            Some((_, s)) => columns.extend(d.columns.iter().filter(|k| k.input == *s).map(|k| k.name.clone())),
+            None => columns.push(c.clone()),
         }
     }
+    let mut values = Vec::with_capacity(input.rows * columns.len());
+    for r in 0..input.rows {
+        for (i, v) in input.values[r * width..(r + 1) * width].iter().enumerate() {
+            match wide.iter().find(|(w, _)| *w == i) {
+                Some((_, s)) => {
+                    let n = d.inputs[*s].row_width();
+                    match v {
+                        Value::Array(cells) if cells.len() == n => values.extend(cells.iter().cloned()),
+                        other => {
+                            return Err(Error::Unprocessable(format!("`{}` row {r}: expected a list of {n} values (the input's width), got {other}", input.columns[i])));
+                        }
+                    }
+                }
+                None => values.push(v.clone()),
+            }
+        }
+    }
+    Ok(ScoringInput { columns, values, rows: input.rows })
 }
 
 /// Probabilities are f32; six decimals is all they hold, and it keeps responses short.
@@ -226,4 +410,7 @@ pub struct ScoringResponse {
     pub model: String,
     /// The version that answered (for an alias, the one it routed to).
     pub version: i64,
+    /// The answer as named tensors (not part of the MLflow-shaped body).
+    #[serde(skip)]
+    pub tensors: Vec<OutputTensor>,
 }

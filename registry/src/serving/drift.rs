@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use lakeledger_trainer::data::{Encoding, RawColumn};
+use lakeledger_trainer::data::RawColumn;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -113,7 +113,7 @@ impl Drift {
         };
         // Verified like any load, but not put in the serving cache: a drift check must not
         // evict a model that is taking traffic.
-        let inputs = self.models.load(p, name, version).await?.inputs;
+        let inputs = self.models.load(p, name, version).await?.input_kinds();
 
         let (_, bytes) = self.sets.data(p, &set_id).await?;
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -124,7 +124,7 @@ impl Drift {
             let batch = batch.map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
             let columns = inputs
                 .iter()
-                .map(|c| RawColumn::read(&batch, &c.name).map(values).map_err(|e| Error::Internal(e.to_string())))
+                .map(|(name, _)| RawColumn::read(&batch, name).map(values).map_err(|e| Error::Internal(e.to_string())))
                 .collect::<Result<Vec<_>>>()?;
             for r in 0..batch.num_rows() {
                 baseline.offer(|| columns.iter().map(|c| c[r].clone()).collect());
@@ -132,7 +132,7 @@ impl Drift {
         }
         let (baseline, baseline_rows) = baseline.columns(inputs.len());
 
-        let names: Vec<String> = inputs.iter().map(|c| c.name.clone()).collect();
+        let names: Vec<String> = inputs.iter().map(|(name, _)| name.clone()).collect();
         let (current, current_rows) = match &source {
             Source::InferenceLog => self.log_values(p, name, version, &names, since, until).await?,
             Source::FeatureGroup { name: group, from_version, to_version } => self.group_values(p, &names, group, *from_version, *to_version).await?,
@@ -141,18 +141,18 @@ impl Drift {
 
         let mut features = Vec::new();
         let mut drifted = Vec::new();
-        for (i, c) in inputs.iter().enumerate() {
-            let f = match &c.encoding {
-                Encoding::Standardized { .. } => {
+        for (i, (name, numeric)) in inputs.iter().enumerate() {
+            let f = match numeric {
+                true => {
                     let (b, bn) = numbers(&baseline[i]);
                     let (cur, cn) = numbers(&current[i]);
                     let (ks, p_value) = ks_test(&b, &cur).map_or((None, None), |(d, p)| (Some(d), Some(p)));
-                    FeatureDrift { name: c.name.clone(), kind: "numeric", psi: psi_numeric(&b, bn, &cur, cn), ks, ks_p_value: p_value, baseline_nulls: bn, current_nulls: cn }
+                    FeatureDrift { name: name.clone(), kind: "numeric", psi: psi_numeric(&b, bn, &cur, cn), ks, ks_p_value: p_value, baseline_nulls: bn, current_nulls: cn }
                 }
-                Encoding::OneHot { .. } => {
+                false => {
                     let bn = baseline[i].iter().filter(|v| v.is_null()).count() as u64;
                     let cn = current[i].iter().filter(|v| v.is_null()).count() as u64;
-                    FeatureDrift { name: c.name.clone(), kind: "categorical", psi: psi_categorical(&baseline[i], &current[i]), ks: None, ks_p_value: None, baseline_nulls: bn, current_nulls: cn }
+                    FeatureDrift { name: name.clone(), kind: "categorical", psi: psi_categorical(&baseline[i], &current[i]), ks: None, ks_p_value: None, baseline_nulls: bn, current_nulls: cn }
                 }
             };
             if f.psi.is_some_and(|x| x > psi_threshold) || f.ks.is_some_and(|x| x > ks_threshold) {

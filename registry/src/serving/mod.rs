@@ -17,6 +17,7 @@ mod canary;
 pub mod drift;
 pub mod inference_log;
 mod inputs;
+pub mod tensors;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,14 +32,15 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::identity::Principal;
-use crate::models::{ModelEvents, Models};
+use crate::models::{ModelEvents, Models, Runnable};
 use crate::online::{EntityRows, OnlineStore};
 use crate::platform::audit::AuditLog;
 use crate::platform::catalog::SharedCatalog;
 use crate::platform::changes::{Change, ChangeObserver, Changes};
 use crate::platform::time::now_micros;
 
-pub use batcher::{LoadedModel, ScoringResponse};
+pub use batcher::{Encoded, LoadedModel, OutputTensor, Scored, ScoringResponse};
+use batcher::Scorer;
 pub use canary::{Canary, CanaryView, Guard, StartCanary};
 pub use inference_log::{InferenceLog, LogRow};
 pub use inputs::{EntityInput, ScoringInput, input_from_entities, online_inputs};
@@ -74,6 +76,16 @@ pub enum Target {
 pub enum ScoringBody {
     Json(Bytes),
     Csv(Bytes),
+    /// Rows already read from another protocol (the Open Inference Protocol), with the
+    /// request's bytes for the input hash.
+    Rows(ScoringInput, Bytes),
+}
+
+/// A scoring body, parsed.
+enum Parsed {
+    Csv,
+    Json(Value),
+    Rows(ScoringInput),
 }
 
 /// A scoring request's answer and what the audit record says of it: the version that
@@ -186,13 +198,18 @@ impl Serving {
         }
         let generation = self.models_generation.load(Ordering::SeqCst);
         let started = Instant::now();
-        let artifact = self.models.load(p, name, version).await?;
-        let layers = artifact.dense_layers().map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))?;
-        let width = artifact.inputs.iter().map(|c| c.width()).sum();
+        let runnable = self.models.load(p, name, version).await?;
+        let scorer = match &runnable {
+            Runnable::Native(artifact) => {
+                let layers = artifact.dense_layers().map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))?;
+                Scorer::Native { layers: Arc::new(layers), artifact: artifact.clone() }
+            }
+            Runnable::Onnx(model) => Scorer::Onnx(model.clone()),
+        };
         let (tx, rx) = mpsc::channel(4096);
         let label = format!("{}/{name}", p.tenant);
-        tokio::spawn(batcher::run_batcher(rx, Arc::new(layers), artifact.clone(), self.config.clone(), label, version));
-        let m = Arc::new(LoadedModel { model_id: id, model: name.to_string(), version, artifact, width, batcher: tx, last_used: batcher::now_ms().into() });
+        tokio::spawn(batcher::run_batcher(rx, scorer, self.config.clone(), label, version));
+        let m = Arc::new(LoadedModel { model_id: id, model: name.to_string(), version, runnable, batcher: tx, last_used: batcher::now_ms().into() });
         let mut loaded = self.loaded.write().expect("model cache lock");
         // A version deleted while it loaded serves this request (it began before the delete
         // finished) but is not kept.
@@ -253,9 +270,10 @@ impl Serving {
     pub async fn invoke(self: &Arc<Self>, p: &Principal, request_id: &str, name: &str, target: Target, body: ScoringBody) -> Result<Invocation> {
         let started = Instant::now();
         // Parse before routing, so a malformed body never counts against a canary.
-        let (json, raw) = match &body {
-            ScoringBody::Csv(b) => (None, b),
-            ScoringBody::Json(b) => (Some(serde_json::from_slice::<Value>(b).map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))?), b),
+        let (parsed, raw) = match body {
+            ScoringBody::Csv(b) => (Parsed::Csv, b),
+            ScoringBody::Json(b) => (Parsed::Json(serde_json::from_slice::<Value>(&b).map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))?), b),
+            ScoringBody::Rows(rows, b) => (Parsed::Rows(rows), b),
         };
         let (version, alias, canary) = match &target {
             Target::Version(v) => (*v, None, None),
@@ -270,8 +288,8 @@ impl Serving {
             details.push(("alias".into(), a.clone()));
             details.push(("variant".into(), if canary.is_some() { "canary" } else { "stable" }.into()));
         }
-        details.push(("input_sha256".into(), hex::encode(Sha256::digest(raw))));
-        let outcome = self.score(p, name, version, json, raw, &mut details).await;
+        details.push(("input_sha256".into(), hex::encode(Sha256::digest(&raw))));
+        let outcome = self.score(p, name, version, parsed, &raw, &mut details).await;
         let elapsed = started.elapsed();
         let label = format!("{}/{name}", p.tenant);
         let status = match &outcome {
@@ -304,15 +322,16 @@ impl Serving {
         Ok(Invocation { outcome: Ok(response), version, rows, details })
     }
 
-    /// `json` is `None` for a CSV body. Returns the answer, the rows scored (model inputs
-    /// only) and the entity rows when the request named entities.
-    async fn score(&self, p: &Principal, name: &str, version: i64, json: Option<Value>, body: &[u8], details: &mut Vec<(String, String)>) -> Result<(ScoringResponse, ScoringInput, Option<EntityRows>)> {
+    /// Returns the answer, the rows scored (model inputs only) and the entity rows when
+    /// the request named entities.
+    async fn score(&self, p: &Principal, name: &str, version: i64, parsed: Parsed, body: &[u8], details: &mut Vec<(String, String)>) -> Result<(ScoringResponse, ScoringInput, Option<EntityRows>)> {
         let model = self.loaded(p, name, version).await?;
-        let inputs: Vec<String> = model.artifact.inputs.iter().map(|c| c.name.clone()).collect();
+        let inputs = model.runnable.input_names();
         let mut entity_rows = None;
-        let input = match json {
-            None => ScoringInput::from_csv(body)?,
-            Some(Value::Object(mut map)) if map.contains_key("entities") => {
+        let input = match parsed {
+            Parsed::Csv => ScoringInput::from_csv(body)?,
+            Parsed::Rows(rows) => rows,
+            Parsed::Json(Value::Object(mut map)) if map.contains_key("entities") => {
                 if map.len() > 1 {
                     return Err(Error::Unprocessable("with `entities`, give nothing else: the inputs come from the online store".into()));
                 }
@@ -327,14 +346,14 @@ impl Serving {
                 entity_rows = Some(entities);
                 input
             }
-            Some(v) => ScoringInput::from_mlflow_json(&v, &inputs)?,
+            Parsed::Json(v) => ScoringInput::from_mlflow_json(&v, &inputs)?,
         };
         if input.rows == 0 {
             return Err(Error::Unprocessable("there are no rows to score".into()));
         }
-        let (matrix, input) = model.encode(input)?;
-        let predictions = model.score(matrix, input.rows).await?;
-        Ok((model.response(&predictions), input, entity_rows))
+        let (encoded, input) = model.encode(input)?;
+        let scored = model.score(encoded, input.rows).await?;
+        Ok((model.response(scored), input, entity_rows))
     }
 }
 
