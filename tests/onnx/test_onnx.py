@@ -192,3 +192,44 @@ def test_shape_mismatches_get_clear_errors(server, ll):
     assert status == 422 and "width" in body["error"]["message"], body
     status, body = post(server, path, {"dataframe_records": [{c: "high" for c in z.columns}]})
     assert status == 422 and "expected a number" in body["error"]["message"], body
+
+
+def test_open_inference_protocol_over_http_with_tritonclient(server, ll):
+    import tritonclient.http as httpclient
+
+    z = zoo.xgboost_classifier()
+    ll.create_model("oip_http")
+    v = ll.import_model("oip_http", z.onnx, columns=z.columns)
+    expected, expected_p = reference(z)
+    auth = {"Authorization": f"Bearer {server.key}"}
+    c = httpclient.InferenceServerClient(url=server.url.removeprefix("http://"))
+    assert c.is_server_live() and c.is_server_ready()
+    assert c.is_model_ready("oip_http", headers=auth)
+    meta = c.get_model_metadata("oip_http", headers=auth)
+    assert meta["platform"] == "onnx" and meta["versions"] == [str(v["version"])]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]
+    assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
+
+    for binary in (True, False):
+        x = httpclient.InferInput("input", list(z.features.shape), "FP32")
+        x.set_data_from_numpy(z.features, binary_data=binary)
+        wanted = [httpclient.InferRequestedOutput("label", binary_data=binary), httpclient.InferRequestedOutput("probabilities", binary_data=binary)]
+        # (the client adds its binary header to the dict it is given: a fresh one per call)
+        result = c.infer("oip_http", [x], outputs=wanted, headers=dict(auth), model_version=str(v["version"]))
+        assert result.as_numpy("label").tolist() == expected.tolist()
+        assert np.allclose(result.as_numpy("probabilities"), expected_p, rtol=0, atol=1e-5)
+        assert result.get_response()["model_version"] == str(v["version"])
+
+    # Scoring by tensor is audited like any scoring: the same action, the version read.
+    auditor = Client(server.url, ll.create_key("oip-auditor", "auditor")["secret"])
+    records = [r["payload"] for r in auditor.audit_records(action="model.invoke", resource="oip_http")["records"]]
+    intents = {r["event_id"] for r in records if r["phase"] == "intent" and r["source"]["path"].startswith("/v2/")}
+    outcomes = [r for r in records if r["phase"] == "outcome" and r["details"]["intent_event_id"] in intents]
+    assert len(outcomes) >= 2 and all(r["resource"]["versions_read"] == [v["version"]] for r in outcomes), outcomes
+
+    # A tensor of the wrong width is refused with the error body, naming what is wrong.
+    bad = httpclient.InferInput("input", [2, 29], "FP32")
+    bad.set_data_from_numpy(z.features[:2, :29], binary_data=False)
+    with pytest.raises(Exception) as e:
+        c.infer("oip_http", [bad], headers=dict(auth))
+    assert "30" in str(e.value), str(e.value)

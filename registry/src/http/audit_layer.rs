@@ -117,6 +117,12 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("POST", "/v1/online/features") => "online.features",
         ("POST", "/v1/feature-groups/{name}/online/rebuild") => "online.rebuild",
         ("POST", "/v1/models/{name}/versions/{version}/invocations" | "/v1/models/{target}/invocations") => "model.invoke",
+        ("POST", "/v2/models/{name}/infer" | "/v2/models/{name}/versions/{version}/infer") => "model.invoke",
+        ("GET", "/v2") => "inference.server_metadata",
+        ("GET", "/v2/health/live") => "ops.health",
+        ("GET", "/v2/health/ready") => "ops.ready",
+        ("GET", "/v2/models/{name}" | "/v2/models/{name}/versions/{version}") => "model.metadata",
+        ("GET", "/v2/models/{name}/ready" | "/v2/models/{name}/versions/{version}/ready") => "model.ready",
         ("GET", "/v1/models/{name}/versions/{version}/drift") => "model.drift",
         ("GET", "/v1/models/{name}/aliases/{alias}/canary") => "model_canary.get",
         ("PUT", "/v1/models/{name}/aliases/{alias}/canary") => "model_canary.start",
@@ -142,7 +148,7 @@ fn resource(route: &str, path: &str) -> (Option<&'static str>, Option<String>) {
         Some("training_set")
     } else if route.starts_with("/v1/spines") {
         Some("spine")
-    } else if route.starts_with("/v1/models") {
+    } else if route.starts_with("/v1/models") || route.starts_with("/v2/models") {
         Some("model")
     } else if route.starts_with("/v1/training-jobs") {
         Some("training_job")
@@ -438,7 +444,7 @@ fn set_actor(e: &mut Event, p: Option<&Principal>, has_credentials: bool) {
 /// files (the console then calls the API with the key the user signs in with). They are
 /// still recorded. (`/metrics` takes an operator's key or the scrape token.)
 fn is_public(route: &str) -> bool {
-    matches!(route, "/healthz" | "/readyz" | "/docs" | "/openapi.json" | "/ui" | "/ui/" | "/ui/{file}")
+    matches!(route, "/healthz" | "/readyz" | "/v2/health/live" | "/v2/health/ready" | "/docs" | "/openapi.json" | "/ui" | "/ui/" | "/ui/{file}")
 }
 
 struct PendingOutcome {

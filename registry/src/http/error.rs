@@ -36,14 +36,31 @@ impl IntoResponse for Error {
             _ => RETRY_AFTER_SECS as u64,
         };
         let crate::error::Public { status, code, message, error_id } = self.public();
-        let mut response =
-            (status, Json(ErrorBody { error: ErrorDetail { code: code.clone(), message, error_id } })).into_response();
+        let detail = ErrorDetail { code: code.clone(), message, error_id };
+        let protocol = ProtocolError(format!("{} (code {}, error_id {})", detail.message, detail.code, detail.error_id));
+        let mut response = (status, Json(ErrorBody { error: detail })).into_response();
+        response.extensions_mut().insert(protocol);
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after.into());
         }
         response.extensions_mut().insert(ErrorCode(code));
         response
     }
+}
+
+/// The error as one line, for protocols whose error body is a string (the Open Inference
+/// Protocol's `{"error": "..."}`): message, code and error id.
+#[derive(Clone, Debug)]
+pub struct ProtocolError(pub String);
+
+/// Rewrites an error body as the Open Inference Protocol has it, `{"error": "<message>"}`
+/// (status and headers kept), so that its clients (Triton's among them) can show it.
+pub async fn as_inference_protocol_error(mut response: Response) -> Response {
+    let Some(ProtocolError(line)) = response.extensions_mut().remove::<ProtocolError>() else { return response };
+    let (mut parts, _) = response.into_parts();
+    let body = serde_json::json!({"error": line}).to_string();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Attached to error responses so the recording layer can log the code.

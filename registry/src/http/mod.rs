@@ -12,6 +12,7 @@ pub mod audit_layer;
 pub mod auth;
 pub mod error;
 mod feature_groups;
+mod inference;
 mod models;
 mod openapi;
 mod ops;
@@ -81,6 +82,21 @@ fn limited(req: Request, limit: u64) -> Request {
     req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, limit)))
 }
 
+/// The Open Inference Protocol's routes, whose errors take the protocol's shape.
+fn inference_protocol() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(inference::server_metadata))
+        .route("/v2/health/live", get(inference::live))
+        .route("/v2/health/ready", get(inference::ready))
+        .route("/v2/models/{name}", get(inference::model_metadata))
+        .route("/v2/models/{name}/ready", get(inference::model_ready))
+        .route("/v2/models/{name}/infer", post(inference::infer))
+        .route("/v2/models/{name}/versions/{version}", get(inference::version_metadata))
+        .route("/v2/models/{name}/versions/{version}/ready", get(inference::version_ready))
+        .route("/v2/models/{name}/versions/{version}/infer", post(inference::infer_version))
+        .layer(axum::middleware::map_response(error::as_inference_protocol_error))
+}
+
 /// The route table. Every route passes through the recording layer (see `app::server::app`).
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -132,6 +148,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models/{name}/aliases/{alias}/canary", get(serving::get_canary).put(serving::start_canary).delete(serving::stop_canary))
         .route("/v1/models/{name}/aliases/{alias}/canary/promote", post(serving::promote_canary))
         .route("/v1/audit/entity-hash", post(serving::entity_hash))
+        .merge(inference_protocol())
         .route("/v1/spines", post(training_sets::upload_spine))
         .route("/v1/spines/{id}", get(training_sets::get_spine))
         .route("/v1/audit/records", get(audit::records))

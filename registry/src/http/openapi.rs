@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use super::{admin, audit, feature_groups, models, ops, serving, sql, training_sets};
+use super::{admin, audit, feature_groups, inference, models, ops, serving, sql, training_sets};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,8 +24,10 @@ use super::{admin, audit, feature_groups, models, ops, serving, sql, training_se
         models::create_job, models::list_jobs, models::get_job, models::cancel_job, models::job_events,
         audit::records, audit::checkpoints, audit::latest_checkpoint, audit::inclusion, audit::consistency,
         audit::public_key, audit::export, audit::tlog_checkpoint, audit::tlog_tile,
+        inference::live, inference::ready, inference::server_metadata, inference::model_metadata, inference::version_metadata,
+        inference::model_ready, inference::version_ready, inference::infer, inference::infer_version,
     ),
-    components(schemas(super::error::ErrorBody, super::error::ErrorDetail)),
+    components(schemas(super::error::ErrorBody, super::error::ErrorDetail, inference::InferenceErrorBody)),
     modifiers(&BearerAuth, &EdgeResponses),
     security(("api_key" = []))
 )]
@@ -54,10 +56,12 @@ struct EdgeResponses;
 impl utoipa::Modify for EdgeResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
-        let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
-            RefOr::T(ResponseBuilder::new().description(description).content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody")))).build())
-        };
         for (path, item) in openapi.paths.paths.iter_mut() {
+            // The Open Inference Protocol's routes answer errors in its own shape.
+            let schema = if path.starts_with("/v2") { "InferenceErrorBody" } else { "ErrorBody" };
+            let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
+                RefOr::T(ResponseBuilder::new().description(description).content("application/json", Content::new(Some(Ref::from_schema_name(schema)))).build())
+            };
             let operations = [
                 ("GET", item.get.as_mut()),
                 ("PUT", item.put.as_mut()),

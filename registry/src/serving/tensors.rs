@@ -4,11 +4,53 @@
 //! input's columns), so tensors are scored through the same routing, canary, batching,
 //! checks and inference log as MLflow-shaped requests.
 
+use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::ScoringInput;
+use super::{LoadedModel, ScoringInput};
 use crate::error::{Error, Result};
-use crate::models::onnx::Values;
+use crate::models::Runnable;
+use crate::models::onnx::{Elem, Values};
+
+/// A tensor a model takes or gives: its name, the protocol's type name and its shape
+/// (`-1`: the batch axis).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TensorMetadata {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// The tensors a model takes and gives. A native model takes one tensor per column
+/// (numbers as FP64, categories as BYTES) and gives `predictions` (and `probabilities`
+/// for a classifier); an ONNX model, its graph's inputs and outputs.
+pub fn signature(model: &LoadedModel) -> (Vec<TensorMetadata>, Vec<TensorMetadata>) {
+    let meta = |name: &str, elem: Elem, shape: Vec<i64>| TensorMetadata { name: name.to_string(), datatype: elem.oip().to_string(), shape };
+    match &model.runnable {
+        Runnable::Native(artifact) => {
+            let inputs = model.runnable.input_kinds().iter().map(|(name, numeric)| meta(name, if *numeric { Elem::Double } else { Elem::String }, vec![-1])).collect();
+            let outputs = match &artifact.target {
+                lakeledger_trainer::data::Target::Classes { classes } => {
+                    let label = if classes.iter().all(|c| c.as_i64().is_some()) {
+                        Elem::Int64
+                    } else if classes.iter().all(Value::is_number) {
+                        Elem::Double
+                    } else {
+                        Elem::String
+                    };
+                    vec![meta("predictions", label, vec![-1]), meta("probabilities", Elem::Float, vec![-1, classes.len() as i64])]
+                }
+                lakeledger_trainer::data::Target::Value { .. } => vec![meta("predictions", Elem::Double, vec![-1])],
+            };
+            (inputs, outputs)
+        }
+        Runnable::Onnx(m) => {
+            let d = &m.description;
+            (d.inputs.iter().map(|s| meta(&s.name, s.elem, s.shape(-1))).collect(), d.outputs.iter().map(|s| meta(&s.name, s.elem, s.shape(-1))).collect())
+        }
+    }
+}
 
 /// A named tensor: shape (batch axis first) and values, row-major.
 #[derive(Debug, Clone)]
