@@ -17,6 +17,7 @@ pub mod lineage;
 pub mod models;
 pub mod online;
 pub mod platform;
+pub mod rpc;
 pub mod serving;
 pub mod sql;
 pub mod training;

@@ -233,3 +233,38 @@ def test_open_inference_protocol_over_http_with_tritonclient(server, ll):
     with pytest.raises(Exception) as e:
         c.infer("oip_http", [bad], headers=dict(auth))
     assert "30" in str(e.value), str(e.value)
+
+
+def test_open_inference_protocol_over_grpc_with_tritonclient(server, ll):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    z = zoo.lightgbm_classifier()
+    ll.create_model("oip_grpc")
+    v = ll.import_model("oip_grpc", z.onnx, columns=z.columns)
+    ll.set_alias("oip_grpc", "champion", v["version"])
+    expected, expected_p = reference(z)
+    auth = {"authorization": f"Bearer {server.key}"}
+    c = grpcclient.InferenceServerClient(url=server.flight_url.removeprefix("grpc://"))
+    assert c.is_server_live() and c.is_server_ready()
+    assert c.is_model_ready("oip_grpc@champion", headers=auth)
+    meta = c.get_model_metadata("oip_grpc", headers=auth, as_json=True)
+    assert meta["platform"] == "onnx" and meta["inputs"][0]["shape"] == ["-1", "13"]
+
+    x = grpcclient.InferInput("input", list(z.features.shape), "FP32")
+    x.set_data_from_numpy(z.features)
+    result = c.infer("oip_grpc@champion", [x], headers=auth, outputs=[grpcclient.InferRequestedOutput("label"), grpcclient.InferRequestedOutput("probabilities")])
+    assert result.as_numpy("label").reshape(-1).tolist() == expected.tolist()
+    assert np.allclose(result.as_numpy("probabilities"), expected_p, rtol=0, atol=1e-5)
+    assert result.get_response().model_version == str(v["version"])
+
+    # Without a key the call is refused, and recorded like every call.
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("oip_grpc", [x])
+    assert "unauthenticated" in str(e.value).lower()
+    auditor = Client(server.url, ll.create_key("grpc-auditor", "auditor")["secret"])
+    records = [r["payload"] for r in auditor.audit_records(action="model.invoke", resource="oip_grpc")["records"]]
+    routes = {r["source"]["route"] for r in records if r["phase"] == "intent"}
+    assert routes == {"grpc:ModelInfer/ModelInfer"}, routes
+    outcomes = [r for r in records if r["phase"] == "outcome"]
+    assert sorted(o["outcome"]["status"] for o in outcomes) == [200, 401], outcomes

@@ -138,6 +138,25 @@ pub struct Bound {
     pub flight: Option<(SocketAddr, bool)>,
 }
 
+/// Serves Flight SQL and the inference protocol on one bound gRPC listener until `shutdown`
+/// completes.
+async fn serve_grpc(
+    mut server: tonic::transport::Server,
+    listener: tokio::net::TcpListener,
+    flight: crate::flight::FlightSql,
+    inference: crate::rpc::inference::Inference,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    server
+        .add_service(arrow_flight::flight_service_server::FlightServiceServer::new(flight).max_decoding_message_size(16 * 1024 * 1024))
+        .add_service(crate::rpc::inference::InferenceServer::new(inference))
+        // Small answers (a plan, a catalog listing, one prediction) must not wait on
+        // Nagle's algorithm.
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+}
+
 /// Binds, prints where the server listens, and serves until SIGTERM/Ctrl-C; in-flight
 /// requests finish before it returns.
 pub async fn serve(prepared: Prepared, on_bound: impl FnOnce(Bound)) -> Result<()> {
@@ -162,8 +181,8 @@ pub async fn serve_until(
                 .map_err(|e| Error::Internal(format!("cannot listen for Flight on {}: {e}", settings.listen)))?;
             let bound = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
             let tls = settings.tls.is_some();
-            let transport = crate::flight::transport(settings.tls.as_ref())?;
-            let service = crate::flight::FlightSql::new(
+            let transport = crate::rpc::transport(settings.tls.as_ref())?;
+            let flight = crate::flight::FlightSql::new(
                 state.identity.clone(),
                 state.quotas.clone(),
                 state.audit.clone(),
@@ -175,7 +194,8 @@ pub async fn serve_until(
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            let task = tokio::spawn(crate::flight::serve(transport, listener, service, stop));
+            let inference = crate::rpc::inference::Inference::new(state.identity.clone(), state.quotas.clone(), state.audit.clone(), state.serving.clone(), state.readiness.clone());
+            let task = tokio::spawn(serve_grpc(transport, listener, flight, inference, stop));
             (Some(task), Some((bound, tls)))
         }
         None => (None, None),

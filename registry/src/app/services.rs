@@ -94,7 +94,7 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
         drift,
         lineage,
         audit,
-        readiness: Readiness::new(catalog, tables),
+        readiness: Arc::new(Readiness::new(catalog, tables)),
         metrics,
         metrics_token: metrics_token(config)?,
         limits: HttpLimits {

@@ -14,10 +14,9 @@
 //! - Bulk tickets (see [`tickets`]): a feature group at a version or time, a training set.
 //! - Read-only: updates, ingest (`DoPut`) and transactions are refused; use HTTP to write.
 //!
-//! Every call is recorded ([`audit`]): intent before any data leaves, outcome when the
+//! Every call is recorded ([`crate::rpc::audit`]): intent before any data leaves, outcome when the
 //! call answers or its stream ends or is cut.
 
-mod audit;
 mod catalog;
 pub mod tickets;
 
@@ -28,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::SqlInfoData;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, Command,
@@ -45,7 +44,7 @@ use lakeledger_query::datafusion::physical_plan::SendableRecordBatchStream;
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use self::audit::{Call, CallKind, Facts, Recorder};
+use crate::rpc::audit::{Call, CallKind, Facts, Recorder};
 use self::tickets::{Bulk, StatementHandle};
 use crate::error::{Error, Result};
 use crate::features::{FeatureGroups, ReadSpec};
@@ -132,7 +131,7 @@ impl Asked {
             }
             Asked::Unsupported(_) => ("Unsupported", "flight.unsupported", None, None),
         };
-        CallKind { rpc, command, action, resource_kind, resource_name }
+        CallKind { protocol: "flight", rpc, command, action, resource_kind, resource_name }
     }
 }
 
@@ -144,7 +143,7 @@ fn prepared_sql(handle: &[u8]) -> Result<String> {
 
 /// A refused or undecodable request still gets its records.
 fn undecodable(rpc: &'static str) -> CallKind {
-    CallKind { rpc, command: "Invalid", action: "flight.invalid", resource_kind: None, resource_name: None }
+    CallKind { protocol: "flight", rpc, command: "Invalid", action: "flight.invalid", resource_kind: None, resource_name: None }
 }
 
 impl FlightSql {
@@ -457,7 +456,7 @@ fn handshake_kind() -> CallKind {
 }
 
 fn simple_kind(rpc: &'static str, action: &'static str) -> CallKind {
-    CallKind { rpc, command: rpc, action, resource_kind: None, resource_name: None }
+    CallKind { protocol: "flight", rpc, command: rpc, action, resource_kind: None, resource_name: None }
 }
 
 /// `Basic base64(user:key)` becomes `Bearer key`; a bearer header passes as it is.
@@ -476,37 +475,6 @@ fn basic_to_bearer(header: &str) -> Result<String> {
         return Err(Error::Unauthenticated);
     }
     Ok(format!("Bearer {secret}"))
-}
-
-/// The gRPC server Flight runs on, with TLS when a certificate and key are given. The
-/// files are read here, before the server starts, so a bad one stops the start.
-pub fn transport(tls: Option<&(std::path::PathBuf, std::path::PathBuf)>) -> Result<tonic::transport::Server> {
-    let mut server = tonic::transport::Server::builder();
-    if let Some((cert, key)) = tls {
-        // Several crates in the tree enable rustls; name the provider rather than let it guess.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::BadRequest(format!("Flight TLS file {}: {e}", p.display())));
-        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-        server = server
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| Error::BadRequest(format!("Flight TLS: {e}")))?;
-    }
-    Ok(server)
-}
-
-/// Serves Flight on a bound listener until `shutdown` completes.
-pub async fn serve(
-    mut server: tonic::transport::Server,
-    listener: tokio::net::TcpListener,
-    service: FlightSql,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    server
-        .add_service(FlightServiceServer::new(service).max_decoding_message_size(16 * 1024 * 1024))
-        // Small answers (a plan, a catalog listing) must not wait on Nagle's algorithm.
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("Flight server: {e}")))
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::models::onnx::Values;
 use crate::platform::catalog::Role;
-use crate::serving::tensors::{NamedTensor, TensorMetadata, rows_from_tensors, signature};
-use crate::serving::{Invocation, OutputTensor, ScoringBody, Target};
+use crate::serving::tensors::{NamedTensor, TensorMetadata, decode_raw, encode_raw, rows_from_tensors};
+use crate::serving::{Invocation, OutputTensor, ScoringBody};
 
 const READ: &[Role] = &[Role::Admin, Role::Writer, Role::Reader];
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -143,44 +143,11 @@ pub async fn server_metadata(Caller(p): Caller) -> Result<axum::Json<ServerMetad
     Ok(axum::Json(ServerMetadata { name: "lakeledger".into(), version: env!("CARGO_PKG_VERSION").into(), extensions: vec!["binary_tensor_data".into()] }))
 }
 
-/// What a path names: the model and the version (or alias) to use.
-async fn target(state: &AppState, p: &Principal, name: &str, version: Option<&str>) -> Result<(String, Target)> {
-    if let Some(v) = version {
-        let v: i64 = v.parse().map_err(|_| Error::NotFound { kind: "model version", name: format!("{name}/{v}") })?;
-        return Ok((name.to_string(), Target::Version(v)));
-    }
-    if let Some((model, alias)) = name.split_once('@') {
-        return Ok((model.to_string(), Target::Alias(alias.to_string())));
-    }
-    let latest = state.models.versions(p, name).await?.into_iter().filter(|v| v.state == "active").map(|v| v.version).max();
-    let v = latest.ok_or_else(|| Error::NotFound { kind: "model version", name: format!("{name} (it has no active version)") })?;
-    Ok((name.to_string(), Target::Version(v)))
-}
-
-/// The version a target names now (an alias's stable version).
-async fn version_of(state: &AppState, p: &Principal, name: &str, target: &Target) -> Result<i64> {
-    Ok(match target {
-        Target::Version(v) => *v,
-        Target::Alias(a) => state.serving.route(p, name, a).await?.stable,
-    })
-}
-
 async fn metadata(state: &AppState, p: &Principal, name: &str, version: Option<&str>) -> Result<(Extension<AuditFacts>, axum::Json<ModelMetadata>)> {
     p.require(READ, "read models")?;
-    let (model, target) = target(state, p, name, version).await?;
-    let v = version_of(state, p, &model, &target).await?;
-    let loaded = state.serving.loaded(p, &model, v).await?;
-    let (inputs, outputs) = signature(&loaded);
-    let platform = match &loaded.runnable {
-        crate::models::Runnable::Onnx(_) => "onnx",
-        crate::models::Runnable::Native(_) => "lakeledger",
-    };
-    let versions = match version {
-        Some(_) => vec![v.to_string()],
-        None => state.models.versions(p, &model).await?.into_iter().filter(|x| x.state == "active").map(|x| x.version.to_string()).collect(),
-    };
-    let facts = AuditFacts { resource_name: Some(model.clone()), versions_read: vec![v], ..Default::default() };
-    Ok((Extension(facts), axum::Json(ModelMetadata { name: name.to_string(), versions, platform: platform.into(), inputs, outputs })))
+    let d = state.serving.describe(p, name, version).await?;
+    let facts = AuditFacts { resource_name: Some(d.model.clone()), versions_read: vec![d.version], ..Default::default() };
+    Ok((Extension(facts), axum::Json(ModelMetadata { name: name.to_string(), versions: d.versions, platform: d.platform.into(), inputs: d.inputs, outputs: d.outputs })))
 }
 
 /// A model's inputs and outputs (its latest active version, or the alias's in `name@alias`).
@@ -199,8 +166,7 @@ pub async fn version_metadata(State(state): State<AppState>, Caller(p): Caller, 
 
 async fn readiness(state: &AppState, p: &Principal, name: &str, version: Option<&str>) -> Result<(Extension<AuditFacts>, axum::Json<ModelReady>)> {
     p.require(READ, "read models")?;
-    let (model, target) = target(state, p, name, version).await?;
-    let v = version_of(state, p, &model, &target).await?;
+    let (model, _, v) = state.serving.resolve(p, name, version).await?;
     // Ready means loaded and verified (hash and signature), as the first request would.
     state.serving.loaded(p, &model, v).await?;
     let facts = AuditFacts { resource_name: Some(model), versions_read: vec![v], ..Default::default() };
@@ -242,7 +208,7 @@ async fn run_infer(state: &AppState, p: &Principal, request_id: &str, name: &str
     let request: InferRequest = serde_json::from_slice(json).map_err(|e| Error::Unprocessable(format!("the inference request: {e}")))?;
     let tensors = input_tensors(&request.inputs, binary)?;
     let rows = rows_from_tensors(&tensors)?;
-    let (model, target) = target(state, p, name, version).await?;
+    let (model, target, _) = state.serving.resolve(p, name, version).await?;
     let Invocation { outcome, version, rows: scored_rows, details } = state.serving.invoke(p, request_id, &model, target, ScoringBody::Rows(rows, body.clone())).await?;
     let facts = AuditFacts { resource_name: Some(model.clone()), versions_read: vec![version], rows: scored_rows, details, ..Default::default() };
     let response = outcome.and_then(|answer| encode_response(&model, version, request.id, &request.parameters, &request.outputs, answer.tensors));
@@ -281,7 +247,7 @@ fn input_tensors(inputs: &[InferInput], mut binary: &[u8]) -> Result<Vec<NamedTe
                 }
                 let (mine, rest) = binary.split_at(size);
                 binary = rest;
-                from_binary(&i.name, &i.datatype, mine)?
+                decode_raw(&i.name, &i.datatype, mine)?
             }
             (None, Some(data)) => from_json(&i.name, &i.datatype, data, count)?,
             (Some(_), Some(_)) => return Err(Error::Unprocessable(format!("input `{}`: give `data` or `binary_data_size`, not both", i.name))),
@@ -320,68 +286,6 @@ fn from_json(name: &str, datatype: &str, data: &Value, count: usize) -> Result<V
     })
 }
 
-fn from_binary(name: &str, datatype: &str, bytes: &[u8]) -> Result<Values> {
-    let fixed = |size: usize| -> Result<std::slice::ChunksExact<'_, u8>> {
-        if bytes.len() % size != 0 {
-            return Err(Error::Unprocessable(format!("input `{name}`: {} bytes is not a whole number of {datatype} values", bytes.len())));
-        }
-        Ok(bytes.chunks_exact(size))
-    };
-    let le = |c: &[u8]| -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
-        b
-    };
-    Ok(match datatype {
-        "FP32" => Values::Float(fixed(4)?.map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
-        "FP64" => Values::Double(fixed(8)?.map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
-        "INT8" => Values::Int64(fixed(1)?.map(|c| i64::from(c[0] as i8)).collect()),
-        "INT16" => Values::Int64(fixed(2)?.map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect()),
-        "INT32" => Values::Int64(fixed(4)?.map(|c| i64::from(i32::from_le_bytes(c.try_into().expect("4 bytes")))).collect()),
-        "INT64" => Values::Int64(fixed(8)?.map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
-        "UINT8" | "UINT16" | "UINT32" => {
-            let size = match datatype {
-                "UINT8" => 1,
-                "UINT16" => 2,
-                _ => 4,
-            };
-            Values::Int64(fixed(size)?.map(|c| u64::from_le_bytes(le(c)) as i64).collect())
-        }
-        "UINT64" => Values::Int64(fixed(8)?.map(|c| u64::from_le_bytes(le(c)).min(i64::MAX as u64) as i64).collect()),
-        "BOOL" => Values::Bool(bytes.iter().map(|&b| b != 0).collect()),
-        "BYTES" => {
-            let mut out = Vec::new();
-            let mut rest = bytes;
-            while !rest.is_empty() {
-                if rest.len() < 4 {
-                    return Err(Error::Unprocessable(format!("input `{name}`: a BYTES element's 4-byte length is cut off")));
-                }
-                let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-                if rest.len() < 4 + n {
-                    return Err(Error::Unprocessable(format!("input `{name}`: a BYTES element says {n} bytes, {} are left", rest.len() - 4)));
-                }
-                let text = std::str::from_utf8(&rest[4..4 + n]).map_err(|_| Error::Unprocessable(format!("input `{name}`: BYTES elements must be UTF-8 text")))?;
-                out.push(text.to_string());
-                rest = &rest[4 + n..];
-            }
-            Values::String(out)
-        }
-        other => return Err(Error::Unprocessable(format!("input `{name}`: datatype {other} is not supported (BOOL, INT8–INT64, UINT8–UINT64, FP32, FP64, BYTES)"))),
-    })
-}
-
-/// Little-endian bytes of a tensor, as the binary extension carries them.
-pub fn to_binary(values: &Values) -> Vec<u8> {
-    match values {
-        Values::Float(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Values::Double(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Values::Int64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Values::Int32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Values::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
-        Values::String(v) => v.iter().flat_map(|s| (s.len() as u32).to_le_bytes().into_iter().chain(s.bytes())).collect(),
-    }
-}
-
 fn wants_binary(parameters: &Map<String, Value>, key: &str) -> bool {
     parameters.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
@@ -408,7 +312,7 @@ fn encode_response(model: &str, version: i64, id: Option<String>, parameters: &M
             let shape = t.shape.iter().map(|&d| d as i64).collect();
             let datatype = t.values.elem().oip().to_string();
             if as_binary {
-                let bytes = to_binary(&t.values);
+                let bytes = encode_raw(&t.values);
                 let mut parameters = Map::new();
                 parameters.insert("binary_data_size".into(), Value::from(bytes.len()));
                 binary.extend(bytes);

@@ -40,7 +40,7 @@ pub struct Services {
     pub drift: Arc<Drift>,
     pub lineage: Lineage,
     pub audit: Arc<AuditLog>,
-    pub readiness: Readiness,
+    pub readiness: Arc<Readiness>,
     pub metrics: PrometheusHandle,
     /// SHA-256 of the bearer token that may scrape `/metrics`, if one is configured.
     pub metrics_token: Option<[u8; 32]>,

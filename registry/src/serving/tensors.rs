@@ -102,6 +102,121 @@ pub fn rows_from_tensors(inputs: &[NamedTensor]) -> Result<ScoringInput> {
     Ok(ScoringInput { columns: inputs.iter().map(|t| t.name.clone()).collect(), values, rows })
 }
 
+/// A tensor from little-endian bytes, as the binary extension and gRPC's raw contents
+/// carry it (BYTES elements each after a 4-byte length).
+pub fn decode_raw(name: &str, datatype: &str, bytes: &[u8]) -> Result<Values> {
+    let fixed = |size: usize| -> Result<std::slice::ChunksExact<'_, u8>> {
+        if bytes.len() % size != 0 {
+            return Err(Error::Unprocessable(format!("input `{name}`: {} bytes is not a whole number of {datatype} values", bytes.len())));
+        }
+        Ok(bytes.chunks_exact(size))
+    };
+    let le = |c: &[u8]| -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        b
+    };
+    Ok(match datatype {
+        "FP32" => Values::Float(fixed(4)?.map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
+        "FP64" => Values::Double(fixed(8)?.map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+        "INT8" => Values::Int64(fixed(1)?.map(|c| i64::from(c[0] as i8)).collect()),
+        "INT16" => Values::Int64(fixed(2)?.map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect()),
+        "INT32" => Values::Int64(fixed(4)?.map(|c| i64::from(i32::from_le_bytes(c.try_into().expect("4 bytes")))).collect()),
+        "INT64" => Values::Int64(fixed(8)?.map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+        "UINT8" | "UINT16" | "UINT32" => {
+            let size = match datatype {
+                "UINT8" => 1,
+                "UINT16" => 2,
+                _ => 4,
+            };
+            Values::Int64(fixed(size)?.map(|c| u64::from_le_bytes(le(c)) as i64).collect())
+        }
+        "UINT64" => Values::Int64(fixed(8)?.map(|c| u64::from_le_bytes(le(c)).min(i64::MAX as u64) as i64).collect()),
+        "BOOL" => Values::Bool(bytes.iter().map(|&b| b != 0).collect()),
+        "BYTES" => {
+            let mut out = Vec::new();
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                if rest.len() < 4 {
+                    return Err(Error::Unprocessable(format!("input `{name}`: a BYTES element's 4-byte length is cut off")));
+                }
+                let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                if rest.len() < 4 + n {
+                    return Err(Error::Unprocessable(format!("input `{name}`: a BYTES element says {n} bytes, {} are left", rest.len() - 4)));
+                }
+                let text = std::str::from_utf8(&rest[4..4 + n]).map_err(|_| Error::Unprocessable(format!("input `{name}`: BYTES elements must be UTF-8 text")))?;
+                out.push(text.to_string());
+                rest = &rest[4 + n..];
+            }
+            Values::String(out)
+        }
+        other => return Err(Error::Unprocessable(format!("input `{name}`: datatype {other} is not supported (BOOL, INT8–INT64, UINT8–UINT64, FP32, FP64, BYTES)"))),
+    })
+}
+
+/// Little-endian bytes of a tensor, as the binary extension and gRPC's raw contents carry
+/// them (BYTES elements each after a 4-byte length).
+pub fn encode_raw(values: &Values) -> Vec<u8> {
+    match values {
+        Values::Float(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Values::Double(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Values::Int64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Values::Int32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Values::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        Values::String(v) => v.iter().flat_map(|s| (s.len() as u32).to_le_bytes().into_iter().chain(s.bytes())).collect(),
+    }
+}
+
+
+/// What a model takes and gives, as the protocol's metadata call reports it.
+pub struct Description {
+    /// The model's name (without any `@alias`).
+    pub model: String,
+    /// The version described.
+    pub version: i64,
+    /// Versions the name serves: the one asked for, or every active version.
+    pub versions: Vec<String>,
+    /// `onnx` for imported ONNX graphs, `lakeledger` for models trained here.
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
+
+impl super::Serving {
+    /// What a protocol's model name and version name: `name@alias` follows the alias (and
+    /// its canary when scoring), a bare name is its latest active version. Returns the
+    /// model, the target and the version it names now (an alias's stable version).
+    pub async fn resolve(&self, p: &crate::identity::Principal, name: &str, version: Option<&str>) -> Result<(String, super::Target, i64)> {
+        if let Some(v) = version.filter(|v| !v.is_empty()) {
+            let v: i64 = v.parse().map_err(|_| Error::NotFound { kind: "model version", name: format!("{name}/{v}") })?;
+            return Ok((name.to_string(), super::Target::Version(v), v));
+        }
+        if let Some((model, alias)) = name.split_once('@') {
+            let stable = self.route(p, model, alias).await?.stable;
+            return Ok((model.to_string(), super::Target::Alias(alias.to_string()), stable));
+        }
+        let latest = self.models.versions(p, name).await?.into_iter().filter(|v| v.state == "active").map(|v| v.version).max();
+        let v = latest.ok_or_else(|| Error::NotFound { kind: "model version", name: format!("{name} (it has no active version)") })?;
+        Ok((name.to_string(), super::Target::Version(v), v))
+    }
+
+    /// The tensors a model takes and gives (loading and verifying it).
+    pub async fn describe(&self, p: &crate::identity::Principal, name: &str, version: Option<&str>) -> Result<Description> {
+        let (model, _, v) = self.resolve(p, name, version).await?;
+        let loaded = self.loaded(p, &model, v).await?;
+        let (inputs, outputs) = signature(&loaded);
+        let platform = match &loaded.runnable {
+            Runnable::Onnx(_) => "onnx",
+            Runnable::Native(_) => "lakeledger",
+        };
+        let versions = match version.filter(|v| !v.is_empty()) {
+            Some(_) => vec![v.to_string()],
+            None => self.models.versions(p, &model).await?.into_iter().filter(|x| x.state == "active").map(|x| x.version.to_string()).collect(),
+        };
+        Ok(Description { model, version: v, versions, platform, inputs, outputs })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -303,8 +303,8 @@ impl OnnxModel {
         use prost::Message;
         let mut proto = pb::ModelProto::decode(bytes).map_err(|e| refused(format!("it is not an ONNX protobuf: {e}")))?;
         let graph = proto.graph.as_mut().ok_or_else(|| refused("it has no graph"))?;
-        let zipmap = take_zipmap(graph)?;
         let operators = check_operators(graph)?;
+        let zipmap = take_zipmap(graph)?;
         widen_binary_base_values(graph);
         let label_from_classifier = graph.output.first().is_some_and(|o| produced_by_classifier(graph, &o.name));
 
@@ -620,26 +620,25 @@ fn push_value(out: &mut Values, v: &Value, c: &ColumnSpec, row: usize) -> Result
     Ok(())
 }
 
-/// A removed `ZipMap`: the tensor it read (now a graph output) and its class labels.
+/// A removed `ZipMap`: its output (now the probabilities tensor) and its class labels.
 struct ZipMap {
     probabilities: String,
     classes: Vec<Value>,
 }
 
 /// Takes `ZipMap` off the graph: its output, a sequence of maps that only feeds a graph
-/// output, is replaced by its input, the probabilities tensor.
+/// output, becomes the probabilities tensor it read (an `Identity` in its place), under the
+/// output's own name.
 fn take_zipmap(graph: &mut pb::GraphProto) -> Result<Option<ZipMap>> {
-    let Some(at) = graph.node.iter().position(|n| n.op_type == "ZipMap") else { return Ok(None) };
-    let node = graph.node.remove(at);
-    if graph.node.iter().any(|n| n.op_type == "ZipMap") {
+    let mut found = graph.node.iter().enumerate().filter(|(_, n)| n.op_type == "ZipMap").map(|(i, _)| i);
+    let Some(at) = found.next() else { return Ok(None) };
+    if found.next().is_some() {
         return Err(refused("it has more than one ZipMap"));
     }
-    let (Some(input), Some(output)) = (node.input.first(), node.output.first()) else {
+    let node = &mut graph.node[at];
+    let (Some(_), Some(output)) = (node.input.first(), node.output.first().cloned()) else {
         return Err(refused("its ZipMap has no input or output"));
     };
-    if graph.node.iter().any(|n| n.input.contains(output)) {
-        return Err(refused("its ZipMap feeds another operator; only a ZipMap that gives a graph output can be served"));
-    }
     let classes: Vec<Value> = if let Some(a) = node.attribute.iter().find(|a| a.name == "classlabels_int64s") {
         a.ints.iter().map(|&i| Value::from(i)).collect()
     } else if let Some(a) = node.attribute.iter().find(|a| a.name == "classlabels_strings") {
@@ -647,14 +646,19 @@ fn take_zipmap(graph: &mut pb::GraphProto) -> Result<Option<ZipMap>> {
     } else {
         return Err(refused("its ZipMap has no class labels"));
     };
-    for o in graph.output.iter_mut().filter(|o| &o.name == output) {
-        o.name = input.clone();
+    node.op_type = "Identity".into();
+    node.domain = String::new();
+    node.attribute.clear();
+    if graph.node.iter().any(|n| n.input.contains(&output)) {
+        return Err(refused("its ZipMap feeds another operator; only a ZipMap that gives a graph output can be served"));
+    }
+    for o in graph.output.iter_mut().filter(|o| o.name == output) {
         o.r#type = Some(pb::TypeProto {
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor { elem_type: 1, shape: None })),
             ..Default::default()
         });
     }
-    Ok(Some(ZipMap { probabilities: input.clone(), classes }))
+    Ok(Some(ZipMap { probabilities: output, classes }))
 }
 
 /// Whether a tensor is a classifier operator's label output, directly or through
@@ -712,7 +716,9 @@ fn check_operators(graph: &pb::GraphProto) -> Result<Vec<String>> {
     let mut unknown = std::collections::BTreeSet::new();
     for n in &graph.node {
         let name = if n.domain.is_empty() || n.domain == "ai.onnx" { n.op_type.clone() } else { format!("{}.{}", n.domain, n.op_type) };
-        if !register.contains_key(&n.op_type) || (n.domain != "" && n.domain != "ai.onnx" && n.domain != "ai.onnx.ml") {
+        // ZipMap is taken off the graph before it is parsed (see `take_zipmap`).
+        let known = register.contains_key(&n.op_type) || n.op_type == "ZipMap";
+        if !known || !matches!(n.domain.as_str(), "" | "ai.onnx" | "ai.onnx.ml") {
             unknown.insert(name.clone());
         }
         used.insert(name);

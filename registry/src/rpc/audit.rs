@@ -1,8 +1,9 @@
-//! Every Flight call is recorded as an HTTP request is: the caller is authenticated and an
-//! **intent** record made durable before the call may touch data (if the ledger does not
-//! take it, the call is refused with `UNAVAILABLE`); an **outcome** follows when the call
-//! answers or, for a stream, when the stream ends, fails or is dropped by the client —
-//! with the bytes sent, a SHA-256 of the Flight data, the rows and the versions read.
+//! Every gRPC call (Flight SQL, inference) is recorded as an HTTP request is: the caller is
+//! authenticated and an **intent** record made durable before the call may touch data (if
+//! the ledger does not take it, the call is refused with `UNAVAILABLE`); an **outcome**
+//! follows when the call answers or, for a stream, when the stream ends, fails or is
+//! dropped by the client — with the bytes sent, a SHA-256 of the Flight data, the rows and
+//! the versions read.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,9 +23,11 @@ use crate::identity::{Identity, Principal};
 use crate::identity::quotas::Limits;
 use crate::platform::audit::{AuditContext, AuditLog};
 
-/// What a call is, for its records: the RPC, the Flight SQL command or ticket kind, the
-/// action (named as the same action over HTTP is) and the resource it names.
+/// What a call is, for its records: the protocol (`flight`, `grpc`), the RPC, the Flight
+/// SQL command or ticket kind, the action (named as the same action over HTTP is) and the
+/// resource it names.
 pub struct CallKind {
+    pub protocol: &'static str,
     pub rpc: &'static str,
     pub command: &'static str,
     pub action: &'static str,
@@ -83,17 +86,17 @@ impl Recorder {
         intent.source.client = remote.map(|a| a.ip().to_string());
         intent.source.user_agent = meta.get("user-agent").and_then(|v| v.to_str().ok()).map(|s| s.chars().take(256).collect());
         intent.source.request_id = Some(request_id.clone());
-        intent.source.method = Some("FLIGHT".into());
-        intent.source.route = Some(format!("flight:{}/{}", kind.rpc, kind.command));
+        intent.source.method = Some(kind.protocol.to_ascii_uppercase());
+        intent.source.route = Some(format!("{}:{}/{}", kind.protocol, kind.rpc, kind.command));
         intent.resource.kind = kind.resource_kind.map(str::to_string);
         intent.resource.name = kind.resource_name;
         intent.resource.tenant = authenticated.as_ref().ok().map(|p| p.tenant.clone());
-        intent.details.push(("protocol".into(), "flight".into()));
+        intent.details.push(("protocol".into(), kind.protocol.into()));
 
         let receipt = match self.audit.record(&intent).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, request_id = %request_id, "Flight call could not be recorded; refusing it");
+                tracing::error!(error = %e, request_id = %request_id, protocol = kind.protocol, "gRPC call could not be recorded; refusing it");
                 return Err(Status::unavailable(format!(
                     "audit_unavailable: the audit ledger could not record this call, so it was not carried out: {e}"
                 )));
@@ -106,7 +109,11 @@ impl Recorder {
         outcome.resource = intent.resource.clone();
         outcome.details.push(("intent_event_id".into(), intent.event_id.clone()));
         let ctx = AuditContext { request_id, event_id: intent.event_id.clone(), intent_seq: receipt.seq };
-        metrics::counter!("lakeledger_flight_calls_total", "rpc" => kind.rpc, "command" => kind.command).increment(1);
+        if kind.protocol == "flight" {
+            metrics::counter!("lakeledger_flight_calls_total", "rpc" => kind.rpc, "command" => kind.command).increment(1);
+        } else {
+            metrics::counter!("lakeledger_grpc_calls_total", "rpc" => kind.rpc).increment(1);
+        }
 
         let call = Call { ctx, audit: self.audit.clone(), outcome, started };
         let principal = match authenticated {
@@ -155,6 +162,12 @@ impl Call {
         let event = self.finish_event(None);
         self.audit.record_later(&event);
         Status::unimplemented(format!("not_implemented: {what}"))
+    }
+
+    /// Notes what a call read before it answers or fails (the version a refused scoring
+    /// tried, for one).
+    pub fn note(&mut self, facts: Facts) {
+        self.apply(facts);
     }
 
     /// Records a call that answered in one message.
