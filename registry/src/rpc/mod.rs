@@ -1,4 +1,4 @@
-//! The gRPC edge: one port (`--flight-listen`) serving Arrow Flight SQL ([`crate::flight`])
+//! The gRPC edge: one port (`--flight-listen`) serving Arrow Flight SQL (the `flight` module)
 //! and the Open Inference Protocol's `inference.GRPCInferenceService` ([`inference`]), with
 //! optional TLS, and the recording every call passes through ([`audit`]).
 //!
