@@ -268,3 +268,66 @@ def test_open_inference_protocol_over_grpc_with_tritonclient(server, ll):
     assert routes == {"grpc:ModelInfer/ModelInfer"}, routes
     outcomes = [r for r in records if r["phase"] == "outcome"]
     assert sorted(o["outcome"]["status"] for o in outcomes) == [200, 401], outcomes
+
+
+def train_native(ll, name, data, target, task, band=None):
+    """A model trained by the server on a dataset (with `band`, a text column derived from
+    one feature, so that one input is categorical); returns its version."""
+    columns, x, y = zoo.load(data, target)
+    ids = pa.array(range(len(x)), pa.int64())
+    t0 = pa.array([1767225600_000_000] * len(x), pa.timestamp("us", tz="UTC"))
+    t1 = pa.array([1767312000_000_000] * len(x), pa.timestamp("us", tz="UTC"))
+    features = {c: pa.array(x[:, i].astype(np.float64)) for i, c in enumerate(columns)}
+    specs = [{"name": c, "type": "float64"} for c in columns]
+    if band:
+        values = x[:, columns.index(band)]
+        cut = np.quantile(values, [1 / 3, 2 / 3])
+        features["band"] = pa.array(["low" if v < cut[0] else "mid" if v < cut[1] else "high" for v in values])
+        specs.append({"name": "band", "type": "string"})
+    ll.create_feature_group(f"{name}_x", entity_keys=[{"name": "id", "type": "int64"}], event_time="ts", features=specs)
+    label_type = "int64" if task == "classification" else "float64"
+    ll.create_feature_group(f"{name}_y", entity_keys=[{"name": "id", "type": "int64"}], event_time="ts", features=[{"name": target, "type": label_type}])
+    ll.ingest(f"{name}_x", pa.table({"id": ids, "ts": t0, **features}))
+    labels = pa.array(y.astype(np.int64) if task == "classification" else y)
+    ll.ingest(f"{name}_y", pa.table({"id": ids, "ts": t1, target: labels}))
+    ts = ll.create_training_set(f"{name}-set", features=[f"{name}_x:{f}" for f in features], spine_sql=f"SELECT id, ts, {target} FROM {name}_y", spine_time="ts")
+    job = ll.start_training_job(name, training_set_id=ts.id, label=target, config={"task": task, "hidden_layers": [16], "max_epochs": 60, "seed": 7})
+    done = ll.wait_for_job(job["id"], timeout=600)
+    assert done["state"] == "succeeded", done
+    version = ll.model_versions(name)[-1]
+    return version, [f"{name}_x__{f}" for f in features], x, features
+
+
+@pytest.mark.parametrize("data,target,task,band", [("wine", "cultivar", "classification", "ash"), ("diabetes", "progression", "regression", None)])
+def test_native_models_exported_as_onnx_run_in_onnxruntime(server, ll, data, target, task, band):
+    name = f"native_{data}"
+    v, inputs, x, features = train_native(ll, name, data, target, task, band)
+    req = urllib.request.Request(f"{server.url}/v1/models/{name}/versions/{v['version']}/artifact?format=onnx", headers={"Authorization": f"Bearer {server.key}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        exported = r.read()
+        assert r.headers["x-lakeledger-artifact-sha256"] == v["artifact_sha256"]
+
+    sess = ort.InferenceSession(exported, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == inputs
+    feeds = {}
+    for column, values in zip(inputs, features.values()):
+        array = np.array(values.to_pylist())
+        feeds[column] = array.astype(object if array.dtype.kind in "OU" else np.float32).reshape(-1, 1)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+    rows = [dict(zip(inputs, r)) for r in zip(*[f.to_pylist() for f in features.values()])]
+    status, answer = post(server, f"/v1/models/{name}/versions/{v['version']}/invocations", {"dataframe_records": rows})
+    assert status == 200, answer
+    if task == "classification":
+        assert got["label"].tolist() == answer["predictions"]
+        assert np.allclose(got["probabilities"], np.array(answer["probabilities"]), rtol=0, atol=1e-5)
+    else:
+        assert np.allclose(got["predictions"].reshape(-1), np.array(answer["predictions"]), rtol=1e-5, atol=1e-3)
+
+    # The export is itself a model this server serves: imported back, it answers the same.
+    ll.create_model(f"{name}_onnx")
+    back = ll.import_model(f"{name}_onnx", exported)
+    assert back["config"]["producer"]["name"] == "lakeledger"
+    status, again = post(server, f"/v1/models/{name}_onnx/versions/{back['version']}/invocations", {"dataframe_records": rows})
+    assert status == 200, again
+    assert again["predictions"] == answer["predictions"] if task == "classification" else np.allclose(again["predictions"], answer["predictions"], rtol=1e-5, atol=1e-3)

@@ -145,20 +145,44 @@ pub async fn version(State(state): State<AppState>, Caller(p): Caller, Path((nam
     Ok((facts(&name, Some(version), false), axum::Json(state.models.version(&p, &name, version).await?)))
 }
 
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ArtifactQuery {
+    /// `native` (default: the stored artifact, as signed) or `onnx` (a model trained here
+    /// written as an ONNX graph, runnable by onnxruntime; an imported ONNX model as stored).
+    pub format: Option<String>,
+}
+
 /// The artifact, after its hash and signature are checked (a tampered one is refused).
-#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}/artifact", params(("name" = String, Path), ("version" = i64, Path)),
-    responses((status = 200, description = "the artifact"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn artifact(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>) -> Result<Response> {
+/// With `format=onnx`, a model trained here is exported as ONNX from that checked artifact;
+/// the stored artifact's SHA-256 is in `x-lakeledger-artifact-sha256` either way.
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}/artifact", params(("name" = String, Path), ("version" = i64, Path), ArtifactQuery),
+    responses((status = 200, description = "the artifact"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn artifact(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>, Query(q): Query<ArtifactQuery>) -> Result<Response> {
     p.require(READ, "download model artifacts")?;
-    let (v, bytes) = state.models.artifact(&p, &name, version).await?;
+    let (v, bytes, content_type) = match q.format.as_deref() {
+        None | Some("native") => {
+            let (v, bytes) = state.models.artifact(&p, &name, version).await?;
+            let content_type = if v.backend == "onnx" { "application/octet-stream" } else { "application/json" };
+            (v, bytes, content_type)
+        }
+        Some("onnx") => {
+            let (v, bytes) = state.models.onnx(&p, &name, version).await?;
+            (v, bytes, "application/octet-stream")
+        }
+        Some(other) => return Err(Error::Unprocessable(format!("format `{other}` is not one of native, onnx"))),
+    };
     let mut response = (StatusCode::OK, bytes).into_response();
     let h = response.headers_mut();
-    let content_type = if v.backend == "onnx" { "application/octet-stream" } else { "application/json" };
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(sha) = HeaderValue::from_str(&v.artifact_sha256) {
         h.insert("x-lakeledger-artifact-sha256", sha);
     }
-    response.extensions_mut().insert(facts(&name, Some(version), false).0);
+    let mut facts = facts(&name, Some(version), false).0;
+    if let Some(f) = q.format {
+        facts.details.push(("format".into(), f));
+    }
+    response.extensions_mut().insert(facts);
     Ok(response)
 }
 

@@ -418,6 +418,18 @@ impl Models {
         Ok((version_view(&m.name, v, &aliases), bytes.to_vec()))
     }
 
+    /// The version as an ONNX graph: an imported one as it was uploaded, a native one
+    /// exported from its (verified) artifact.
+    pub async fn onnx(&self, p: &Principal, name: &str, version: i64) -> Result<(ModelVersionView, Vec<u8>)> {
+        let (v, bytes) = self.artifact(p, name, version).await?;
+        if v.backend == "onnx" {
+            return Ok((v, bytes));
+        }
+        let artifact = ModelArtifact::from_bytes(&bytes).map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))?;
+        let exported = onnx::export(&artifact, name, version)?;
+        Ok((v, exported))
+    }
+
     /// Loads and checks an artifact, ready to score with.
     pub async fn load(&self, p: &Principal, name: &str, version: i64) -> Result<Runnable> {
         let (v, bytes) = self.artifact(p, name, version).await?;

@@ -11,7 +11,10 @@
 //! 2-D input the names a signature gives its feature axis (`<input>[i]` without one). Rows
 //! of JSON values become one typed tensor per graph input, batch axis first.
 
+mod export;
 mod ops;
+
+pub use export::export;
 
 use std::sync::{Arc, OnceLock};
 
