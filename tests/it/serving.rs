@@ -274,6 +274,78 @@ async fn models_score_mlflow_inputs_and_entities_swap_on_alias_moves_and_refuse_
     assert!(metrics.contains("lakeledger_model_batch_rows_bucket{model=\"default/wine\",version=\"1\""));
 }
 
+/// A unary call of the inference service, as any gRPC client makes it.
+async fn grpc_infer<Req: prost::Message + 'static, Res: prost::Message + Default + 'static>(s: &Server, key: &str, method: &'static str, message: Req) -> Result<Res, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight)).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let path = http::uri::PathAndQuery::from_static(method);
+    grpc.unary(request, path, tonic_prost::ProstCodec::<Req, Res>::default()).await.map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn native_models_answer_the_open_inference_protocol_over_http_and_grpc() {
+    use lakeledger::rpc::inference::proto::*;
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    let lines = wine_models(&s, &k).await;
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let rows: Vec<Vec<f64>> = lines[1..6].iter().map(|l| l.split(',').map(|c| c.parse().unwrap()).collect()).collect();
+    let few = ["alcohol", "flavanoids", "color_intensity"];
+    let column = |name: &str| -> Vec<f64> { let i = header.iter().position(|h| *h == name).unwrap(); rows.iter().map(|r| r[i]).collect() };
+    let records: Vec<Value> = (0..rows.len()).map(|r| Value::Object(few.iter().map(|f| (format!("wine_features__{f}"), json!(column(f)[r]))).collect())).collect();
+    let mlflow = invoke(&s, &k, "/v1/models/wine/versions/2/invocations", json!({"dataframe_records": records})).await;
+
+    // Metadata: one FP64 tensor per column; predictions (the class) and probabilities.
+    let meta: Value = s.get(&k, "/v2/models/wine/versions/2").send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["platform"], "lakeledger");
+    assert_eq!(meta["inputs"].as_array().unwrap().len(), 3);
+    assert_eq!(meta["inputs"][0], json!({"name": "wine_features__alcohol", "datatype": "FP64", "shape": [-1]}));
+    assert_eq!(meta["outputs"], json!([{"name": "predictions", "datatype": "INT64", "shape": [-1]}, {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]));
+    let r = s.get(&k, "/v2/models/wine/ready").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"name": "wine", "version": "2", "ready": true}));
+
+    // Inference over HTTP gives the MLflow-shaped answer's predictions.
+    let inputs: Vec<Value> = few.iter().map(|f| json!({"name": format!("wine_features__{f}"), "shape": [rows.len()], "datatype": "FP64", "data": column(f)})).collect();
+    let answer = invoke(&s, &k, "/v2/models/wine/versions/2/infer", json!({"id": "q1", "inputs": inputs})).await;
+    assert_eq!((answer["model_name"].as_str(), answer["model_version"].as_str(), answer["id"].as_str()), (Some("wine"), Some("2"), Some("q1")));
+    assert_eq!(&answer["outputs"][0]["data"], &mlflow["predictions"]);
+    assert_eq!(answer["outputs"][1]["shape"], json!([rows.len(), 3]));
+    // A missing input is named.
+    let r = s.post(&k, "/v2/models/wine/versions/2/infer").json(&json!({"inputs": [inputs[0]]})).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("wine_features__flavanoids` is missing"));
+
+    // The same over gRPC, with typed contents, through the alias; audited as model.invoke.
+    s.client.put(s.url("/v1/models/wine/aliases/champion")).bearer_auth(&k).json(&json!({"version": 2})).send().await.unwrap();
+    let request = ModelInferRequest {
+        model_name: "wine@champion".into(),
+        inputs: few
+            .iter()
+            .map(|f| InferInputTensor {
+                name: format!("wine_features__{f}"),
+                datatype: "FP64".into(),
+                shape: vec![rows.len() as i64],
+                contents: Some(InferTensorContents { fp64_contents: column(f), ..Default::default() }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let reply: ModelInferResponse = grpc_infer(&s, &k, "/inference.GRPCInferenceService/ModelInfer", request.clone()).await.unwrap();
+    assert_eq!(reply.model_version, "2");
+    let labels: Vec<i64> = reply.raw_output_contents[0].chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(labels.iter().map(|l| json!(l)).collect::<Vec<_>>(), *mlflow["predictions"].as_array().unwrap());
+    let ready: ModelReadyResponse = grpc_infer(&s, &k, "/inference.GRPCInferenceService/ModelReady", ModelReadyRequest { name: "wine".into(), version: "1".into() }).await.unwrap();
+    assert!(ready.ready);
+    let refused = grpc_infer::<_, ModelInferResponse>(&s, "llk_not_a_key", "/inference.GRPCInferenceService/ModelInfer", request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let missing = grpc_infer::<_, ModelMetadataResponse>(&s, &k, "/inference.GRPCInferenceService/ModelMetadata", ModelMetadataRequest { name: "nope".into(), version: String::new() }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {

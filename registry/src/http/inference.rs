@@ -204,11 +204,12 @@ pub async fn infer_version(State(state): State<AppState>, Caller(p): Caller, id:
 
 async fn run_infer(state: &AppState, p: &Principal, request_id: &str, name: &str, version: Option<&str>, headers: &HeaderMap, body: Bytes) -> Result<Response> {
     p.require(READ, "score with models")?;
+    // The model first: a name that is not the caller's is 404 whatever the body says.
+    let (model, target, _) = state.serving.resolve(p, name, version).await?;
     let (json, binary) = split_binary(headers, &body)?;
     let request: InferRequest = serde_json::from_slice(json).map_err(|e| Error::Unprocessable(format!("the inference request: {e}")))?;
     let tensors = input_tensors(&request.inputs, binary)?;
     let rows = rows_from_tensors(&tensors)?;
-    let (model, target, _) = state.serving.resolve(p, name, version).await?;
     let Invocation { outcome, version, rows: scored_rows, details } = state.serving.invoke(p, request_id, &model, target, ScoringBody::Rows(rows, body.clone())).await?;
     let facts = AuditFacts { resource_name: Some(model.clone()), versions_read: vec![version], rows: scored_rows, details, ..Default::default() };
     let response = outcome.and_then(|answer| encode_response(&model, version, request.id, &request.parameters, &request.outputs, answer.tensors));

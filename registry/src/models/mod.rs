@@ -167,7 +167,7 @@ fn version_view(model: &str, v: ModelVersionRecord, aliases: &[(String, i64)]) -
 /// A loaded, verified model of either kind.
 pub enum Runnable {
     /// Trained here (or imported in this server's format).
-    Native(ModelArtifact),
+    Native(Arc<ModelArtifact>),
     /// An imported ONNX graph.
     Onnx(Arc<OnnxModel>),
 }
@@ -442,7 +442,7 @@ impl Models {
                 .map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))?;
             return Ok(Runnable::Onnx(Arc::new(model)));
         }
-        ModelArtifact::from_bytes(&bytes).map(Runnable::Native).map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))
+        ModelArtifact::from_bytes(&bytes).map(|a| Runnable::Native(Arc::new(a))).map_err(|e| Error::Tampered(format!("model {name}/{version}: {e}")))
     }
 
     pub async fn set_state(&self, p: &Principal, name: &str, version: i64, to: &str) -> Result<ModelVersionView> {

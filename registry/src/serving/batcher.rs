@@ -80,7 +80,7 @@ impl Scored {
 /// What a batcher scores with.
 #[derive(Clone)]
 pub(super) enum Scorer {
-    Native { layers: Arc<Vec<DenseLayer>>, artifact: ModelArtifact },
+    Native { layers: Arc<Vec<DenseLayer>>, artifact: Arc<ModelArtifact> },
     Onnx(Arc<OnnxModel>),
 }
 

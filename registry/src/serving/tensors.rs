@@ -106,7 +106,7 @@ pub fn rows_from_tensors(inputs: &[NamedTensor]) -> Result<ScoringInput> {
 /// carry it (BYTES elements each after a 4-byte length).
 pub fn decode_raw(name: &str, datatype: &str, bytes: &[u8]) -> Result<Values> {
     let fixed = |size: usize| -> Result<std::slice::ChunksExact<'_, u8>> {
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(Error::Unprocessable(format!("input `{name}`: {} bytes is not a whole number of {datatype} values", bytes.len())));
         }
         Ok(bytes.chunks_exact(size))
@@ -188,6 +188,8 @@ impl super::Serving {
     /// model, the target and the version it names now (an alias's stable version).
     pub async fn resolve(&self, p: &crate::identity::Principal, name: &str, version: Option<&str>) -> Result<(String, super::Target, i64)> {
         if let Some(v) = version.filter(|v| !v.is_empty()) {
+            // The model must be the caller's before anything else is said of the request.
+            self.model_id(p, name).await?;
             let v: i64 = v.parse().map_err(|_| Error::NotFound { kind: "model version", name: format!("{name}/{v}") })?;
             return Ok((name.to_string(), super::Target::Version(v), v));
         }

@@ -6,7 +6,7 @@
 //! Input tensors come as typed contents or as `raw_input_contents`; outputs are returned
 //! as `raw_output_contents`, as Triton returns them.
 
-mod proto;
+pub mod proto;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -131,8 +131,8 @@ impl InferenceService for Inference {
             let (p, mut call) = self.recorder.begin(request.metadata(), request.remote_addr(), kind("ModelInfer", "model.invoke", Some(&m.model_name))).await?;
             let invoked = async {
                 p.require(READ, "score with models")?;
-                let rows = rows_from_tensors(&input_tensors(m)?)?;
                 let (model, target, _) = self.serving.resolve(&p, &m.model_name, Some(&m.model_version)).await?;
+                let rows = rows_from_tensors(&input_tensors(m)?)?;
                 // The input hash is over the request message as sent.
                 let raw = bytes::Bytes::from(m.encode_to_vec());
                 self.serving.invoke(&p, &call.ctx.request_id, &model, target, ScoringBody::Rows(rows, raw)).await
