@@ -24,13 +24,13 @@ sys.path.insert(0, str(ROOT / "clients" / "python" / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MISSING = []
-for module in ("numpy", "onnx", "onnxruntime", "sklearn", "skl2onnx", "onnxmltools", "xgboost", "lightgbm", "pyarrow"):
+for module in ("numpy", "onnx", "onnxruntime", "sklearn", "skl2onnx", "onnxmltools", "xgboost", "lightgbm", "tritonclient.http", "tritonclient.grpc", "mlflow", "pyarrow"):
     try:
         __import__(module)
     except ImportError:
         MISSING.append(module)
 if MISSING:
-    why = "the ONNX tests need " + ", ".join(MISSING) + " (pip install onnx onnxruntime scikit-learn skl2onnx onnxmltools xgboost lightgbm)"
+    why = "the ONNX tests need " + ", ".join(MISSING) + " (pip install onnx onnxruntime scikit-learn skl2onnx onnxmltools xgboost lightgbm 'tritonclient[http,grpc]' mlflow-skinny)"
     if os.environ.get("LAKELEDGER_REQUIRE_ONNX") == "1":
         raise RuntimeError(why)
     pytest.skip(why, allow_module_level=True)
@@ -111,7 +111,8 @@ def test_converted_models_score_like_onnxruntime(server, ll, make):
     assert [c["name"] for c in v["config"]["columns"]] == z.columns
 
     expected, expected_p = reference(z)
-    rows = [[float(x) for x in r] for r in z.features]
+    # A missing value is null in JSON (NaN is not JSON) and an empty cell in CSV.
+    rows = [[None if np.isnan(x) else float(x) for x in r] for r in z.features]
     path = f"/v1/models/{z.name}/versions/{v['version']}/invocations"
     bodies = {
         "dataframe_split": {"dataframe_split": {"columns": z.columns, "data": rows}},
@@ -127,14 +128,14 @@ def test_converted_models_score_like_onnxruntime(server, ll, make):
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(z.columns)
-    w.writerows(rows)
+    w.writerows([["" if x is None else x for x in r] for r in rows])
     status, answer = post(server, path, out.getvalue().encode(), "text/csv")
     assert status == 200, answer
     check_against_reference(z, answer, expected, expected_p)
 
     # Through an alias, as traffic is served: same answers, the version that answered named.
     ll.set_alias(z.name, "champion", v["version"])
-    table = pa.table({c: z.features[:, i].astype(np.float64) for i, c in enumerate(z.columns)})
+    table = pa.table({c: pa.array(z.features[:, i].astype(np.float64), mask=np.isnan(z.features[:, i])) for i, c in enumerate(z.columns)})
     answer = ll.predict(z.name, alias="champion", data=table)
     assert answer["version"] == v["version"]
     check_against_reference(z, answer, expected, expected_p)
@@ -331,3 +332,75 @@ def test_native_models_exported_as_onnx_run_in_onnxruntime(server, ll, data, tar
     status, again = post(server, f"/v1/models/{name}_onnx/versions/{back['version']}/invocations", {"dataframe_records": rows})
     assert status == 200, again
     assert again["predictions"] == answer["predictions"] if task == "classification" else np.allclose(again["predictions"], answer["predictions"], rtol=1e-5, atol=1e-3)
+
+
+def test_mlflow_model_directories_with_an_onnx_flavor(server, ll, tmp_path):
+    import shutil
+    import tarfile
+
+    import mlflow.onnx
+    import onnx
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    z = zoo.random_forest()
+    expected, expected_p = reference(z)
+    frame = pd.DataFrame(z.features, columns=z.columns)
+    directory = tmp_path / "forest"
+    mlflow.onnx.save_model(onnx.load_from_string(z.onnx), str(directory), signature=infer_signature(frame))
+    with tarfile.open(tmp_path / "forest.tar.gz", "w:gz") as t:
+        t.add(directory, arcname="forest")
+    zipped = shutil.make_archive(str(tmp_path / "forest"), "zip", directory)
+
+    ll.create_model("mlflow_forest")
+    for archive in (tmp_path / "forest.tar.gz", Path(zipped)):
+        v = ll.import_model("mlflow_forest", str(archive))
+        assert v["config"]["uploaded_as"]["format"] == "mlflow" and "onnx" in v["config"]["uploaded_as"]["flavors"]
+        # The column signature names the inputs; the stored artifact is the ONNX graph.
+        assert [c["name"] for c in v["config"]["columns"]] == z.columns
+        assert v["artifact_sha256"] == hashlib.sha256((directory / "model.onnx").read_bytes()).hexdigest()
+        status, answer = post(server, f"/v1/models/mlflow_forest/versions/{v['version']}/invocations", {"dataframe_split": {"columns": z.columns, "data": z.features.astype(float).tolist()}})
+        assert status == 200, answer
+        check_against_reference(z, answer, expected, expected_p)
+
+    # A directory without an onnx flavor is refused, naming the flavors it has.
+    import mlflow.sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    plain = tmp_path / "plain"
+    mlflow.sklearn.save_model(LogisticRegression().fit(z.features, (z.features[:, 0] > 14).astype(int)), str(plain))
+    shutil.make_archive(str(tmp_path / "plain"), "zip", plain)
+    with pytest.raises(LakeledgerError) as e:
+        ll.import_model("mlflow_forest", str(tmp_path / "plain.zip"))
+    assert e.value.status == 422 and "no onnx flavor" in e.value.message and "sklearn" in e.value.message, e.value.message
+
+
+def test_label_encoder_and_casts_in_a_hand_built_graph(server, ll):
+    """A category as text, encoded to its index (LabelEncoder), cast to float and scaled:
+    what a converter writes for a label-encoded input."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("LabelEncoder", ["band"], ["code"], domain="ai.onnx.ml", keys_strings=["low", "mid", "high"], values_int64s=[0, 1, 2], default_int64=-1),
+        helper.make_node("Cast", ["code"], ["code_f"], to=TensorProto.FLOAT),
+        helper.make_node("Concat", ["code_f", "amount"], ["features"], axis=1),
+        helper.make_node("Scaler", ["features"], ["scaled"], domain="ai.onnx.ml", offset=[1.0, 100.0], scale=[0.5, 0.01]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "label_encoded",
+        [helper.make_tensor_value_info("band", TensorProto.STRING, [None, 1]), helper.make_tensor_value_info("amount", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("scaled", TensorProto.FLOAT, [None, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 2)], producer_name="onnx.helper")
+    data = model.SerializeToString()
+    bands, amounts = ["low", "high", "unknown", "mid"], [120.0, 80.5, 99.0, 101.0]
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {"band": np.array(bands, dtype=object).reshape(-1, 1), "amount": np.array(amounts, dtype=np.float32).reshape(-1, 1)})[0]
+
+    ll.create_model("encoded")
+    v = ll.import_model("encoded", data)
+    assert [c["name"] for c in v["config"]["columns"]] == ["band", "amount"]
+    status, answer = post(server, f"/v1/models/encoded/versions/{v['version']}/invocations", {"dataframe_records": [{"band": b, "amount": a} for b, a in zip(bands, amounts)]})
+    assert status == 200, answer
+    assert np.allclose(np.array(answer["predictions"], dtype=float), expected, atol=1e-6)

@@ -35,22 +35,31 @@ def load(name, target):
 
 
 def sklearn_pipeline():
-    """StandardScaler on the measurements, OneHotEncoder on a binned one, then
-    LogisticRegression: Scaler, OneHotEncoder, Concat, LinearClassifier, ZipMap."""
+    """SimpleImputer + StandardScaler on the measurements (some missing), Binarizer on one,
+    OneHotEncoder on a binned one, then LogisticRegression: Imputer, Scaler, Binarizer,
+    ArrayFeatureExtractor, OneHotEncoder, Concat, LinearClassifier, Normalizer, ZipMap."""
     from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import Binarizer, OneHotEncoder, StandardScaler
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
     columns, x, y = load("wine", "cultivar")
-    pre = ColumnTransformer([
-        ("num", StandardScaler(), list(range(x.shape[1]))),
-        ("cat", OneHotEncoder(handle_unknown="ignore"), [columns.index("ash")]),
-    ])
     xs = x.copy()
-    xs[:, columns.index("ash")] = np.round(xs[:, columns.index("ash")])
+    ash = columns.index("ash")
+    xs[:, ash] = np.round(xs[:, ash])
+    measurements = [i for i in range(x.shape[1]) if i != ash]
+    # Every seventh row misses a measurement, as real inputs do.
+    gaps = [i for i in measurements if i != columns.index("alcohol")]
+    for r in range(0, len(xs), 7):
+        xs[r, gaps[r % len(gaps)]] = np.nan
+    pre = ColumnTransformer([
+        ("num", Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler())]), measurements),
+        ("high_alcohol", Binarizer(threshold=13.0), [columns.index("alcohol")]),
+        ("cat", OneHotEncoder(handle_unknown="ignore"), [ash]),
+    ])
     model = Pipeline([("pre", pre), ("lr", LogisticRegression(max_iter=2000))]).fit(xs, y.astype(np.int64))
     onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, x.shape[1]]))], target_opset=OPSETS)
     return Zoo("wine_pipeline", onx.SerializeToString(), columns, xs, True)

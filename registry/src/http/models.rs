@@ -104,13 +104,14 @@ pub struct ImportQuery {
 }
 
 /// Registers a model trained elsewhere as a new version, marked `imported`: this server's
-/// artifact format (JSON) or an ONNX model (scikit-learn, XGBoost, LightGBM converters,
-/// PyTorch exports). An ONNX graph is checked and prepared before it is stored: an operator
+/// artifact format (JSON), an ONNX model (scikit-learn, XGBoost, LightGBM converters,
+/// PyTorch exports), or an MLflow model directory with an `onnx` flavor as a tar (or
+/// .tar.gz) or zip archive (its column signature names the inputs). An ONNX graph is checked and prepared before it is stored: an operator
 /// the server cannot run, a shape it cannot serve or a body that is not a model is refused
 /// with 422. Stored by SHA-256 and signed like every artifact. With the header
 /// `x-lakeledger-artifact-sha256`, a body whose hash differs is refused (422).
 #[utoipa::path(post, path = "/v1/models/{name}/versions", params(("name" = String, Path), ImportQuery),
-    request_body(content = String, description = "a lakeledger model artifact (application/json) or an ONNX model (application/octet-stream)", content_type = "application/octet-stream"),
+    request_body(content = String, description = "a lakeledger model artifact (application/json), an ONNX model, or an MLflow model directory as a tar or zip archive (application/octet-stream)", content_type = "application/octet-stream"),
     responses((status = 201, body = ModelVersionView), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn import(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, Query(q): Query<ImportQuery>, headers: axum::http::HeaderMap, body: Body) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
     p.require(WRITE, "register model versions")?;
@@ -132,7 +133,7 @@ pub async fn import(State(state): State<AppState>, Caller(p): Caller, Path(name)
     if let Some(empty) = columns.as_ref().and_then(|c| c.iter().position(String::is_empty)) {
         return Err(Error::Unprocessable(format!("`columns`: name {} is empty", empty + 1)));
     }
-    let options = ImportOptions { columns, training_set_id: q.training_set_id };
+    let options = ImportOptions { columns, training_set_id: q.training_set_id, unpacked_limit: limit };
     let v = state.models.import(&p, &name, bytes.to_vec(), options).await?;
     Ok((StatusCode::CREATED, facts(&name, Some(v.version), true), axum::Json(v)))
 }

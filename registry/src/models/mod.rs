@@ -198,6 +198,8 @@ pub struct ImportOptions {
     pub columns: Option<Vec<String>>,
     /// The training set the uploader says the model was trained on (declared, not verified).
     pub training_set_id: Option<String>,
+    /// The most bytes an uploaded archive may unpack to.
+    pub unpacked_limit: u64,
 }
 
 /// What the catalog records of a version besides its artifact.
@@ -376,19 +378,40 @@ impl Models {
             let artifact = ModelArtifact::from_bytes(&bytes).map_err(|e| Error::Unprocessable(format!("not a lakeledger model artifact: {e}")))?;
             return self.register(p, &m, &artifact, bytes, new).await;
         }
+        let mut source = serde_json::json!({"format": "onnx"});
+        let (bytes, columns) = if onnx::mlflow::is_archive(&bytes) {
+            let uploaded = hex::encode(Sha256::digest(&bytes));
+            let limit = options.unpacked_limit;
+            let dir = tokio::task::spawn_blocking(move || onnx::mlflow::read(&bytes, limit)).await.map_err(|e| Error::Internal(format!("reading the archive: {e}")))??;
+            source = serde_json::json!({"format": "mlflow", "flavors": dir.flavors, "archive_sha256": uploaded});
+            (dir.onnx, options.columns.clone().or(dir.columns))
+        } else {
+            (bytes, options.columns.clone())
+        };
         if !onnx::looks_like_onnx(&bytes) {
-            return Err(Error::Unprocessable("the body is neither a lakeledger model artifact (JSON) nor an ONNX model (protobuf)".into()));
+            return Err(Error::Unprocessable(
+                "the body is neither a lakeledger model artifact (JSON), an ONNX model (protobuf) nor an MLflow model directory (tar or zip) with an onnx flavor".into(),
+            ));
         }
         let model = {
-            let (bytes, columns) = (bytes.clone(), options.columns.clone());
-            tokio::task::spawn_blocking(move || OnnxModel::prepare(&bytes, columns.as_deref())).await.map_err(|e| Error::Internal(format!("preparing the model: {e}")))??
+            let (bytes, columns) = (bytes.clone(), columns.clone());
+            // The runtime may fail on a graph it was never meant to see by panicking: that is
+            // the graph's fault, answered like any other refusal.
+            tokio::task::spawn_blocking(move || OnnxModel::prepare(&bytes, columns.as_deref())).await.map_err(|e| {
+                if e.is_panic() {
+                    Error::Unprocessable("the ONNX model is refused: the runtime could not prepare this graph".into())
+                } else {
+                    Error::Internal(format!("preparing the model: {e}"))
+                }
+            })??
         };
         let d = &model.description;
         let config = serde_json::json!({
             "format": "onnx",
             "producer": {"name": d.producer_name, "version": d.producer_version},
             "uploaded_by": p.actor(),
-            "signature": options.columns,
+            "uploaded_as": source,
+            "signature": columns,
             "opsets": d.opsets.iter().map(|(domain, v)| serde_json::json!({"domain": domain, "version": v})).collect::<Vec<_>>(),
             "operators": d.operators,
             "inputs": d.inputs,

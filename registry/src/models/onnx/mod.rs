@@ -12,6 +12,7 @@
 //! of JSON values become one typed tensor per graph input, batch axis first.
 
 mod export;
+pub mod mlflow;
 mod ops;
 
 pub use export::export;

@@ -1,7 +1,7 @@
 //! ONNX-ML operators the common converters emit and tract does not ship, added to tract's
-//! ONNX operator register: `Scaler` (StandardScaler), `OneHotEncoder`,
-//! `ArrayFeatureExtractor` (column selection in pipelines) and `TreeEnsembleRegressor`
-//! (gradient boosting and forest regressors). Each follows the operator's definition in the
+//! ONNX operator register: `Scaler` (StandardScaler), `OneHotEncoder`, `LabelEncoder`,
+//! `Imputer` (SimpleImputer), `Binarizer`, `ArrayFeatureExtractor` (column selection in
+//! pipelines) and `TreeEnsembleRegressor` (gradient boosting and forest regressors). Each follows the operator's definition in the
 //! ONNX-ML specification, as onnxruntime computes it (float arithmetic, the same order).
 //! `ZipMap` is not an operator here: it is taken off the graph before parsing (see
 //! `graph.rs`), since its output is a sequence of maps, not a tensor.
@@ -24,6 +24,9 @@ pub fn register(reg: &mut OnnxOpRegister) {
     reg.insert("OneHotEncoder", one_hot_encoder);
     reg.insert("ArrayFeatureExtractor", array_feature_extractor);
     reg.insert("TreeEnsembleRegressor", tree_ensemble_regressor);
+    reg.insert("LabelEncoder", label_encoder);
+    reg.insert("Imputer", imputer);
+    reg.insert("Binarizer", binarizer);
 }
 
 type Built = TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
@@ -356,4 +359,188 @@ impl Expansion for TreeEnsembleRegressor {
         }
         Ok(scores)
     }
+}
+
+// ---- Element-wise maps: LabelEncoder, Imputer, Binarizer ----
+
+/// What an element-wise ONNX-ML operator does to each value.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+enum Map {
+    /// Keys to values (i64, String or f32 tensors of equal length); `default` otherwise.
+    Label { keys: Arc<Tensor>, values: Arc<Tensor>, default: Arc<Tensor> },
+    /// Values equal to `replaced` (NaN matches NaN) become the column's imputed value
+    /// (one value for every column, or one per column of the last axis).
+    Impute { imputed: Arc<Tensor>, replaced: Arc<Tensor> },
+    /// 1 above the threshold, else 0.
+    Binarize { threshold: u32 },
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct ElementMap {
+    name: &'static str,
+    map: Map,
+}
+
+fn label_encoder(_ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let strings = |name: &str| -> TractResult<Option<Arc<Tensor>>> { Ok(node.get_attr_opt_tvec::<&str>(name)?.map(|v| rctensor1(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()))) };
+    let ints = |name: &str| -> TractResult<Option<Arc<Tensor>>> { Ok(node.get_attr_opt_slice::<i64>(name)?.map(rctensor1)) };
+    let floats = |name: &str| -> TractResult<Option<Arc<Tensor>>> { Ok(node.get_attr_opt_vec::<f32>(name)?.map(|v| rctensor1(&v))) };
+    let one_of = |what: &str, found: [Option<Arc<Tensor>>; 3]| -> TractResult<Arc<Tensor>> {
+        let mut given = found.into_iter().flatten();
+        match (given.next(), given.next()) {
+            (Some(t), None) => Ok(t),
+            _ => bail!("LabelEncoder needs exactly one of {what}_strings, {what}_int64s and {what}_floats"),
+        }
+    };
+    let keys = one_of("keys", [strings("keys_strings")?, ints("keys_int64s")?, floats("keys_floats")?])?;
+    let values = one_of("values", [strings("values_strings")?, ints("values_int64s")?, floats("values_floats")?])?;
+    ensure!(keys.len() == values.len(), "LabelEncoder: {} keys for {} values", keys.len(), values.len());
+    let dt = values.datum_type();
+    let default = if dt == String::datum_type() {
+        rctensor0(node.get_attr_opt::<String>("default_string")?.unwrap_or_else(|| "_Unused".to_string()))
+    } else if dt == i64::datum_type() {
+        rctensor0(node.get_attr_opt::<i64>("default_int64")?.unwrap_or(-1))
+    } else {
+        rctensor0(node.get_attr_opt::<f32>("default_float")?.unwrap_or(-0.0))
+    };
+    Ok((expand(ElementMap { name: "LabelEncoder", map: Map::Label { keys, values, default } }), vec![]))
+}
+
+fn imputer(_ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let map = match (node.get_attr_opt_vec::<f32>("imputed_value_floats")?, node.get_attr_opt_slice::<i64>("imputed_value_int64s")?) {
+        (Some(f), None) => Map::Impute { imputed: rctensor1(&f), replaced: rctensor0(node.get_attr_opt::<f32>("replaced_value_float")?.unwrap_or(0.0)) },
+        (None, Some(i)) => Map::Impute { imputed: rctensor1(i), replaced: rctensor0(node.get_attr_opt::<i64>("replaced_value_int64")?.unwrap_or(0)) },
+        _ => bail!("Imputer needs exactly one of imputed_value_floats and imputed_value_int64s"),
+    };
+    Ok((expand(ElementMap { name: "Imputer", map }), vec![]))
+}
+
+fn binarizer(_ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let threshold: f32 = node.get_attr_opt("threshold")?.unwrap_or(0.0);
+    Ok((expand(ElementMap { name: "Binarizer", map: Map::Binarize { threshold: threshold.to_bits() } }), vec![]))
+}
+
+impl ElementMap {
+    fn output_type(&self, input: DatumType) -> DatumType {
+        match &self.map {
+            Map::Label { values, .. } => values.datum_type(),
+            Map::Impute { imputed, .. } => imputed.datum_type(),
+            Map::Binarize { .. } => input,
+        }
+    }
+
+    fn apply(&self, input: &Tensor) -> TractResult<Tensor> {
+        let shape = input.shape().to_vec();
+        match &self.map {
+            Map::Label { keys, values, default } => {
+                let keys = keys.try_as_plain_ram()?;
+                let index: Vec<Option<usize>> = if keys.datum_type() == String::datum_type() {
+                    let keys = keys.as_slice::<String>()?;
+                    let input = input.try_as_plain_ram()?;
+                    input.as_slice::<String>()?.iter().map(|v| keys.iter().position(|k| k == v)).collect()
+                } else if keys.datum_type() == i64::datum_type() {
+                    let keys = keys.as_slice::<i64>()?;
+                    let input = input.cast_to::<i64>()?;
+                    input.try_as_plain_ram()?.as_slice::<i64>()?.iter().map(|v| keys.iter().position(|k| k == v)).collect()
+                } else {
+                    let keys = keys.as_slice::<f32>()?;
+                    let input = input.cast_to::<f32>()?;
+                    input.try_as_plain_ram()?.as_slice::<f32>()?.iter().map(|v| keys.iter().position(|k| k == v)).collect()
+                };
+                let values = values.try_as_plain_ram()?;
+                let default = default.try_as_plain_ram()?;
+                Ok(if values.datum_type() == String::datum_type() {
+                    let (values, default) = (values.as_slice::<String>()?, &default.as_slice::<String>()?[0]);
+                    let out: Vec<String> = index.iter().map(|i| i.map_or_else(|| default.clone(), |i| values[i].clone())).collect();
+                    tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape, out)?.into_tensor()
+                } else if values.datum_type() == i64::datum_type() {
+                    let (values, default) = (values.as_slice::<i64>()?, default.as_slice::<i64>()?[0]);
+                    Tensor::from_shape(&shape, &index.iter().map(|i| i.map_or(default, |i| values[i])).collect::<Vec<_>>())?
+                } else {
+                    let (values, default) = (values.as_slice::<f32>()?, default.as_slice::<f32>()?[0]);
+                    Tensor::from_shape(&shape, &index.iter().map(|i| i.map_or(default, |i| values[i])).collect::<Vec<_>>())?
+                })
+            }
+            Map::Impute { imputed, replaced } => {
+                let width = shape.last().copied().unwrap_or(1).max(1);
+                let imputed_plain = imputed.try_as_plain_ram()?;
+                if imputed.datum_type() == f32::datum_type() {
+                    let with = imputed_plain.as_slice::<f32>()?;
+                    ensure!(with.len() == 1 || with.len() == width, "Imputer: {} imputed values for {width} columns", with.len());
+                    let replaced = replaced.try_as_plain_ram()?.as_slice::<f32>()?[0];
+                    let input = input.cast_to::<f32>()?;
+                    let values = input.try_as_plain_ram()?;
+                    let out: Vec<f32> = values
+                        .as_slice::<f32>()?
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| if v == replaced || (v.is_nan() && replaced.is_nan()) { with[if with.len() == 1 { 0 } else { i % width }] } else { v })
+                        .collect();
+                    Tensor::from_shape(&shape, &out)
+                } else {
+                    let with = imputed_plain.as_slice::<i64>()?;
+                    ensure!(with.len() == 1 || with.len() == width, "Imputer: {} imputed values for {width} columns", with.len());
+                    let replaced = replaced.try_as_plain_ram()?.as_slice::<i64>()?[0];
+                    let input = input.cast_to::<i64>()?;
+                    let values = input.try_as_plain_ram()?;
+                    let out: Vec<i64> =
+                        values.as_slice::<i64>()?.iter().enumerate().map(|(i, &v)| if v == replaced { with[if with.len() == 1 { 0 } else { i % width }] } else { v }).collect();
+                    Tensor::from_shape(&shape, &out)
+                }
+            }
+            Map::Binarize { threshold } => {
+                let threshold = f32::from_bits(*threshold);
+                let as_f32 = input.cast_to::<f32>()?;
+                let out: Vec<f32> = as_f32.try_as_plain_ram()?.as_slice::<f32>()?.iter().map(|&v| if v > threshold { 1.0 } else { 0.0 }).collect();
+                Tensor::from_shape(&shape, &out)?.cast_to_dt(input.datum_type()).map(|t| t.into_owned())
+            }
+        }
+    }
+}
+
+impl Expansion for ElementMap {
+    fn name(&self) -> StaticName {
+        self.name.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        match &self.map {
+            Map::Binarize { .. } => s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?,
+            Map::Label { values, .. } => s.equals(&outputs[0].datum_type, values.datum_type())?,
+            Map::Impute { imputed, .. } => s.equals(&outputs[0].datum_type, imputed.datum_type())?,
+        }
+        Ok(())
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, self.clone(), inputs)
+    }
+}
+
+impl Op for ElementMap {
+    fn name(&self) -> StaticName {
+        self.name.into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for ElementMap {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        Ok(tvec!(self.apply(&input)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for ElementMap {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(self.output_type(inputs[0].datum_type).fact(inputs[0].shape.clone())))
+    }
+
+    as_op!();
 }
