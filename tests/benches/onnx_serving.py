@@ -161,7 +161,7 @@ def main():
     for c in (1, 16, 64):
         ours, theirs = results[f"lakeledger, c={c}"], results[f"mlflow models serve (2 workers), c={c}"]
         print(f"c={c}: lakeledger / mlflow throughput {ours['rps'] / theirs['rps']:.2f}x, p50 {theirs['p50_ms'] / ours['p50_ms']:.2f}x lower")
-    print(f"c=1: lakeledger / onnxruntime in-process throughput {results['lakeledger, c=1']['rps'] / results['onnxruntime in-process, c=1']['rps']:.2f}")
+    print(f"c=1: lakeledger / onnxruntime in-process throughput {results['lakeledger, c=1']['rps'] / results['onnxruntime in-process, c=1']['rps']:.4f}")
     print(f"c=64: batching on / off throughput {results['lakeledger, c=64']['rps'] / results['lakeledger, batching off, c=64']['rps']:.2f}")
 
 

@@ -146,12 +146,22 @@ pub async fn version(State(state): State<AppState>, Caller(p): Caller, Path((nam
     Ok((facts(&name, Some(version), false), axum::Json(state.models.version(&p, &name, version).await?)))
 }
 
+/// What form a download takes.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactFormat {
+    /// The stored artifact, as signed.
+    Native,
+    /// A model trained here written as an ONNX graph (runnable by onnxruntime); an
+    /// imported ONNX model as stored.
+    Onnx,
+}
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ArtifactQuery {
-    /// `native` (default: the stored artifact, as signed) or `onnx` (a model trained here
-    /// written as an ONNX graph, runnable by onnxruntime; an imported ONNX model as stored).
-    pub format: Option<String>,
+    /// `native` (default) or `onnx`.
+    pub format: Option<ArtifactFormat>,
 }
 
 /// The artifact, after its hash and signature are checked (a tampered one is refused).
@@ -161,17 +171,16 @@ pub struct ArtifactQuery {
     responses((status = 200, description = "the artifact"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn artifact(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>, Query(q): Query<ArtifactQuery>) -> Result<Response> {
     p.require(READ, "download model artifacts")?;
-    let (v, bytes, content_type) = match q.format.as_deref() {
-        None | Some("native") => {
+    let (v, bytes, content_type) = match q.format {
+        None | Some(ArtifactFormat::Native) => {
             let (v, bytes) = state.models.artifact(&p, &name, version).await?;
             let content_type = if v.backend == "onnx" { "application/octet-stream" } else { "application/json" };
             (v, bytes, content_type)
         }
-        Some("onnx") => {
+        Some(ArtifactFormat::Onnx) => {
             let (v, bytes) = state.models.onnx(&p, &name, version).await?;
             (v, bytes, "application/octet-stream")
         }
-        Some(other) => return Err(Error::Unprocessable(format!("format `{other}` is not one of native, onnx"))),
     };
     let mut response = (StatusCode::OK, bytes).into_response();
     let h = response.headers_mut();
@@ -181,7 +190,7 @@ pub async fn artifact(State(state): State<AppState>, Caller(p): Caller, Path((na
     }
     let mut facts = facts(&name, Some(version), false).0;
     if let Some(f) = q.format {
-        facts.details.push(("format".into(), f));
+        facts.details.push(("format".into(), format!("{f:?}").to_ascii_lowercase()));
     }
     response.extensions_mut().insert(facts);
     Ok(response)
