@@ -273,7 +273,8 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
 }
 
 fn from_json(name: &str, datatype: &str, data: &Value, count: usize) -> Result<Values> {
-    let mut flat = Vec::with_capacity(count);
+    // `count` comes from the caller's shape: checked against the data, never trusted for memory.
+    let mut flat = Vec::with_capacity(count.min(1 << 16));
     flatten(data, &mut flat);
     let bad = |i: usize, want: &str| Error::Unprocessable(format!("input `{name}` element {i}: expected {want}, got {}", flat[i]));
     Ok(match datatype {

@@ -73,9 +73,14 @@ pub fn rows_from_tensors(inputs: &[NamedTensor]) -> Result<ScoringInput> {
             return Err(Error::Unprocessable(format!("input `{}`: shape {:?} must list the batch size first and no negative sizes", t.name, t.shape)));
         }
         let n = t.shape[0] as usize;
-        let width: usize = t.shape[1..].iter().map(|&d| d as usize).product();
-        if t.values.len() != n * width {
-            return Err(Error::Unprocessable(format!("input `{}`: shape {:?} holds {} values, {} were given", t.name, t.shape, n * width, t.values.len())));
+        // Sizes are the caller's: multiplied with overflow checks, compared with the data.
+        let width = t.shape[1..].iter().try_fold(1usize, |w, &d| w.checked_mul(d as usize));
+        let holds = width.and_then(|w| w.checked_mul(n));
+        let (Some(width), Some(holds)) = (width, holds) else {
+            return Err(Error::Unprocessable(format!("input `{}`: shape {:?} is larger than any request can hold", t.name, t.shape)));
+        };
+        if t.values.len() != holds {
+            return Err(Error::Unprocessable(format!("input `{}`: shape {:?} holds {holds} values, {} were given", t.name, t.shape, t.values.len())));
         }
         match rows {
             None => rows = Some(n),
@@ -89,7 +94,7 @@ pub fn rows_from_tensors(inputs: &[NamedTensor]) -> Result<ScoringInput> {
         widths.push(if t.shape.len() == 1 { None } else { Some(width) });
     }
     let rows = rows.unwrap_or(0);
-    let mut values = Vec::with_capacity(rows * inputs.len());
+    let mut values = Vec::with_capacity(rows.saturating_mul(inputs.len()));
     for r in 0..rows {
         for (t, width) in inputs.iter().zip(&widths) {
             values.push(match width {
@@ -242,5 +247,7 @@ mod tests {
         assert!(e.to_string().contains("holds 6 values, 5 were given"), "{e}");
         let e = rows_from_tensors(&[t("x", &[2], Values::Float(vec![1.0; 2])), t("y", &[3], Values::Float(vec![1.0; 3]))]).unwrap_err();
         assert!(e.to_string().contains("has 3 rows"), "{e}");
+        let e = rows_from_tensors(&[t("x", &[i64::MAX - 1, 4], Values::Float(vec![]))]).unwrap_err();
+        assert!(e.to_string().contains("larger than any request"), "{e}");
     }
 }
