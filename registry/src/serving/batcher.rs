@@ -309,7 +309,7 @@ fn native_answer(p: &Predictions, target: &Target) -> Answer {
             let mut predictions = Vec::with_capacity(rows);
             let mut probabilities = Vec::with_capacity(rows);
             for row in values.chunks(*classes) {
-                let best = row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
+                let best = crate::models::onnx::argmax(row);
                 predictions.push(labels[best].clone());
                 probabilities.push(row.iter().map(|&v| round6(v)).collect());
             }
@@ -328,7 +328,7 @@ fn native_answer(p: &Predictions, target: &Target) -> Answer {
 }
 
 /// Class labels as a tensor: numbers when every label is one, text otherwise.
-fn label_values(labels: &[Value]) -> Values {
+pub(super) fn label_values(labels: &[Value]) -> Values {
     if let Some(ints) = labels.iter().map(Value::as_i64).collect::<Option<Vec<_>>>() {
         return Values::Int64(ints);
     }

@@ -32,13 +32,8 @@ pub fn signature(model: &LoadedModel) -> (Vec<TensorMetadata>, Vec<TensorMetadat
             let inputs = model.runnable.input_kinds().iter().map(|(name, numeric)| meta(name, if *numeric { Elem::Double } else { Elem::String }, vec![-1])).collect();
             let outputs = match &artifact.target {
                 lakeledger_trainer::data::Target::Classes { classes } => {
-                    let label = if classes.iter().all(|c| c.as_i64().is_some()) {
-                        Elem::Int64
-                    } else if classes.iter().all(Value::is_number) {
-                        Elem::Double
-                    } else {
-                        Elem::String
-                    };
+                    // Typed as the answers' label tensor is.
+                    let label = super::batcher::label_values(classes).elem();
                     vec![meta("predictions", label, vec![-1]), meta("probabilities", Elem::Float, vec![-1, classes.len() as i64])]
                 }
                 lakeledger_trainer::data::Target::Value { .. } => vec![meta("predictions", Elem::Double, vec![-1])],

@@ -330,22 +330,9 @@ impl OnnxModel {
             )));
         }
         let columns = column_specs(&inputs, columns)?;
-        let mut outputs: Vec<(String, Option<Elem>)> = graph
-            .output
-            .iter()
-            .map(|o| {
-                let elem = match o.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-                    Some(pb::type_proto::Value::TensorType(t)) => Elem::from_onnx(t.elem_type),
-                    None => None,
-                };
-                (o.name.clone(), elem)
-            })
-            .collect();
-        if let Some(z) = &zipmap {
-            for o in outputs.iter_mut().filter(|o| o.0 == z.probabilities) {
-                o.1 = Some(Elem::Float);
-            }
-        }
+        // Output types come from the prepared graph's facts, not the declarations (ZipMap's
+        // declared sequence of maps is now a tensor).
+        let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
         let classes_from_graph = classifier_labels(graph);
         let softmax_outputs: Vec<String> = graph.node.iter().filter(|n| n.op_type == "Softmax").flat_map(|n| n.output.clone()).collect();
 
@@ -363,8 +350,8 @@ impl OnnxModel {
             .output_outlets()
             .map_err(|e| refused(format!("{e:#}")))?
             .iter()
-            .zip(&outputs)
-            .map(|(outlet, (name, _))| {
+            .zip(&output_names)
+            .map(|(outlet, name)| {
                 let fact = typed.outlet_fact(*outlet).map_err(|e| refused(format!("{e:#}")))?;
                 let elem = elem_of(fact.datum_type).ok_or_else(|| refused(format!("output `{name}` has type {:?}, which cannot be served", fact.datum_type)))?;
                 let width = match fact.shape.len() {
@@ -495,7 +482,7 @@ impl OnnxModel {
         if let (true, Some(l), Some(p), Some(classes)) = (d.relabel, d.label, d.probabilities, &d.classes) {
             let width = d.outputs[p].row_width();
             if let Values::Float(probabilities) = &outputs[p] {
-                let best: Vec<&Value> = probabilities.chunks(width).map(|row| &classes[row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b })]).collect();
+                let best: Vec<&Value> = probabilities.chunks(width).map(|row| &classes[argmax(row)]).collect();
                 outputs[l] = match &outputs[l] {
                     Values::String(_) => Values::String(best.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect()),
                     Values::Int32(_) => Values::Int32(best.iter().map(|v| v.as_i64().unwrap_or_default() as i32).collect()),
@@ -517,7 +504,7 @@ impl OnnxModel {
         let predictions = if let Some(l) = d.label {
             (0..rows).map(|r| outputs[l].json(r)).collect()
         } else if let (Some(p), Some(classes)) = (&probabilities, &d.classes) {
-            p.iter().map(|row| classes[row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b })].clone()).collect()
+            p.iter().map(|row| classes[argmax(row)].clone()).collect()
         } else {
             let first = &outputs[0];
             let w = d.outputs[0].row_width();
@@ -525,6 +512,11 @@ impl OnnxModel {
         };
         (predictions, probabilities)
     }
+}
+
+/// The index of the largest score, the first on a tie (as onnxruntime picks a class).
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
 }
 
 fn elem_of(dt: DatumType) -> Option<Elem> {
