@@ -39,6 +39,10 @@ async fn schemathesis_finds_nothing() {
         // the tenancy, audit and quota tests).
         .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance,negative_data_rejection", "--exclude-operation-id", "revoke_key", "--exclude-operation-id", "set_quotas"])
         .args(["--max-examples", "30", "--seed", "1", "--workers", "2", "--max-time", &max_time])
+        // The generator's own health check (too many candidate inputs discarded for an
+        // operation, seen on GET /v1/training-sets/{id}/data in one run of two) says nothing of
+        // the server; every case that is generated is still checked.
+        .args(["--suppress-health-check", "filter_too_much"])
         .args(["--request-timeout", "30", "--report", "junit", "--report-dir"])
         .arg(reports.path())
         .env("NO_COLOR", "1")
