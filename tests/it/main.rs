@@ -9,6 +9,7 @@ mod flight;
 mod interop;
 mod models;
 mod oidc;
+mod online_redis;
 mod openapi;
 mod readme;
 mod s3;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Server, error_code};
 
-fn ago(seconds: i64) -> String {
+pub(crate) fn ago(seconds: i64) -> String {
     (std::time::SystemTime::now() - Duration::from_secs(seconds as u64))
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| {
@@ -31,14 +31,14 @@ fn ago(seconds: i64) -> String {
         .unwrap()
 }
 
-async fn lookup(s: &Server, k: &str, body: Value) -> Value {
+pub(crate) async fn lookup(s: &Server, k: &str, body: Value) -> Value {
     let r = s.post(k, "/v1/online/features").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     r.json().await.unwrap()
 }
 
 /// (values, statuses) of result column `i`.
-fn column(v: &Value, i: usize) -> (Vec<Value>, Vec<String>) {
+pub(crate) fn column(v: &Value, i: usize) -> (Vec<Value>, Vec<String>) {
     let c = &v["results"][i];
     (c["values"].as_array().unwrap().clone(), c["statuses"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect())
 }

@@ -186,6 +186,31 @@ pub async fn postgres_url() -> Option<String> {
     }
 }
 
+/// The Redis URL for tests, or None (with a printed notice) when none answers. With
+/// LAKELEDGER_REQUIRE_REDIS=1 (as in CI) an unreachable Redis fails the test.
+pub async fn redis_url() -> Option<String> {
+    let url = std::env::var("LAKELEDGER_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let ping = async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), ping).await {
+        Ok(Ok(_)) => Some(url),
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer in 3 s".into(),
+            };
+            if std::env::var("LAKELEDGER_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+                panic!("Redis at {url} is required but unreachable: {why}");
+            }
+            notice(&format!("skipping Redis tests: {url} unreachable ({why})"));
+            None
+        }
+    }
+}
+
 /// A fresh, empty Postgres schema for one test, as a connection URL using it.
 pub async fn fresh_postgres_schema(base: &str) -> String {
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());

@@ -94,6 +94,9 @@ pub struct Config {
     pub entity_hash_key_path: PathBuf,
     /// Memory the embedded online store may hold (estimated); `None`: no bound.
     pub online_store_max_bytes: Option<usize>,
+    /// `redis://…`: the online store's rows live in this Redis, shared by replicas;
+    /// `None`: in each process's memory.
+    pub online_store: Option<Secret>,
     /// Model versions kept loaded for scoring (least recently used evicted first).
     pub serving_max_loaded_models: usize,
     /// Most rows scored in one batch when concurrent requests to a model are batched.
@@ -183,6 +186,8 @@ pub struct FileConfig {
     pub job_lease_secs: Option<u64>,
     pub entity_hash_key_path: Option<PathBuf>,
     pub online_store_max_bytes: Option<usize>,
+    /// `redis://[user:password@]host[:port][/db]` for an online store in Redis.
+    pub online_store: Option<String>,
     /// Model versions kept loaded for scoring (least recently used evicted first).
     pub serving_max_loaded_models: Option<usize>,
     /// Most rows scored in one batch when concurrent requests to a model are batched.
@@ -226,6 +231,7 @@ pub struct Overrides {
     pub audit_checkpoint_mirror: Option<String>,
     pub audit_archive: Option<String>,
     pub audit_archive_retention_hours: Option<u64>,
+    pub online_store: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -275,6 +281,17 @@ impl Config {
             (None, None) => None,
             _ => return Err(Error::BadRequest("Flight TLS needs both flight_tls_cert and flight_tls_key".into())),
         };
+        let online_store = cli.online_store.or(file.online_store).map(Secret::new);
+        if let Some(url) = &online_store {
+            if !url.expose().starts_with("redis://") {
+                return Err(Error::BadRequest(format!("online store URL must start with redis://, got `{}`", url.redacted())));
+            }
+            if file.online_store_max_bytes.is_some() {
+                return Err(Error::BadRequest(
+                    "online_store_max_bytes bounds the embedded online store; with a Redis online store, bound Redis itself (maxmemory)".into(),
+                ));
+            }
+        }
         let flight_listen = cli.flight_listen.or(file.flight_listen);
         if flight_tls.is_some() && flight_listen.is_none() {
             return Err(Error::BadRequest("flight_tls_cert and flight_tls_key need flight_listen".into()));
@@ -333,6 +350,7 @@ impl Config {
             oidc: file.oidc,
             entity_hash_key_path: file.entity_hash_key_path.unwrap_or_else(|| data_dir.join("keys/entity-hash.key")),
             online_store_max_bytes: file.online_store_max_bytes,
+            online_store,
             serving_max_loaded_models: file.serving_max_loaded_models.unwrap_or(64).max(1),
             serving_max_batch_rows: file.serving_max_batch_rows.unwrap_or(256).max(1),
             serving_max_batch_wait: std::time::Duration::from_micros(file.serving_max_batch_wait_us.unwrap_or(0)),
@@ -394,6 +412,19 @@ mod tests {
     fn secrets_are_redacted() {
         let s = Secret::new("postgres://u:hunter2@db/x");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_redis_online_store_takes_a_redis_url_and_no_memory_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = |url: &str| Overrides { data_dir: Some(dir.path().into()), online_store: Some(url.into()), ..Default::default() };
+        let c = Config::resolve(FileConfig::default(), cli("redis://u:hunter2@cache:6379/2")).unwrap();
+        assert!(!format!("{:?}", c.online_store).contains("hunter2"));
+        let err = Config::resolve(FileConfig::default(), cli("memcached://cache")).unwrap_err().to_string();
+        assert!(err.contains("redis://"), "{err}");
+        let file = FileConfig { online_store_max_bytes: Some(1 << 20), ..Default::default() };
+        let err = Config::resolve(file, cli("redis://cache")).unwrap_err().to_string();
+        assert!(err.contains("online_store_max_bytes"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use sha2::Digest;
 use crate::identity::Identity;
 use crate::lineage::Lineage;
 use crate::models::{ModelEvents, ModelSigner, Models};
-use crate::online::{EntityHasher, OnlineStore};
+use crate::online::{EntityHasher, OnlineStore, RedisRows};
 use crate::platform::audit::AuditLog;
 use crate::platform::catalog::SharedCatalog;
 use crate::platform::changes::{ChangeObserver, Changes};
@@ -49,7 +49,11 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
         },
         changes.clone(),
     );
-    let online = OnlineStore::new(features.clone(), hasher, config.online_store_max_bytes);
+    let redis = match &config.online_store {
+        Some(url) => Some(RedisRows::new(url.expose(), url.redacted())?),
+        None => None,
+    };
+    let online = OnlineStore::new(features.clone(), hasher, config.online_store_max_bytes, redis);
     features.subscribe(Arc::downgrade(&(online.clone() as Arc<dyn CommitObserver>)));
     let sql_config = SqlConfig {
         memory_bytes: config.sql_memory_limit_bytes,

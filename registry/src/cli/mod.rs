@@ -105,6 +105,10 @@ struct ServeArgs {
     /// A file holding a bearer token that may scrape /metrics (operator admin keys may too).
     #[arg(long, env = "LAKELEDGER_METRICS_TOKEN_FILE")]
     metrics_token_file: Option<PathBuf>,
+    /// Keep online feature rows in this Redis (redis://[user:password@]host[:port][/db]),
+    /// shared by every replica; without it each process keeps them in memory.
+    #[arg(long, env = "LAKELEDGER_ONLINE_STORE")]
+    online_store: Option<String>,
     /// Log as JSON lines.
     #[arg(long, env = "LAKELEDGER_JSON_LOGS")]
     json_logs: bool,
@@ -187,6 +191,7 @@ async fn serve(args: ServeArgs) -> crate::Result<()> {
             flight_tls_key: args.flight_tls_key,
             max_body_bytes: args.max_body_bytes,
             metrics_token_file: args.metrics_token_file,
+            online_store: args.online_store,
             json_logs: args.json_logs.then_some(true),
             ..Default::default()
         },
@@ -198,6 +203,9 @@ async fn serve(args: ServeArgs) -> crate::Result<()> {
     println!("  catalog  : {}", config.catalog_url.redacted());
     println!("  tables   : {}", config.data_root);
     println!("  audit    : {}", config.audit_dir.display());
+    if let Some(url) = &config.online_store {
+        println!("  online   : {}", url.redacted());
+    }
     let prepared = crate::app::server::prepare(config).await?;
     let report = &prepared.audit_report;
     if let Some(what) = &report.repaired {

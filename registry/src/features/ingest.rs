@@ -156,7 +156,7 @@ impl FeatureGroups {
         }
         // Still under the group's lock, so observers see commits in version order.
         for sink in sinks.0 {
-            sink.committed(g, outcome.version, mode == WriteMode::Overwrite);
+            sink.committed(g, outcome.version, mode == WriteMode::Overwrite).await;
         }
         self.announce_elsewhere(g);
         metrics::counter!("lakeledger_rows_ingested_total", "mode" => mode.name()).increment(rows);

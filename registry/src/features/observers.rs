@@ -22,13 +22,15 @@ pub trait CommitObserver: Send + Sync {
 }
 
 /// The rows of one write, as they are staged.
+#[async_trait]
 pub trait StagedRows: Send {
     /// A batch, conformed to the group's schema.
     fn absorb(&mut self, batch: &RecordBatch) -> Result<()>;
 
     /// The write committed as `version` (`replace`: it replaced the group's content).
-    /// Called with the group's commit lock held, so calls arrive in version order.
-    fn committed(self: Box<Self>, group: &FeatureGroupRecord, version: i64, replace: bool);
+    /// Called with the group's commit lock held, so calls arrive in version order; the
+    /// write's answer waits for it (a lookup after the answer sees the rows).
+    async fn committed(self: Box<Self>, group: &FeatureGroupRecord, version: i64, replace: bool);
 }
 
 /// Which data files of a group live training sets read; vacuum keeps those.

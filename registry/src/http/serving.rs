@@ -32,7 +32,7 @@ const WRITE: &[Role] = &[Role::Admin, Role::Writer];
         (status = 507, description = "the group was taken out of the online store to keep to its memory budget", body = ErrorBody)))]
 pub async fn features(State(state): State<AppState>, Caller(p): Caller, ApiJson(req): ApiJson<OnlineFeaturesRequest>) -> Result<(Extension<AuditFacts>, axum::Json<OnlineFeaturesResponse>)> {
     p.require(READ, "read online features")?;
-    let (response, details) = state.online.get_online_features(&p.tenant_id, &req)?;
+    let (response, details) = state.online.get_online_features(&p.tenant_id, &req).await?;
     metrics::counter!("lakeledger_online_requests_total", "tenant" => p.tenant.clone()).increment(1);
     let facts = AuditFacts {
         versions_read: response.metadata.versions.values().copied().collect(),

@@ -206,8 +206,18 @@ pub struct Found {
     pub versions: Vec<(String, i64)>,
 }
 
-/// Looks up every feature for every entity row.
-pub fn lookup(features: &[FeatureRef], entities: &EntityRows, now: i64) -> Result<Found> {
+impl OnlineStore {
+    /// Looks up every feature for every entity row, wherever the rows live.
+    pub async fn lookup(&self, features: &[FeatureRef], entities: &EntityRows, now: i64) -> Result<Found> {
+        match self.redis() {
+            Some(redis) => redis.lookup(features, entities, now).await,
+            None => lookup_in_memory(features, entities, now),
+        }
+    }
+}
+
+/// Looks up every feature for every entity row in the groups' in-memory tables.
+fn lookup_in_memory(features: &[FeatureRef], entities: &EntityRows, now: i64) -> Result<Found> {
     // One pass per group: its keys, then its features for each row.
     let mut out: Vec<Vec<Lookup>> = (0..features.len()).map(|_| Vec::with_capacity(entities.rows)).collect();
     let mut versions: Vec<(String, i64)> = Vec::new();
@@ -247,10 +257,10 @@ pub fn lookup(features: &[FeatureRef], entities: &EntityRows, now: i64) -> Resul
 impl OnlineStore {
 /// Answers a Feast-shaped request. Returns the response and the audit facts: groups at
 /// versions served, and keyed hashes of the entity keys.
-pub fn get_online_features(&self, tenant_id: &str, req: &OnlineFeaturesRequest) -> Result<(OnlineFeaturesResponse, Vec<(String, String)>)> {
+pub async fn get_online_features(&self, tenant_id: &str, req: &OnlineFeaturesRequest) -> Result<(OnlineFeaturesResponse, Vec<(String, String)>)> {
     let features = resolve_features(self, tenant_id, &req.features)?;
     let entities = EntityRows::parse(&req.entities)?;
-    let Found { values: found, versions } = lookup(&features, &entities, now_micros())?;
+    let Found { values: found, versions } = self.lookup(&features, &entities, now_micros()).await?;
     let mut names = Vec::new();
     let mut results = Vec::new();
     // Entity key columns first, as Feast returns them.

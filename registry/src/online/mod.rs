@@ -9,10 +9,15 @@
 //! version order; an overwrite replaces the group's state. At startup (and on demand) a
 //! group is rebuilt from the live files of its latest Delta version.
 //!
+//! Where the rows live is the store's backend: this process's memory (the default, with a
+//! memory budget), or a Redis that every replica shares (`in_redis.rs`). Either way the
+//! registry of online groups (names, keys, features, max age) is held here.
+//!
 //! Reads tables only through the feature-group service; never imports `http/` or `app/`.
 
 mod entity_hash;
 mod lookup;
+mod in_redis;
 mod refresh;
 
 use std::collections::HashMap;
@@ -30,7 +35,8 @@ use crate::platform::catalog::FeatureGroupRecord;
 use crate::platform::time::rfc3339;
 
 pub use entity_hash::EntityHasher;
-pub use lookup::{EntityRows, FeatureColumn, FeatureRef, Found, Lookup, OnlineFeaturesRequest, OnlineFeaturesResponse, OnlineMetadata, entity_key, lookup, resolve_features};
+pub use lookup::{EntityRows, FeatureColumn, FeatureRef, Found, Lookup, OnlineFeaturesRequest, OnlineFeaturesResponse, OnlineMetadata, entity_key, resolve_features};
+pub use in_redis::{RedisRows, Served};
 pub use refresh::{REFRESH_EVERY, RebuildReport};
 
 /// One part of an entity key. `int32` keys are held as `i64`.
@@ -55,9 +61,11 @@ pub struct Entry {
 /// One group's online state.
 #[derive(Debug, Default)]
 pub struct GroupTable {
-    /// The Delta version the state reflects.
+    /// The Delta version the state reflects (with Redis: the version this replica last
+    /// brought the group's settings and features up to).
     pub version: i64,
     pub features: Vec<String>,
+    /// The rows, when the store keeps them in memory (empty with Redis).
     pub rows: HashMap<EntityKey, Entry>,
     /// What `rows` holds, estimated (see [`entry_bytes`]), for the store's memory budget.
     pub bytes: usize,
@@ -105,9 +113,16 @@ impl OnlineGroup {
     }
 }
 
-/// Every online group, by (tenant id, group name), and the memory budget they share.
-#[derive(Default)]
-struct Groups(RwLock<HashMap<(String, String), Arc<OnlineGroup>>>, Budget);
+/// Every online group, by (tenant id, group name), the memory budget they share, and
+/// where their rows live.
+struct Groups {
+    by_name: RwLock<HashMap<(String, String), Arc<OnlineGroup>>>,
+    budget: Budget,
+    /// `Some`: rows live in Redis; `None`: in `GroupTable::rows`.
+    redis: Option<Arc<RedisRows>>,
+    /// Wakes the refresh task (a commit found a group Redis has no rows for).
+    wake: tokio::sync::Notify,
+}
 
 /// The store's memory budget, and the groups taken out to keep to it, with why.
 #[derive(Default)]
@@ -119,7 +134,7 @@ struct Budget {
 impl Groups {
     /// What every group holds, estimated, leaving out `except`.
     fn bytes_except(&self, except: Option<(&str, &str)>) -> usize {
-        self.0
+        self.by_name
             .read()
             .expect("online store lock")
             .iter()
@@ -129,7 +144,7 @@ impl Groups {
     }
 
     fn over_budget(&self, tenant_id: &str, name: &str, bytes: usize) -> Option<String> {
-        let max = self.1.max_bytes?;
+        let max = self.budget.max_bytes?;
         let others = self.bytes_except(Some((tenant_id, name)));
         (others + bytes > max).then(|| {
             format!(
@@ -143,23 +158,59 @@ impl Groups {
     fn drop_for_budget(&self, tenant_id: &str, name: &str, why: String) {
         tracing::warn!(group = %name, tenant_id = %tenant_id, reason = %why, "online group taken out of the store");
         metrics::counter!("lakeledger_online_groups_dropped_total").increment(1);
-        self.0.write().expect("online store lock").remove(&(tenant_id.to_string(), name.to_string()));
-        self.1.dropped.write().expect("dropped groups").insert((tenant_id.to_string(), name.to_string()), why);
+        self.by_name.write().expect("online store lock").remove(&(tenant_id.to_string(), name.to_string()));
+        self.budget.dropped.write().expect("dropped groups").insert((tenant_id.to_string(), name.to_string()), why);
         metrics::gauge!("lakeledger_online_store_bytes").set(self.bytes_except(None) as f64);
     }
 
     /// Why a group is not in the store, if it was taken out for the budget.
     fn dropped(&self, tenant_id: &str, name: &str) -> Option<String> {
-        self.1.dropped.read().expect("dropped groups").get(&(tenant_id.to_string(), name.to_string())).cloned()
+        self.budget.dropped.read().expect("dropped groups").get(&(tenant_id.to_string(), name.to_string())).cloned()
     }
 
     fn get(&self, tenant_id: &str, name: &str) -> Option<Arc<OnlineGroup>> {
-        self.0.read().expect("online store lock").get(&(tenant_id.to_string(), name.to_string())).cloned()
+        self.by_name.read().expect("online store lock").get(&(tenant_id.to_string(), name.to_string())).cloned()
     }
 
-    /// Merges the rows a commit wrote. Called with the group's commit lock held.
-    fn apply(&self, g: &FeatureGroupRecord, version: i64, delta: OnlineDelta, replace: bool) {
-        let Some(group) = self.get(&g.tenant_id, &g.name) else { return };
+    /// Merges the rows a commit wrote, wherever rows live. Called with the group's commit
+    /// lock held. A failure to write Redis does not fail the commit (the table has it);
+    /// the refresh task writes the version again.
+    async fn apply(&self, g: &FeatureGroupRecord, version: i64, delta: OnlineDelta, replace: bool) {
+        let group = self.get(&g.tenant_id, &g.name);
+        match (&self.redis, group) {
+            (None, Some(group)) => self.apply_in_memory(g, &group, version, delta, replace),
+            // Not served here (taken out for the budget, or switched off meanwhile).
+            (None, None) => {}
+            // Written even if this replica has not yet heard the group went online
+            // elsewhere: every replica reads the same rows.
+            (Some(redis), group) => {
+                let features: Vec<String> = delta.schema.features.iter().map(|c| c.name.clone()).collect();
+                let rows: Vec<(EntityKey, Entry)> = delta.rows.into_iter().collect();
+                let written = if replace {
+                    redis.replace(&g.id, version, &features, rows).await.map(|_| true)
+                } else {
+                    redis.apply(&g.id, version, &features, rows).await
+                };
+                match written {
+                    Ok(true) => {
+                        if let Some(group) = group {
+                            let mut table = group.table.write().expect("online group lock");
+                            table.features = features;
+                            table.version = table.version.max(version);
+                        }
+                    }
+                    // Never loaded into Redis: the refresh task builds it from the table.
+                    Ok(false) => self.wake.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(group = %g.name, version, error = %e, "online rows not written to Redis; the refresh task retries");
+                        self.wake.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_in_memory(&self, g: &FeatureGroupRecord, group: &OnlineGroup, version: i64, delta: OnlineDelta, replace: bool) {
         let bytes = {
             let mut table = group.table.write().expect("online group lock");
             if replace {
@@ -198,8 +249,6 @@ pub struct OnlineStore {
     features: Arc<FeatureGroups>,
     /// Keyed hashes of entity keys for audit records.
     hasher: EntityHasher,
-    /// Woken when another replica announces a commit, so the refresh runs at once.
-    wake: tokio::sync::Notify,
     /// Groups other replicas announced a change of: one turned online there is loaded
     /// here, one turned off is dropped.
     announced: std::sync::Mutex<Vec<(String, String)>>,
@@ -211,19 +260,30 @@ impl crate::platform::changes::ChangeObserver for OnlineStore {
         match change {
             Change::Group { tenant_id, name } => {
                 self.announced.lock().expect("announced groups").push((tenant_id.clone(), name.clone()));
-                self.wake.notify_one();
+                self.groups.wake.notify_one();
             }
-            Change::Resync => self.wake.notify_one(),
+            Change::Resync => self.groups.wake.notify_one(),
             _ => {}
         }
     }
 }
 
 impl OnlineStore {
-    /// A store over `features`, holding at most about `max_bytes` (unbounded when `None`).
-    pub fn new(features: Arc<FeatureGroups>, hasher: EntityHasher, max_bytes: Option<usize>) -> Arc<OnlineStore> {
-        let groups = Arc::new(Groups(Default::default(), Budget { max_bytes, dropped: Default::default() }));
-        Arc::new(OnlineStore { groups, features, hasher, wake: tokio::sync::Notify::new(), announced: Default::default() })
+    /// A store over `features`: rows in Redis when `redis` is given, otherwise in memory,
+    /// holding at most about `max_bytes` (unbounded when `None`).
+    pub fn new(features: Arc<FeatureGroups>, hasher: EntityHasher, max_bytes: Option<usize>, redis: Option<Arc<RedisRows>>) -> Arc<OnlineStore> {
+        let groups = Arc::new(Groups {
+            by_name: Default::default(),
+            budget: Budget { max_bytes, dropped: Default::default() },
+            redis,
+            wake: tokio::sync::Notify::new(),
+        });
+        Arc::new(OnlineStore { groups, features, hasher, announced: Default::default() })
+    }
+
+    /// Where rows live, when not in memory.
+    pub fn redis(&self) -> Option<&Arc<RedisRows>> {
+        self.groups.redis.as_ref()
     }
 
     /// Why a group is not served here, if it was taken out to keep to the memory budget.
@@ -240,20 +300,20 @@ impl OnlineStore {
         self.groups.get(tenant_id, name)
     }
 
-    /// Stops serving a group (it was switched off or removed).
+    /// Stops serving a group here (it was switched off or removed).
     pub fn remove(&self, g: &FeatureGroupRecord) {
-        self.groups.0.write().expect("online store lock").remove(&(g.tenant_id.clone(), g.name.clone()));
+        self.groups.by_name.write().expect("online store lock").remove(&(g.tenant_id.clone(), g.name.clone()));
     }
 
     fn publish(&self, group: OnlineGroup) {
         let key = (group.tenant_id.clone(), group.name.clone());
-        self.groups.1.dropped.write().expect("dropped groups").remove(&key);
-        self.groups.0.write().expect("online store lock").insert(key, Arc::new(group));
+        self.groups.budget.dropped.write().expect("dropped groups").remove(&key);
+        self.groups.by_name.write().expect("online store lock").insert(key, Arc::new(group));
         metrics::gauge!("lakeledger_online_store_bytes").set(self.groups.bytes_except(None) as f64);
     }
 
     fn all(&self) -> Vec<Arc<OnlineGroup>> {
-        self.groups.0.read().expect("online store lock").values().cloned().collect()
+        self.groups.by_name.read().expect("online store lock").values().cloned().collect()
     }
 }
 
@@ -264,11 +324,17 @@ impl CommitObserver for OnlineStore {
     }
 
     async fn group_changed(&self, group: &FeatureGroupRecord) -> Result<()> {
-        if group.online {
-            self.rebuild(group).await.map(|_| ())
-        } else {
-            self.remove(group);
-            Ok(())
+        match (group.online, &self.groups.redis) {
+            (true, None) => self.rebuild(group).await.map(|_| ()),
+            // Redis may hold the group already (shared by replicas): load only what it lacks.
+            (true, Some(_)) => self.sync_redis(group).await,
+            (false, redis) => {
+                self.remove(group);
+                match redis {
+                    Some(r) => r.forget(&group.id).await,
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -318,14 +384,15 @@ impl OnlineDelta {
     }
 }
 
+#[async_trait]
 impl StagedRows for OnlineDelta {
     fn absorb(&mut self, batch: &RecordBatch) -> Result<()> {
         OnlineDelta::absorb(self, batch)
     }
 
-    fn committed(mut self: Box<Self>, group: &FeatureGroupRecord, version: i64, replace: bool) {
+    async fn committed(mut self: Box<Self>, group: &FeatureGroupRecord, version: i64, replace: bool) {
         if let Some(store) = self.store.take() {
-            store.apply(group, version, *self, replace);
+            store.apply(group, version, *self, replace).await;
         }
     }
 }

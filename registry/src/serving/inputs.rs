@@ -200,7 +200,7 @@ pub struct EntityInput {
 
 /// Builds scoring rows from entity keys: online features looked up, other inputs taken
 /// from the entity rows.
-pub fn input_from_entities(store: &OnlineStore, tenant_id: &str, inputs: &[String], entities: &EntityRows) -> Result<EntityInput> {
+pub async fn input_from_entities(store: &OnlineStore, tenant_id: &str, inputs: &[String], entities: &EntityRows) -> Result<EntityInput> {
     let refs = online_inputs(store, tenant_id, inputs);
     let mut lookups = Vec::new();
     let mut positions = Vec::new();
@@ -218,7 +218,7 @@ pub fn input_from_entities(store: &OnlineStore, tenant_id: &str, inputs: &[Strin
             }
         }
     }
-    let crate::online::Found { values: found, versions } = crate::online::lookup(&lookups, entities, now_micros())?;
+    let crate::online::Found { values: found, versions } = store.lookup(&lookups, entities, now_micros()).await?;
     let mut values = vec![Value::Null; entities.rows * inputs.len()];
     let mut missing = Vec::new();
     for (i, name) in inputs.iter().enumerate() {

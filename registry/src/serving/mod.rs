@@ -336,7 +336,7 @@ impl Serving {
                     return Err(Error::Unprocessable("with `entities`, give nothing else: the inputs come from the online store".into()));
                 }
                 let entities = EntityRows::parse(&map.remove("entities").unwrap_or(Value::Null))?;
-                let EntityInput { input, served, missing } = input_from_entities(&self.online, &p.tenant_id, &inputs, &entities)?;
+                let EntityInput { input, served, missing } = input_from_entities(&self.online, &p.tenant_id, &inputs, &entities).await?;
                 details.push(("served".into(), served.iter().map(|(g, v)| format!("{g}@{v}")).collect::<Vec<_>>().join(",")));
                 let keys: Vec<String> = entities.columns.iter().filter(|c| !inputs.contains(c)).cloned().collect();
                 details.push(("entity_key_hashes".into(), self.online.hasher().hash_rows(&entities, &keys)));
