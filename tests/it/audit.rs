@@ -439,10 +439,16 @@ pub struct Running {
 }
 
 pub async fn start_binary(bin: &Path, data_dir: &Path) -> Running {
+    start_binary_with(bin, data_dir, &[]).await
+}
+
+/// As [`start_binary`], with more `serve` arguments (a config file, a catalog…).
+pub async fn start_binary_with(bin: &Path, data_dir: &Path, args: &[&std::ffi::OsStr]) -> Running {
     let mut child = tokio::process::Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .env("LAKELEDGER_LOG", "warn")
+        .args(args)
+        .env("LAKELEDGER_LOG", std::env::var("LAKELEDGER_TEST_BIN_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -458,8 +464,17 @@ pub async fn start_binary(bin: &Path, data_dir: &Path) -> Running {
         }
         if let Some(rest) = t.strip_prefix("listening: http://") {
             let addr = rest.split_whitespace().next().unwrap().to_string();
-            // Keep draining stdout so the server never blocks on a full pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            // Keep draining stdout (the log) so the server never blocks on a full pipe; it
+            // goes beside the data dir, for a failing test to be read.
+            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).ok();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(f) = log.as_mut() {
+                        use std::io::Write;
+                        let _ = writeln!(f, "{line}");
+                    }
+                }
+            });
             return Running { child, addr, admin_key };
         }
     }

@@ -623,6 +623,9 @@ async fn an_idempotent_ingest_writes_once_however_often_it_is_retried() {
     let crashed = commit_behind_the_catalog(&config, &schema, 4, meta).await;
     // And another key whose attempt is still in flight on another replica.
     assert!(catalog.reserve_idempotency_key(&tenant.id, "order-4", fingerprint, lakeledger::platform::time::now_micros()).await.unwrap().is_none());
+    // And one whose replica died before committing: its hold (30 s by default) lapsed.
+    let lapsed = lakeledger::platform::time::now_micros() - 31_000_000;
+    assert!(catalog.reserve_idempotency_key(&tenant.id, "order-5", fingerprint, lapsed).await.unwrap().is_none());
     drop(catalog);
 
     let s = Server::start_with(config.clone(), Some(k.clone())).await;
@@ -634,4 +637,10 @@ async fn an_idempotent_ingest_writes_once_however_often_it_is_retried() {
     let (code, message) = error_code(send("order-4", rows.clone()).await.unwrap(), 409).await;
     assert_eq!(code, "conflict");
     assert!(message.contains("in progress"), "{message}");
+    // The lapsed hold is taken over: the retry writes, once.
+    let r = send("order-5", json!([{"user_id": 5, "ts": "2026-01-01T00:00:00Z"}])).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["idempotent-replayed"].to_str().unwrap()), (201, "false"));
+    let r = send("order-5", json!([{"user_id": 5, "ts": "2026-01-01T00:00:00Z"}])).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["idempotent-replayed"].to_str().unwrap()), (201, "true"));
+    assert_eq!(s.read_json(&k, "/v1/feature-groups/clicks/data?key.user_id=5").await.len(), 1);
 }

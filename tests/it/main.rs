@@ -12,6 +12,7 @@ mod oidc;
 mod online_redis;
 mod openapi;
 mod readme;
+mod replicas;
 mod s3;
 mod serving;
 mod sql;

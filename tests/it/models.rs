@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, error_code};
+use crate::support::{Http, Server, error_code};
 
 /// Ingests one of the scikit-learn datasets as two feature groups: `<name>_features` (every
 /// column but the label) and `<name>_labels` (the label), keyed by `id`, with event times
 /// one day apart so every label sees its features.
-pub(crate) async fn ingest_dataset(s: &Server, k: &str, name: &str, label: &str, label_type: &str) -> usize {
+pub(crate) async fn ingest_dataset(s: &impl Http, k: &str, name: &str, label: &str, label_type: &str) -> usize {
     let path = format!("{}/../trainer/tests/data/{name}.csv", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
@@ -51,7 +51,7 @@ pub(crate) fn training_set(name: &str, label: &str) -> Value {
 }
 
 /// Polls a job until it ends (training here takes seconds; the cap only stops a hang).
-async fn wait(s: &Server, k: &str, id: &str) -> Value {
+pub(crate) async fn wait(s: &impl Http, k: &str, id: &str) -> Value {
     for _ in 0..1200 {
         let j: Value = s.get(k, &format!("/v1/training-jobs/{id}")).send().await.unwrap().json().await.unwrap();
         if ["succeeded", "failed", "cancelled"].contains(&j["state"].as_str().unwrap()) {
@@ -62,7 +62,7 @@ async fn wait(s: &Server, k: &str, id: &str) -> Value {
     panic!("job {id} did not finish");
 }
 
-pub(crate) async fn train(s: &Server, k: &str, body: Value) -> Value {
+pub(crate) async fn train(s: &impl Http, k: &str, body: Value) -> Value {
     let r = s.post(k, "/v1/training-jobs").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     let job: Value = r.json().await.unwrap();

@@ -144,6 +144,44 @@ impl Server {
     }
 }
 
+/// A server spoken to over HTTP: one started in this process ([`Server`]) or a
+/// `lakeledger serve` process ([`Remote`]); helpers that only send requests take either.
+pub trait Http {
+    fn client(&self) -> &Client;
+    fn url(&self, path: &str) -> String;
+    fn get(&self, key: &str, path: &str) -> RequestBuilder {
+        self.client().get(self.url(path)).bearer_auth(key)
+    }
+    fn post(&self, key: &str, path: &str) -> RequestBuilder {
+        self.client().post(self.url(path)).bearer_auth(key)
+    }
+}
+
+impl Http for Server {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+    fn url(&self, path: &str) -> String {
+        Server::url(self, path)
+    }
+}
+
+/// A server in another process, at `base` (`http://host:port`).
+#[derive(Clone)]
+pub struct Remote {
+    pub base: String,
+    pub client: Client,
+}
+
+impl Http for Remote {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
 /// Reports a suite skipped for want of a part (a database, Python, a binary). The test
 /// harness hides what a passing test prints, so the notice is also appended to the file
 /// named by `LAKELEDGER_NOTICE_FILE`, which `scripts/test` prints at the end.

@@ -84,6 +84,9 @@ pub struct Config {
     /// The Ed25519 key that signs model artifacts (mode 0600). Default
     /// `<data_dir>/keys/model-signing.key`.
     pub model_key_path: PathBuf,
+    /// How long an ingest's hold on its Idempotency-Key lasts unless renewed: a retry
+    /// after the replica running the first attempt died waits at most this long.
+    pub idempotency_hold: std::time::Duration,
     /// Training jobs that run at once; more wait queued.
     pub training_workers: usize,
     /// How long a replica's lease on a running job holds unless renewed; a job whose
@@ -184,6 +187,7 @@ pub struct FileConfig {
     pub model_key_path: Option<PathBuf>,
     pub training_workers: Option<usize>,
     pub job_lease_secs: Option<u64>,
+    pub idempotency_hold_secs: Option<u64>,
     pub entity_hash_key_path: Option<PathBuf>,
     pub online_store_max_bytes: Option<usize>,
     /// `redis://[user:password@]host[:port][/db]` for an online store in Redis.
@@ -346,6 +350,7 @@ impl Config {
             model_key_path: file.model_key_path.unwrap_or_else(|| data_dir.join("keys/model-signing.key")),
             training_workers: file.training_workers.unwrap_or(2).max(1),
             job_lease: std::time::Duration::from_secs(file.job_lease_secs.unwrap_or(30).max(3)),
+            idempotency_hold: std::time::Duration::from_secs(file.idempotency_hold_secs.unwrap_or(30).max(3)),
             drift_checks: file.drift_checks,
             oidc: file.oidc,
             entity_hash_key_path: file.entity_hash_key_path.unwrap_or_else(|| data_dir.join("keys/entity-hash.key")),

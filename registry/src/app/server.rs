@@ -60,6 +60,9 @@ pub struct Prepared {
 /// Opens the catalog and storage, creates the default tenant and its first admin key on
 /// first start, and reconciles the catalog with the Delta logs.
 pub async fn prepare(config: Config) -> Result<Prepared> {
+    // Model versions record the binary's hash; reading the executable takes seconds, so it
+    // starts now, off the request path.
+    tokio::task::spawn_blocking(crate::models::build_id);
     // The ledger first: recovery must finish, and refuse a damaged log, before anything
     // else can happen.
     let audit_archive = match &config.audit_archive {

@@ -46,6 +46,7 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
             default_read_limit: config.default_read_limit,
             spool_dir: config.data_dir.join("tmp"),
             read_threads: config.sql_threads,
+            idempotency_hold: config.idempotency_hold,
         },
         changes.clone(),
     );

@@ -2,6 +2,12 @@
 //! with the same key gets the first result back instead of writing the rows again, also
 //! when the first attempt stopped between its Delta commit and its answer (the commit
 //! carries the key, so the retry finds it in the log).
+//!
+//! While an attempt runs it holds the key, renewing the hold every third of
+//! `idempotency_hold`; a retry meanwhile is answered 409. An attempt whose replica died
+//! stops renewing, so a retry (on any replica) takes the key over once the hold has lapsed,
+//! after checking the log for a commit the attempt made. An attempt that cannot renew
+//! (its replica lost the catalog for longer than the hold) stops before it commits.
 
 use axum::body::Body;
 use lakeledger_query::ingest::IngestFormat;
@@ -17,9 +23,6 @@ use crate::platform::time::now_micros;
 pub(super) const KEY_META: &str = "lakeledger.idempotencyKey";
 /// Commit metadata with the rows a commit wrote, for a replay found in the log.
 pub(super) const ROWS_META: &str = "lakeledger.rows";
-/// A pending key older than this belongs to an attempt that stopped without committing;
-/// a retry may take it over. (Long enough for an upload of gigabytes.)
-const STALE_PENDING_MICROS: i64 = 15 * 60 * 1_000_000;
 /// How many of a group's latest commits a retry searches for its key.
 const SEARCH_DEPTH: i64 = 1000;
 
@@ -59,7 +62,8 @@ impl FeatureGroups {
                 self.catalog.complete_idempotency_key(&p.tenant_id, key, &to_json(&result)?).await?;
                 return Ok(Ingested { result, replayed: true });
             }
-            let stale = now.saturating_sub(held.created_at) >= STALE_PENDING_MICROS;
+            // `created_at` is when the attempt holding the key last renewed its hold.
+            let stale = now.saturating_sub(held.created_at) >= self.settings.idempotency_hold.as_micros() as i64;
             if !stale || !self.catalog.renew_idempotency_key(&p.tenant_id, key, held.created_at, now).await? {
                 return Err(Error::Conflict(format!(
                     "a request with Idempotency-Key `{key}` is in progress; retry once it has been answered"
@@ -67,7 +71,12 @@ impl FeatureGroups {
             }
         }
         let mut committed = false;
-        match self.ingest_with(p, name, mode, format, body, ctx, Some(key), &mut committed).await {
+        let ingest = self.ingest_with(p, name, mode, format, body, ctx, Some(key), &mut committed);
+        let outcome = tokio::select! {
+            r = ingest => r,
+            lost = self.keep_holding(&p.tenant_id, key, now) => Err(lost),
+        };
+        match outcome {
             Ok(result) => {
                 self.catalog.complete_idempotency_key(&p.tenant_id, key, &to_json(&result)?).await?;
                 Ok(Ingested { result, replayed: false })
@@ -81,6 +90,30 @@ impl FeatureGroups {
                 Err(e)
             }
         }
+    }
+
+    /// Renews the hold on `key` (taken at `since`) every third of the hold period until
+    /// the ingest ends (the caller stops polling this); returns only if the hold was lost:
+    /// another request took the key over, or the catalog could not be reached for longer
+    /// than the hold. The ingest is then dropped before it commits (if it had committed,
+    /// the commit carries the key and the other request finds it).
+    async fn keep_holding(&self, tenant_id: &str, key: &str, since: i64) -> Error {
+        let period = self.settings.idempotency_hold;
+        let mut held_at = since;
+        loop {
+            tokio::time::sleep(period / 3).await;
+            let now = now_micros();
+            match self.catalog.renew_idempotency_key(tenant_id, key, held_at, now).await {
+                Ok(true) => held_at = now,
+                Ok(false) => break,
+                Err(e) if now.saturating_sub(held_at) >= period.as_micros() as i64 => {
+                    tracing::warn!(key, error = %e, "lost the hold on an idempotency key: the catalog did not answer");
+                    break;
+                }
+                Err(e) => tracing::warn!(key, error = %e, "could not renew the hold on an idempotency key; retrying"),
+            }
+        }
+        Error::Conflict(format!("this request's hold on Idempotency-Key `{key}` lapsed and another request took it over; retry with the same key for the result"))
     }
 
     /// The result of the commit among the group's latest that carries `key`, if any; its

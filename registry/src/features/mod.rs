@@ -50,6 +50,10 @@ pub struct FeatureSettings {
     pub spool_dir: PathBuf,
     /// Threads that read a group's data files.
     pub read_threads: usize,
+    /// How long an ingest's hold on its `Idempotency-Key` lasts without being renewed
+    /// (it is renewed every third of this while the ingest runs): a retry after a
+    /// replica died mid-ingest waits at most this long.
+    pub idempotency_hold: std::time::Duration,
 }
 
 /// The feature-group service.

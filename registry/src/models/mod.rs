@@ -336,6 +336,7 @@ impl Models {
         let location = format!("tenants/{}/models/{}/{sha256}.{extension}", p.tenant, m.id);
         self.tables.put_object(&location, bytes.into()).await?;
         let signature = self.signer.sign(&p.tenant, &m.name, &sha256)?;
+        let build_id = signing::build_id_async().await;
         let record = ModelVersionRecord {
             model_id: m.id.clone(),
             version: 0,
@@ -350,7 +351,7 @@ impl Models {
             config_json: recorded.config.to_string(),
             metrics_json: recorded.metrics.to_string(),
             backend: recorded.backend,
-            build_id: build_id().to_string(),
+            build_id: build_id.to_string(),
             job_id: new.job_id,
             created_at: now_micros(),
             created_by: p.actor(),

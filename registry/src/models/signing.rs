@@ -102,6 +102,9 @@ impl ModelSigner {
 }
 
 /// An identifier of the running binary: its version and the SHA-256 of the executable.
+/// Reads the whole executable the first time (hundreds of megabytes for a debug build), so
+/// async code asks for it through [`build_id_async`], and the server computes it in the
+/// background at start.
 pub fn build_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
@@ -111,6 +114,11 @@ pub fn build_id() -> &'static str {
             .unwrap_or_else(|_| "unknown".into());
         format!("lakeledger {} ({digest})", env!("CARGO_PKG_VERSION"))
     })
+}
+
+/// [`build_id`] off the async runtime's threads.
+pub async fn build_id_async() -> &'static str {
+    tokio::task::spawn_blocking(build_id).await.unwrap_or("unknown")
 }
 
 #[cfg(test)]
