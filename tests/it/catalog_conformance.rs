@@ -265,6 +265,70 @@ async fn models(c: &dyn Catalog) {
     c.insert_job(&own).await.unwrap();
     assert!(!c.fail_abandoned_job("job_3", 700, "replica_b", "stopped").await.unwrap());
     assert!(c.fail_abandoned_job("job_3", 700, "replica_a", "stopped").await.unwrap());
+
+    // Queued jobs nobody claimed are claimed oldest first, each by one replica; one
+    // cancelled before a claim ends at once, one claimed can no longer be.
+    let queued = |id: &str, at: i64| JobRecord { id: id.into(), state: "queued".into(), created_at: at, started_at: None, worker: None, lease_until: None, ..own.clone() };
+    for (id, at) in [("job_q2", 20), ("job_q1", 10), ("job_q3", 30)] {
+        c.insert_job(&queued(id, at)).await.unwrap();
+    }
+    let first = c.claim_job("replica_b", 900).await.unwrap().unwrap();
+    assert_eq!((first.id.as_str(), first.worker.as_deref(), first.lease_until), ("job_q1", Some("replica_b"), Some(900)));
+    assert!(!c.cancel_queued_job("ten_1", "job_q1", 950).await.unwrap(), "claimed: cancelled through its lease instead");
+    assert!(c.cancel_queued_job("ten_1", "job_q3", 950).await.unwrap());
+    let j = c.job("ten_1", "job_q3").await.unwrap().unwrap();
+    assert_eq!((j.state.as_str(), j.finished_at), ("cancelled", Some(950)));
+    assert_eq!(c.claim_job("replica_a", 900).await.unwrap().unwrap().id, "job_q2");
+    assert!(c.claim_job("replica_a", 900).await.unwrap().is_none());
+}
+
+/// Replicas claiming queued jobs at once (many connections to one Postgres database):
+/// every job is claimed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_claims_each_queued_job_once() {
+    let Some(base) = postgres_url().await else { return };
+    let url = fresh_postgres_schema(&base).await;
+    let c: std::sync::Arc<dyn Catalog> = lakeledger::platform::catalog::connect(&url).await.unwrap();
+    c.create_tenant(&Tenant { id: "ten_1".into(), name: "acme".into(), created_at: 1 }).await.unwrap();
+    for i in 0..40 {
+        let job = JobRecord {
+            id: format!("job_{i:02}"),
+            tenant_id: "ten_1".into(),
+            model_name: "churn".into(),
+            state: "queued".into(),
+            spec_json: "{}".into(),
+            progress_json: "null".into(),
+            error: None,
+            model_version: None,
+            created_at: i,
+            started_at: None,
+            finished_at: None,
+            created_by: "me".into(),
+            worker: None,
+            lease_until: None,
+            cancel_requested: false,
+        };
+        c.insert_job(&job).await.unwrap();
+    }
+    let claimers: Vec<_> = (0..8)
+        .map(|w| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(j) = c.claim_job(&format!("replica_{w}"), 1000).await.unwrap() {
+                    assert_eq!(j.worker, Some(format!("replica_{w}")));
+                    mine.push(j.id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in claimers {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(all, (0..40).map(|i| format!("job_{i:02}")).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -413,19 +477,48 @@ async fn two_replicas_ingesting_into_one_group_record_versions_in_order() {
     }
 }
 
-/// A job running on one replica is followed and cancelled through another: the events
-/// come from the catalog, the cancel reaches the running replica with its lease renewal,
-/// and the job ends once, cancelled.
+/// Jobs queued on one replica are claimed by whichever has a free worker: with one worker
+/// each, two long jobs queued on `a` run at once, one on each replica. A job is followed
+/// and cancelled through the replica not running it: the events come from the catalog,
+/// the cancel reaches the running replica with its lease renewal, and the job ends once,
+/// cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_job_on_one_replica_is_followed_and_cancelled_through_another() {
+async fn jobs_spread_over_replicas_and_are_followed_and_cancelled_through_another() {
     let Some(base) = postgres_url().await else { return };
-    let (a, b, k, _dir) = two_replicas(&base, |c| c.job_lease = std::time::Duration::from_secs(3)).await;
+    let (a, b, k, _dir) = two_replicas(&base, |c| {
+        c.job_lease = std::time::Duration::from_secs(3);
+        c.training_workers = 1;
+    })
+    .await;
     crate::models::ingest_dataset(&a, &k, "wine", "cultivar", "int64").await;
     let long = serde_json::json!({"model": "wine", "training_set": crate::models::training_set("wine", "cultivar"), "label": "cultivar",
                                   "config": {"task": "classification", "hidden_layers": [64], "max_epochs": 100000, "patience": 100000}});
-    let r = a.post(&k, "/v1/training-jobs").json(&long).send().await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = a.post(&k, "/v1/training-jobs").json(&long).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let mut workers = Vec::new();
+    for id in &ids {
+        let j = loop {
+            let j: serde_json::Value = b.get(&k, &format!("/v1/training-jobs/{id}")).send().await.unwrap().json().await.unwrap();
+            if j["state"] == "running" {
+                break j;
+            }
+            assert_eq!(j["state"], "queued", "{j}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        workers.push(j["worker"].as_str().unwrap().to_string());
+    }
+    assert_ne!(workers[0], workers[1], "one job on each replica");
+    // Followed and cancelled through the replica that does not run it.
+    let (id, other) = (ids[0].clone(), ids[1].clone());
+    let b_id = std::fs::read_to_string(b.data_dir.join("replica.id")).unwrap();
+    let (follower, runner) = if workers[0] == b_id.trim() { (&a, &b) } else { (&b, &a) };
+    let r = runner.post(&k, &format!("/v1/training-jobs/{other}/cancel")).send().await.unwrap();
     assert_eq!(r.status(), 202);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let b = follower;
 
     let mut events = b.get(&k, &format!("/v1/training-jobs/{id}/events")).send().await.unwrap();
     let mut seen = String::new();

@@ -214,6 +214,7 @@ pub async fn serve_until(
     let inference_log = tokio::spawn(state.inference_log.clone().run(inference_log_stopped));
     let online_refresh = tokio::spawn(state.online.clone().keep_fresh());
     let job_sweep = tokio::spawn(state.jobs.clone().sweep());
+    let job_claims = tokio::spawn(state.jobs.clone().work());
     let change_listener = tokio::spawn(state.changes.clone().listen());
     // Histogram samples collect in the recorder until upkeep folds them into buckets;
     // without it a server nobody scrapes grows with every request it answers.
@@ -251,6 +252,7 @@ pub async fn serve_until(
     let _ = inference_log.await;
     online_refresh.abort();
     job_sweep.abort();
+    job_claims.abort();
     change_listener.abort();
     metrics_upkeep.abort();
     drift_checks.iter().for_each(|t| t.abort());

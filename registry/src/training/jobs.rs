@@ -4,10 +4,13 @@
 //! subscribers after every epoch. A job can be cancelled while queued or running, from any
 //! replica.
 //!
-//! A job is leased by the replica that runs it, which renews the lease while it runs. A
-//! job whose lease lapsed (its replica died) is failed, with the reason, by whichever
-//! replica notices first, exactly once (a conditional update decides); a restarted replica
-//! fails the jobs its previous run left at once. Never silently lost, never ended twice.
+//! A job is queued in the catalog, unowned, and claimed by whichever replica has a free
+//! worker first (Postgres `FOR UPDATE SKIP LOCKED`, so two replicas never claim one job;
+//! SQLite serves one process). The claiming replica leases it and renews the lease while it
+//! runs. A job whose lease lapsed (its replica died) is failed, with the reason, by
+//! whichever replica notices first, exactly once (a conditional update decides); a
+//! restarted replica fails the jobs its previous run left at once. A queued job nobody has
+//! claimed waits for a worker on any replica. Never silently lost, never ended twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +41,12 @@ pub struct Jobs {
     permits: Arc<Semaphore>,
     live: Mutex<HashMap<String, Live>>,
     leases: JobLeases,
+    /// Wakes this replica's workers when a job is queued here.
+    queued: tokio::sync::Notify,
 }
+
+/// How often idle workers look for jobs queued on other replicas.
+const CLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Who this replica is to the job table, and how long its leases hold.
 #[derive(Clone, Debug)]
@@ -56,7 +64,16 @@ struct Live {
 
 impl Jobs {
     pub fn new(catalog: SharedCatalog, sets: Arc<TrainingSets>, models: Arc<Models>, audit: Arc<AuditLog>, workers: usize, leases: JobLeases) -> Arc<Self> {
-        Arc::new(Jobs { catalog, sets, models, audit, permits: Arc::new(Semaphore::new(workers.max(1))), live: Mutex::new(HashMap::new()), leases })
+        Arc::new(Jobs {
+            catalog,
+            sets,
+            models,
+            audit,
+            permits: Arc::new(Semaphore::new(workers.max(1))),
+            live: Mutex::new(HashMap::new()),
+            leases,
+            queued: tokio::sync::Notify::new(),
+        })
     }
 
     fn lease_end(&self) -> i64 {
@@ -122,6 +139,9 @@ pub struct JobView {
     pub error: Option<String>,
     /// The model version the job registered.
     pub model_version: Option<i64>,
+    /// The replica that claimed the job (its id, kept in its data dir as `replica.id`);
+    /// none while the job waits to be claimed.
+    pub worker: Option<String>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -143,6 +163,7 @@ fn view(j: &JobRecord) -> Result<JobView> {
         progress: (!progress.is_null()).then_some(progress),
         error: j.error.clone(),
         model_version: j.model_version,
+        worker: j.worker.clone(),
         created_at: rfc3339(j.created_at),
         started_at: j.started_at.map(rfc3339),
         finished_at: j.finished_at.map(rfc3339),
@@ -192,24 +213,56 @@ impl Jobs {
             started_at: None,
             finished_at: None,
             created_by: p.actor(),
-            worker: Some(self.leases.worker.clone()),
-            lease_until: Some(self.lease_end()),
+            // Unowned until a worker claims it.
+            worker: None,
+            lease_until: None,
             cancel_requested: false,
         };
         self.catalog.insert_job(&record).await?;
-        let cancel = Arc::new(AtomicBool::new(false));
+        self.queued.notify_one();
+        view(&record)
+    }
+
+    /// This replica's pool at work: whenever one of its workers is free, claims the oldest
+    /// queued job (queued here or on another replica) and runs it. Runs until the task is
+    /// stopped.
+    pub async fn work(self: Arc<Self>) {
+        loop {
+            let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
+            let job = loop {
+                match self.catalog.claim_job(&self.leases.worker, self.lease_end()).await {
+                    Ok(Some(job)) => break job,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not look for queued training jobs"),
+                }
+                tokio::select! {
+                    _ = self.queued.notified() => {}
+                    _ = tokio::time::sleep(CLAIM_EVERY) => {}
+                }
+            };
+            tokio::spawn(self.clone().run_claimed(job, permit));
+        }
+    }
+
+    /// Runs a job this replica claimed, holding its lease until it ends.
+    async fn run_claimed(self: Arc<Self>, job: JobRecord, permit: tokio::sync::OwnedSemaphorePermit) {
+        let id = job.id.clone();
+        let cancel = Arc::new(AtomicBool::new(job.cancel_requested));
         let (events, _) = broadcast::channel(64);
-        self.live().insert(record.id.clone(), Live { cancel: cancel.clone(), events });
-        let out = view(&record)?;
-        let (jobs, p2) = (self.clone(), p.clone());
-        tokio::spawn(async move {
-            let id = record.id.clone();
-            let heartbeat = tokio::spawn(jobs.clone().keep_leased(id.clone(), cancel.clone()));
-            jobs.run(&p2, record, spec, manifest, cancel).await;
-            heartbeat.abort();
-            jobs.live().remove(&id);
-        });
-        Ok(out)
+        self.live().insert(id.clone(), Live { cancel: cancel.clone(), events });
+        let heartbeat = tokio::spawn(self.clone().keep_leased(id.clone(), cancel.clone()));
+        match (serde_json::from_str::<JobSpec>(&job.spec_json), self.owner(&job).await) {
+            (Ok(spec), Ok(p)) => self.run(&p, job, spec, cancel, permit).await,
+            (spec, owner) => {
+                tracing::error!(job = %id, spec_ok = spec.is_ok(), owner_ok = owner.is_ok(), "a claimed job cannot be run");
+                let mut job = job;
+                (job.state, job.finished_at) = ("failed".into(), Some(now_micros()));
+                job.error = Some(format!("internal error; the server log has the cause under job {id}"));
+                self.publish(&job).await;
+            }
+        }
+        heartbeat.abort();
+        self.live().remove(&id);
     }
 
     /// Renews the job's lease while it runs here, and passes on a cancel asked on another
@@ -236,16 +289,18 @@ impl Jobs {
         }
     }
 
-    async fn run(&self, p: &Principal, mut job: JobRecord, spec: JobSpec, manifest: TrainingSetManifest, cancel: Arc<AtomicBool>) {
-        let permit = self.permits.clone().acquire_owned().await;
-        if cancel.load(Ordering::SeqCst) || permit.is_err() {
+    async fn run(&self, p: &Principal, mut job: JobRecord, spec: JobSpec, cancel: Arc<AtomicBool>, permit: tokio::sync::OwnedSemaphorePermit) {
+        if cancel.load(Ordering::SeqCst) {
             return self.finish(p, &spec, job, "cancelled", None, None).await;
         }
         job.state = "running".into();
         job.started_at = Some(now_micros());
         self.publish(&job).await;
 
-        let outcome = self.train(p, &mut job, &spec, &manifest, cancel).await;
+        let outcome = match self.sets.manifest(p, &spec.training_set_id).await {
+            Ok(manifest) => self.train(p, &mut job, &spec, &manifest, cancel).await,
+            Err(e) => Err(e),
+        };
         drop(permit);
         match outcome {
             Ok(version) => self.finish(p, &spec, job, "succeeded", None, Some(version)).await,
@@ -378,7 +433,16 @@ impl Jobs {
     /// Asks a job to stop: a queued job never starts, a running one stops after its current
     /// epoch. A finished job is left as it is.
     pub async fn cancel(&self, p: &Principal, id: &str) -> Result<JobView> {
-        let job = self.find(p, id).await?;
+        let mut job = self.find(p, id).await?;
+        // Not claimed by any replica yet: it ends here, now.
+        let now = now_micros();
+        if job.state == "queued" && job.worker.is_none() && self.catalog.cancel_queued_job(&p.tenant_id, id, now).await? {
+            (job.state, job.finished_at) = ("cancelled".into(), Some(now));
+            if let Ok(spec) = serde_json::from_str::<JobSpec>(&job.spec_json) {
+                self.record_end(p, &spec, &job).await;
+            }
+            return view(&job);
+        }
         if let Some(live) = self.live().get(id) {
             live.cancel.store(true, Ordering::SeqCst);
         }
@@ -450,8 +514,12 @@ impl Jobs {
             if self.live().contains_key(&j.id) {
                 continue;
             }
+            if j.worker.is_none() {
+                // Queued and not claimed yet: it waits for a worker on any replica.
+                continue;
+            }
             let own = at_start && j.worker.as_deref() == Some(&self.leases.worker);
-            let reason = if own || j.worker.is_none() {
+            let reason = if own {
                 format!("the server stopped while the job was {}; start it again", j.state)
             } else if j.lease_until.is_some_and(|t| t < now) {
                 format!("the server running the job stopped (its lease lapsed) while it was {}; start it again", j.state)

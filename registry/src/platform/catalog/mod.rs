@@ -387,6 +387,11 @@ pub trait Catalog: Send + Sync + 'static {
     async fn running_jobs(&self, tenant_id: &str) -> Result<i64>;
 
     async fn insert_job(&self, j: &JobRecord) -> Result<()>;
+    /// Claims the oldest queued job no replica has claimed, for `worker`, leased until
+    /// `until`; `None` when there is none. Two replicas never claim the same job.
+    async fn claim_job(&self, worker: &str, until: i64) -> Result<Option<JobRecord>>;
+    /// Cancels a queued job no replica has claimed; `false` when it was claimed or ended.
+    async fn cancel_queued_job(&self, tenant_id: &str, id: &str, at: i64) -> Result<bool>;
     /// Extends the lease of a job `worker` runs; `None` when the job is no longer its own
     /// (it ended, or its lease lapsed and it was failed), else whether a cancel was asked.
     async fn renew_job_lease(&self, id: &str, worker: &str, until: i64) -> Result<Option<bool>>;

@@ -91,7 +91,7 @@ macro_rules! record_version_in {
 }
 
 macro_rules! sql_catalog {
-    ($name:ident, $db:ty, $kind:literal, $begin_write:literal, $lock_group:literal, $lock_bucket:literal) => {
+    ($name:ident, $db:ty, $kind:literal, $begin_write:literal, $lock_group:literal, $lock_bucket:literal, $skip_locked:literal) => {
         pub struct $name {
             pool: sqlx::Pool<$db>,
         }
@@ -909,6 +909,32 @@ macro_rules! sql_catalog {
                 Ok(())
             }
 
+            async fn claim_job(&self, worker: &str, until: i64) -> Result<Option<JobRecord>> {
+                let sql = concat!(
+                    "UPDATE training_jobs SET worker = $1, lease_until = $2 WHERE id = (SELECT id FROM training_jobs \
+                     WHERE state = 'queued' AND worker IS NULL ORDER BY created_at, id LIMIT 1",
+                    $skip_locked,
+                    ") AND worker IS NULL RETURNING ",
+                    job_columns!()
+                );
+                let row = sqlx::query(sql).bind(worker).bind(until).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::job_row).transpose()
+            }
+
+            async fn cancel_queued_job(&self, tenant_id: &str, id: &str, at: i64) -> Result<bool> {
+                let n = sqlx::query(
+                    "UPDATE training_jobs SET state = 'cancelled', finished_at = $3, cancel_requested = TRUE \
+                     WHERE tenant_id = $1 AND id = $2 AND state = 'queued' AND worker IS NULL",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .bind(at)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
             async fn renew_job_lease(&self, id: &str, worker: &str, until: i64) -> Result<Option<bool>> {
                 Ok(sqlx::query_scalar(
                     "UPDATE training_jobs SET lease_until = $3 WHERE id = $1 AND worker = $2 AND state IN ('queued', 'running') \
@@ -988,14 +1014,16 @@ macro_rules! sql_catalog {
 
 // Recording a version locks its group for the transaction: on SQLite the database write
 // lock taken at BEGIN IMMEDIATE does it; on Postgres the group's row lock.
-// Claiming request tokens locks the tenant's bucket the same way.
+// Claiming request tokens locks the tenant's bucket the same way. Claiming a queued job skips
+// jobs other replicas are claiming at that moment (SQLite writes one at a time anyway).
 sql_catalog!(
     SqliteCatalog,
     sqlx::Sqlite,
     "sqlite",
     "BEGIN IMMEDIATE",
     "SELECT id FROM feature_groups WHERE id = $1",
-    "SELECT tokens, updated_at FROM tenant_rate_buckets WHERE tenant_id = $1"
+    "SELECT tokens, updated_at FROM tenant_rate_buckets WHERE tenant_id = $1",
+    ""
 );
 sql_catalog!(
     PostgresCatalog,
@@ -1003,7 +1031,8 @@ sql_catalog!(
     "postgres",
     "BEGIN",
     "SELECT id FROM feature_groups WHERE id = $1 FOR UPDATE",
-    "SELECT tokens, updated_at FROM tenant_rate_buckets WHERE tenant_id = $1 FOR UPDATE"
+    "SELECT tokens, updated_at FROM tenant_rate_buckets WHERE tenant_id = $1 FOR UPDATE",
+    " FOR UPDATE SKIP LOCKED"
 );
 
 fn unique_to(e: sqlx::Error, kind: &'static str, name: &str) -> Error {
