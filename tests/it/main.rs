@@ -17,5 +17,6 @@ mod s3;
 mod serving;
 mod sql;
 mod support;
+mod telemetry;
 mod tenancy;
 mod training_sets;

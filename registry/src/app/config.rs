@@ -51,6 +51,9 @@ pub struct Config {
     pub default_read_limit: Option<usize>,
     /// Emit logs as JSON lines instead of text.
     pub json_logs: bool,
+    /// An OpenTelemetry collector's OTLP/gRPC endpoint (`http://host:4317`) that receives
+    /// spans; none are exported when `None` (the default).
+    pub otlp_endpoint: Option<String>,
     /// Audit ledger segments and checkpoints. Default `<data_dir>/audit`.
     pub audit_dir: PathBuf,
     /// The ledger's Ed25519 signing key (mode 0600). Default `<data_dir>/keys/audit-signing.key`.
@@ -170,6 +173,7 @@ pub struct FileConfig {
     pub metrics_token_file: Option<PathBuf>,
     pub default_read_limit: Option<usize>,
     pub json_logs: Option<bool>,
+    pub otlp_endpoint: Option<String>,
     pub audit_dir: Option<PathBuf>,
     pub audit_key_path: Option<PathBuf>,
     pub audit_timeout_ms: Option<u64>,
@@ -230,6 +234,7 @@ pub struct Overrides {
     pub max_body_bytes: Option<u64>,
     pub metrics_token_file: Option<PathBuf>,
     pub json_logs: Option<bool>,
+    pub otlp_endpoint: Option<String>,
     pub audit_dir: Option<PathBuf>,
     pub audit_key_path: Option<PathBuf>,
     pub audit_checkpoint_mirror: Option<String>,
@@ -324,6 +329,12 @@ impl Config {
             metrics_token_file: cli.metrics_token_file.or(file.metrics_token_file),
             default_read_limit: file.default_read_limit,
             json_logs: cli.json_logs.or(file.json_logs).unwrap_or(false),
+            otlp_endpoint: match cli.otlp_endpoint.or(file.otlp_endpoint) {
+                Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+                    return Err(Error::BadRequest(format!("otlp_endpoint must be an http:// or https:// URL of a collector's OTLP/gRPC port, got `{e}`")));
+                }
+                e => e,
+            },
             audit_dir: cli.audit_dir.or(file.audit_dir).unwrap_or_else(|| data_dir.join("audit")),
             audit_key_path: cli.audit_key_path.or(file.audit_key_path).unwrap_or_else(|| data_dir.join("keys/audit-signing.key")),
             audit_timeout: std::time::Duration::from_millis(file.audit_timeout_ms.unwrap_or(5_000)),

@@ -5,3 +5,5 @@
 pub mod config;
 pub mod server;
 mod services;
+
+pub use services::replica_id;

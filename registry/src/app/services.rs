@@ -124,7 +124,7 @@ fn oidc(config: &Config) -> Result<Option<crate::identity::oidc::Oidc>> {
 
 /// This replica's id: kept in its data dir, so a restarted replica knows the jobs its
 /// previous run left (each replica has its own data dir, as it has its own ledger).
-fn replica_id(data_dir: &std::path::Path) -> Result<String> {
+pub fn replica_id(data_dir: &std::path::Path) -> Result<String> {
     let path = data_dir.join("replica.id");
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),

@@ -112,6 +112,9 @@ struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "LAKELEDGER_JSON_LOGS")]
     json_logs: bool,
+    /// Send spans to this OpenTelemetry collector (OTLP/gRPC, e.g. http://127.0.0.1:4317).
+    #[arg(long, env = "LAKELEDGER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -135,15 +138,6 @@ pub(crate) fn resolve(storage: &StorageArgs, mut o: Overrides) -> crate::Result<
     Config::resolve(file, o)
 }
 
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKELEDGER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,deltalake=warn,datafusion=warn"));
-    if json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
-}
 
 /// The process entry point: runs [`run`] on a multi-threaded runtime. (Starting the
 /// runtime here rather than in `main.rs` lets this crate compile the whole server's
@@ -192,11 +186,16 @@ async fn serve(args: ServeArgs) -> crate::Result<()> {
             max_body_bytes: args.max_body_bytes,
             metrics_token_file: args.metrics_token_file,
             online_store: args.online_store,
+            otlp_endpoint: args.otlp_endpoint,
             json_logs: args.json_logs.then_some(true),
             ..Default::default()
         },
     )?;
-    init_logs(config.json_logs);
+    let otlp = match &config.otlp_endpoint {
+        Some(endpoint) => Some(crate::platform::telemetry::Otlp { endpoint: endpoint.clone(), instance: crate::app::replica_id(&config.data_dir)? }),
+        None => None,
+    };
+    let telemetry = crate::platform::telemetry::init(config.json_logs, otlp)?;
     let started = std::time::Instant::now();
     println!("lakeledger {}", env!("CARGO_PKG_VERSION"));
     println!("  data dir : {}", config.data_dir.display());
@@ -205,6 +204,9 @@ async fn serve(args: ServeArgs) -> crate::Result<()> {
     println!("  audit    : {}", config.audit_dir.display());
     if let Some(url) = &config.online_store {
         println!("  online   : {}", url.redacted());
+    }
+    if let Some(endpoint) = &config.otlp_endpoint {
+        println!("  traces   : {endpoint}  (OTLP/gRPC)");
     }
     let prepared = crate::app::server::prepare(config).await?;
     let report = &prepared.audit_report;
@@ -226,12 +228,14 @@ async fn serve(args: ServeArgs) -> crate::Result<()> {
     } else {
         println!("  auth     : Authorization: Bearer <api key>  (mint one offline: lakeledger keys create)");
     }
-    crate::app::server::serve(prepared, |bound| {
+    let served = crate::app::server::serve(prepared, |bound| {
         if let Some((flight, tls)) = bound.flight {
             println!("  flight   : {}://{flight}  (Arrow Flight SQL)", if tls { "grpc+tls" } else { "grpc" });
         }
         println!("  listening: http://{}  (ready in {} ms)", bound.http, started.elapsed().as_millis());
     })
-    .await
+    .await;
+    telemetry.shutdown();
+    served
 }
 

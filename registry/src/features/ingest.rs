@@ -114,6 +114,7 @@ impl FeatureGroups {
     /// Commits staged files as the group's next version under its lock, records the version
     /// and hands the rows to the observers.
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(name = "commit", skip_all, fields(group = %g.name, mode = mode.name(), delta_version = tracing::field::Empty))]
     async fn commit_staged(
         &self,
         p: &Principal,
@@ -144,6 +145,7 @@ impl FeatureGroups {
         let mut held = held.commit;
         let outcome = staged.commit(latest, meta).await?;
         *committed = true;
+        tracing::Span::current().record("delta_version", outcome.version);
         let operation = match mode {
             WriteMode::Append => "WRITE (append)",
             WriteMode::Overwrite => "WRITE (overwrite)",

@@ -174,7 +174,24 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_else(|| s.to_string())
 }
 
-pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next: Next) -> Response {
+pub async fn record(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
+    use tracing::Instrument;
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str()).unwrap_or("<unmatched>");
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        audit_event_id = tracing::field::Empty,
+    );
+    crate::platform::telemetry::continue_trace(&span, req.headers());
+    record_in_span(state, req, next).instrument(span).await
+}
+
+async fn record_in_span(state: AppState, mut req: Request<Body>, next: Next) -> Response {
     let started = Instant::now();
     let request_id = req
         .headers()
@@ -240,6 +257,9 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
         intent.details.push(("query".into(), q.chars().take(2048).collect()));
     }
     req.extensions_mut().insert(RequestId(request_id.clone()));
+    let span = tracing::Span::current();
+    span.record("request_id", request_id.as_str());
+    span.record("audit_event_id", intent.event_id.as_str());
 
     let mut admitted = None;
     let (response, receipt) = match state.audit.record(&intent).await {
@@ -261,6 +281,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request<Body>, next:
 
     let mut response = with_error_body(response).await;
     let status = response.status().as_u16();
+    tracing::Span::current().record("http.response.status_code", status);
     let labels = [("method", method.clone()), ("route", route.clone()), ("status", status.to_string())];
     metrics::counter!("lakeledger_http_requests_total", &labels).increment(1);
     metrics::histogram!("lakeledger_http_request_duration_seconds", &labels[..2]).record(started.elapsed().as_secs_f64());

@@ -1,5 +1,5 @@
 //! What every domain stands on: the catalog (one trait, SQLite and Postgres), change
-//! notices between replicas, the audit sink, keyed locks, the query runtime, readiness, time and private key files.
+//! notices between replicas, the audit sink, keyed locks, the query runtime, readiness, logs and traces, time and private key files.
 //!
 //! Imports no domain folder and nothing of the HTTP edge: everything here is a plain
 //! handle a service is given when the application is wired (`app/`).
@@ -11,4 +11,5 @@ pub mod keyfile;
 pub mod locks;
 pub mod readiness;
 pub mod runtime;
+pub mod telemetry;
 pub mod time;

@@ -267,6 +267,7 @@ impl Serving {
     /// counts it, feeds the canary's guard and the inference log. Errors before a version
     /// is chosen (a body that is not JSON, an unknown alias) are returned as they are;
     /// after that, the outcome carries the error with what was tried.
+    #[tracing::instrument(name = "score", skip_all, fields(tenant = %p.tenant, model = %name))]
     pub async fn invoke(self: &Arc<Self>, p: &Principal, request_id: &str, name: &str, target: Target, body: ScoringBody) -> Result<Invocation> {
         let started = Instant::now();
         // Parse before routing, so a malformed body never counts against a canary.

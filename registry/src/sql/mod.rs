@@ -96,6 +96,7 @@ impl Sql {
     /// As [`Sql::prepare`], reading each table at the version `pins` gives for it, in
     /// statement order (empty: resolve each reference now). A Flight ticket carries the
     /// versions its plan resolved, so the rows fetched are those the plan described.
+    #[tracing::instrument(name = "sql.plan", skip_all, fields(tenant = %p.tenant))]
     pub async fn prepare_pinned(&self, p: &Principal, text: &str, pins: &[i64]) -> Result<(Parsed, Vec<ResolvedTable>, SqlFacts)> {
         let parsed = sql::parse(text)?;
         if !pins.is_empty() && pins.len() != parsed.tables.len() {
@@ -185,6 +186,7 @@ impl Sql {
 
     /// Runs a prepared statement on the query runtime and returns its batches as they
     /// come, under the same limits as [`Sql::run`] (Flight encodes them itself).
+    #[tracing::instrument(name = "sql.execute", skip_all)]
     pub async fn stream(&self, parsed: Parsed, tables: Vec<ResolvedTable>, rows: Arc<AtomicU64>) -> Result<SendableRecordBatchStream> {
         let cfg = self.config;
         let deadline = Instant::now() + cfg.timeout;

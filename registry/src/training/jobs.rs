@@ -289,6 +289,7 @@ impl Jobs {
         }
     }
 
+    #[tracing::instrument(name = "training_job", skip_all, fields(job = %job.id, model = %job.model_name, request_id = %spec.request_id))]
     async fn run(&self, p: &Principal, mut job: JobRecord, spec: JobSpec, cancel: Arc<AtomicBool>, permit: tokio::sync::OwnedSemaphorePermit) {
         if cancel.load(Ordering::SeqCst) {
             return self.finish(p, &spec, job, "cancelled", None, None).await;

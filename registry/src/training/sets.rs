@@ -183,6 +183,7 @@ impl TrainingSets {
         Arc::new(TrainingSets { groups, sql, tables, audit, threads: threads.max(1) })
     }
 
+    #[tracing::instrument(name = "training_set.build", skip_all, fields(tenant = %p.tenant, name = %req.name))]
     pub async fn create(&self, p: &Principal, ctx: &AuditContext, req: CreateTrainingSet) -> Result<(TrainingSetManifest, Vec<i64>)> {
         if req.name.trim().is_empty() || req.name.len() > 200 {
             return Err(Error::Unprocessable("name must be 1 to 200 characters".into()));
