@@ -172,11 +172,12 @@ async fn an_unreachable_redis_stops_the_server_at_start() {
 
 /// The write rules that keep replicas from undoing each other in Redis without a shared
 /// lock: a later event wins whatever the order of writes, a replay of an older commit
-/// changes nothing once a newer version is served, and a rebuild from an older version
-/// than the one served is refused.
+/// changes nothing once a newer version is served, the served version never skips a
+/// commit whose rows may be missing, and a rebuild from an older version than the one
+/// served is refused.
 #[tokio::test]
 async fn writes_to_redis_keep_the_newest_state_in_any_order() {
-    use lakeledger::online::{Entry, KeyPart, RedisRows, Served};
+    use lakeledger::online::{Applied, Entry, KeyPart, RedisRows, Served};
     let Some(url) = redis_url().await else { return };
     let rows = RedisRows::new(&url, url.clone()).unwrap();
     let group = uuid::Uuid::new_v4().to_string();
@@ -193,27 +194,33 @@ async fn writes_to_redis_keep_the_newest_state_in_any_order() {
     };
 
     // Never loaded: a commit's rows are not written (the group must be built whole).
-    assert!(!rows.apply(&group, 1, &features, vec![row(1, 10, 1.0)]).await.unwrap());
+    assert_eq!(rows.apply(&group, 0, 1, &features, vec![row(1, 10, 1.0)]).await.unwrap(), Applied::Unloaded);
     assert_eq!(rows.served(&group).await.unwrap(), None);
 
     assert!(rows.replace(&group, 1, &features, vec![row(1, 10, 1.0), row(2, 10, 2.0)]).await.unwrap());
     let Some(Served { generation, version: 1 }) = rows.served(&group).await.unwrap() else { panic!("served at version 1") };
-    assert!(rows.apply(&group, 2, &features, vec![row(1, 20, 1.5)]).await.unwrap());
+    assert_eq!(rows.apply(&group, 1, 2, &features, vec![row(1, 20, 1.5)]).await.unwrap(), Applied::Served);
     // An older event written later, by a later commit, does not win.
-    assert!(rows.apply(&group, 3, &features, vec![row(1, 15, 0.0)]).await.unwrap());
+    assert_eq!(rows.apply(&group, 2, 3, &features, vec![row(1, 15, 0.0)]).await.unwrap(), Applied::Served);
     assert_eq!(read(&mut conn, generation, 1).await, (Some("1.5".into()), Some(2)));
     // A replay of an older commit (a catch-up racing a commit) changes nothing.
-    assert!(rows.apply(&group, 2, &features, vec![row(3, 99, 3.0)]).await.unwrap());
+    assert_eq!(rows.apply(&group, 1, 2, &features, vec![row(3, 99, 3.0)]).await.unwrap(), Applied::Served);
     assert_eq!(read(&mut conn, generation, 3).await, (None, None));
     assert_eq!(rows.served(&group).await.unwrap(), Some(Served { generation, version: 3 }));
+    // Commit 4's writer died before Redis heard of it: commit 5's rows are written, but the
+    // served version stays at 3 until a catch-up from 3 (which reads commit 4's rows too).
+    assert_eq!(rows.apply(&group, 4, 5, &features, vec![row(5, 50, 5.0)]).await.unwrap(), Applied::Behind);
+    assert_eq!(rows.served(&group).await.unwrap(), Some(Served { generation, version: 3 }));
+    assert_eq!(rows.apply(&group, 3, 5, &features, vec![row(4, 40, 4.0), row(5, 50, 5.0)]).await.unwrap(), Applied::Served);
+    assert_eq!(rows.served(&group).await.unwrap(), Some(Served { generation, version: 5 }));
 
     // A rebuild from an older version than served is refused; a current one replaces all.
-    assert!(!rows.replace(&group, 2, &features, vec![row(9, 1, 9.0)]).await.unwrap());
-    assert_eq!(rows.served(&group).await.unwrap(), Some(Served { generation, version: 3 }));
-    assert!(rows.replace(&group, 3, &features, vec![row(2, 30, 2.5)]).await.unwrap());
-    let Some(Served { generation: fresh, version: 3 }) = rows.served(&group).await.unwrap() else { panic!("served at version 3") };
+    assert!(!rows.replace(&group, 4, &features, vec![row(9, 1, 9.0)]).await.unwrap());
+    assert_eq!(rows.served(&group).await.unwrap(), Some(Served { generation, version: 5 }));
+    assert!(rows.replace(&group, 5, &features, vec![row(2, 30, 2.5)]).await.unwrap());
+    let Some(Served { generation: fresh, version: 5 }) = rows.served(&group).await.unwrap() else { panic!("served at version 5") };
     assert_ne!(fresh, generation);
-    assert_eq!(read(&mut conn, fresh, 2).await, (Some("2.5".into()), Some(3)));
+    assert_eq!(read(&mut conn, fresh, 2).await, (Some("2.5".into()), Some(5)));
     assert_eq!(read(&mut conn, fresh, 1).await, (None, None), "the rebuild holds only what it was built from");
     // The replaced generation is deleted in the background.
     for _ in 0..200 {

@@ -16,10 +16,14 @@
 //!
 //! 1. A row replaces the stored one only if its event time is later, or equal and from a
 //!    version at least as new (a script compares and writes in one step).
-//! 2. A commit's rows go to the generation the meta key names, and only when that
-//!    generation is older than the commit; then `version` is raised, if the generation is
-//!    still current. If a rebuild switched generations meanwhile, the rows go again to
-//!    the new one unless it was built from a version at least as new.
+//! 2. A commit's rows go to the generation the meta key names, unless its `version` is
+//!    already at least the commit's. `version` is then raised to the commit's only if it
+//!    held the commit before (or, for a catch-up of several commits, the version the
+//!    catch-up started from), and the generation is still current: the served version
+//!    never skips a commit whose rows may be missing (a replica that died between its Delta
+//!    commit and its Redis write leaves `version` behind, and the refresh task catches up
+//!    from there). If a rebuild switched generations meanwhile, the rows go again to the
+//!    new one unless it was built from a version at least as new.
 //! 3. A rebuild (from Delta, or an overwrite) fills a fresh generation and switches to it
 //!    only if no newer version is served; the generation it replaces is deleted.
 
@@ -47,17 +51,20 @@ end
 return 1
 ";
 
-/// Raises the served version if the generation is still current (rule 2). Answers the
-/// current generation and version; `{-1, -1}` when the group has none.
+/// Raises the served version to `ARGV[2]` if the generation `ARGV[1]` is still current and
+/// holds every version up to `ARGV[3]` (rule 2: the served version never skips a commit
+/// whose rows may be missing). Answers the current generation and version; `{-1, -1}`
+/// when the group has none.
 const ADVANCE: &str = r"
 local m = redis.call('HMGET', KEYS[1], 'gen', 'version')
 if not m[1] then return {-1, -1} end
 if m[1] ~= ARGV[1] then return {tonumber(m[1]), tonumber(m[2])} end
-if tonumber(m[2]) < tonumber(ARGV[2]) then
+local v = tonumber(m[2])
+if v < tonumber(ARGV[2]) and v >= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'version', ARGV[2])
   return {tonumber(m[1]), tonumber(ARGV[2])}
 end
-return {tonumber(m[1]), tonumber(m[2])}
+return {tonumber(m[1]), v}
 ";
 
 /// Switches to a filled generation unless a newer version is served (rule 3). Answers the
@@ -78,6 +85,18 @@ const PIPELINE: usize = 1000;
 pub struct Served {
     pub generation: i64,
     pub version: i64,
+}
+
+/// What applying a commit's rows found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Written (or already covered), and the served version holds the commit.
+    Served,
+    /// Written, but the served version is behind an earlier commit whose rows may be
+    /// missing: a catch-up from the table must follow.
+    Behind,
+    /// The group has no generation in Redis: it must be built whole from its table.
+    Unloaded,
 }
 
 /// Rows kept in Redis.
@@ -196,18 +215,18 @@ impl RedisRows {
         Ok(keys)
     }
 
-    /// Applies a commit's rows (rules 1 and 2). Returns `false` when the group has no
-    /// generation yet: it must be rebuilt from its table instead.
-    pub async fn apply(&self, group_id: &str, version: i64, features: &[String], rows: Vec<(EntityKey, Entry)>) -> Result<bool> {
+    /// Applies the rows of the commits after `from` up to `version` (rules 1 and 2): one
+    /// commit's (`from` = `version - 1`), or a catch-up's.
+    pub async fn apply(&self, group_id: &str, from: i64, version: i64, features: &[String], rows: Vec<(EntityKey, Entry)>) -> Result<Applied> {
         let meta = Self::meta_key(group_id);
         let mut served = match self.served(group_id).await? {
             Some(s) => s,
-            None => return Ok(false),
+            None => return Ok(Applied::Unloaded),
         };
         loop {
             if served.version >= version {
-                // The generation served was built from this version or a newer one.
-                return Ok(true);
+                // The served version already holds this commit.
+                return Ok(Applied::Served);
             }
             let written = self.upsert_rows(&Self::entity_prefix(group_id, served.generation), version, features, &rows).await?;
             let mut conn = self.conn.clone();
@@ -216,12 +235,15 @@ impl RedisRows {
                 .key(&meta)
                 .arg(served.generation)
                 .arg(version)
+                .arg(from)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.unreachable(e))?;
             match now {
-                (-1, _) => return Ok(false),
-                (generation, _) if generation == served.generation => return Ok(true),
+                (-1, _) => return Ok(Applied::Unloaded),
+                (generation, v) if generation == served.generation => {
+                    return Ok(if v >= version { Applied::Served } else { Applied::Behind });
+                }
                 (generation, v) => {
                     // A rebuild switched generations while the rows were written: they went
                     // to one nobody reads. Take them out, then write to the new one if it

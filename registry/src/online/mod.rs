@@ -36,7 +36,7 @@ use crate::platform::time::rfc3339;
 
 pub use entity_hash::EntityHasher;
 pub use lookup::{EntityRows, FeatureColumn, FeatureRef, Found, Lookup, OnlineFeaturesRequest, OnlineFeaturesResponse, OnlineMetadata, entity_key, resolve_features};
-pub use in_redis::{RedisRows, Served};
+pub use in_redis::{Applied, RedisRows, Served};
 pub use refresh::{REFRESH_EVERY, RebuildReport};
 
 /// One part of an entity key. `int32` keys are held as `i64`.
@@ -187,20 +187,21 @@ impl Groups {
                 let features: Vec<String> = delta.schema.features.iter().map(|c| c.name.clone()).collect();
                 let rows: Vec<(EntityKey, Entry)> = delta.rows.into_iter().collect();
                 let written = if replace {
-                    redis.replace(&g.id, version, &features, rows).await.map(|_| true)
+                    redis.replace(&g.id, version, &features, rows).await.map(|_| Applied::Served)
                 } else {
-                    redis.apply(&g.id, version, &features, rows).await
+                    redis.apply(&g.id, version - 1, version, &features, rows).await
                 };
                 match written {
-                    Ok(true) => {
+                    Ok(Applied::Served) => {
                         if let Some(group) = group {
                             let mut table = group.table.write().expect("online group lock");
                             table.features = features;
                             table.version = table.version.max(version);
                         }
                     }
-                    // Never loaded into Redis: the refresh task builds it from the table.
-                    Ok(false) => self.wake.notify_one(),
+                    // Never loaded into Redis, or an earlier commit's rows may be missing:
+                    // the refresh task builds the group or catches it up from the table.
+                    Ok(Applied::Unloaded | Applied::Behind) => self.wake.notify_one(),
                     Err(e) => {
                         tracing::warn!(group = %g.name, version, error = %e, "online rows not written to Redis; the refresh task retries");
                         self.wake.notify_one();

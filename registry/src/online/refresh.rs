@@ -203,7 +203,7 @@ impl OnlineStore {
                 let applied = match self.redis() {
                     Some(redis) => {
                         let features: Vec<String> = snap.schema.features.iter().map(|c| c.name.clone()).collect();
-                        redis.apply(&g.id, latest, &features, delta.rows.into_iter().collect()).await?
+                        redis.apply(&g.id, have, latest, &features, delta.rows.into_iter().collect()).await? == super::Applied::Served
                     }
                     None => {
                         self.groups.apply_in_memory(&g, group, latest, delta, false);
