@@ -19,14 +19,20 @@ const WRITERS: i64 = 3;
 const BATCHES: i64 = 10;
 const ROWS: i64 = 100;
 
-/// An acknowledged ingest: which batch, the version it answered, and the audit receipt
-/// (replica, seq, leaf hash) of the request that was acknowledged.
+/// The audit receipt of an acknowledged request: the replica that answered it, and the
+/// seq and leaf hash of its intent record.
+type Receipt = (usize, u64, String);
+
+fn receipt(r: &reqwest::Response, replica: usize) -> Receipt {
+    let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    (replica, header("x-audit-seq").parse().expect("an acknowledged request carries its audit seq"), header("x-audit-leaf-hash"))
+}
+
+/// An acknowledged ingest: which batch, and the receipt of the request acknowledged.
 #[derive(Debug)]
 struct Acked {
     batch: (i64, i64),
-    replica: usize,
-    seq: u64,
-    leaf: String,
+    receipt: Receipt,
 }
 
 fn s3_endpoint() -> Option<String> {
@@ -57,10 +63,7 @@ async fn ingest_until_acked(replicas: &[Remote], key: &str, writer: i64, batch: 
             .send()
             .await;
         match r {
-            Ok(r) if r.status() == 201 => {
-                let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-                return Acked { batch: (writer, batch), replica, seq: header("x-audit-seq").parse().unwrap(), leaf: header("x-audit-leaf-hash") };
-            }
+            Ok(r) if r.status() == 201 => return Acked { batch: (writer, batch), receipt: receipt(&r, replica) },
             Ok(r) if r.status() == 409 || r.status().is_server_error() => {}
             Ok(r) => panic!("batch {writer}/{batch}: {} {}", r.status(), r.text().await.unwrap_or_default()),
             Err(_) => {}
@@ -147,16 +150,21 @@ async fn three_replicas_keep_every_promise_when_one_is_killed() {
             }
         }));
     }
+    // Receipts of every other acknowledged request (scoring, lookups, alias moves).
+    let receipts = Arc::new(std::sync::Mutex::new(Vec::<Receipt>::new()));
     let mut others = Vec::new();
     let instances = json!({"instances": [[13.2, 1.8, 2.4, 16.0, 100.0, 2.8, 2.7, 0.3, 1.9, 4.4, 1.0, 3.2, 1000.0]]});
     for (i, replica) in replicas.iter().enumerate() {
-        let (replica, k, stop, instances) = (replica.clone(), k.clone(), stop.clone(), instances.clone());
+        let (replica, k, stop, instances, receipts) = (replica.clone(), k.clone(), stop.clone(), instances.clone(), receipts.clone());
         others.push(tokio::spawn(async move {
             let (mut scored, mut looked_up) = (0, 0);
             while !stop.load(Ordering::SeqCst) {
                 // Scoring on the alias that moves: always one of its versions.
                 if let Ok(r) = replica.post(&k, "/v1/models/wine@champion/invocations").json(&instances).send().await {
                     let status = r.status();
+                    if status == 200 {
+                        receipts.lock().unwrap().push(receipt(&r, i));
+                    }
                     let v: Value = r.json().await.unwrap_or_default();
                     assert!(status == 200 || status.is_server_error(), "replica {i} scoring: {status} {v}");
                     if status == 200 {
@@ -167,6 +175,9 @@ async fn three_replicas_keep_every_promise_when_one_is_killed() {
                 let ask = json!({"features": ["events:batch"], "entities": {"id": [0, 1_000_000, 2_000_000]}});
                 if let Ok(r) = replica.post(&k, "/v1/online/features").json(&ask).send().await {
                     let status = r.status();
+                    if status == 200 {
+                        receipts.lock().unwrap().push(receipt(&r, i));
+                    }
                     let v: Value = r.json().await.unwrap_or_default();
                     assert!(status == 200 || status.is_server_error(), "replica {i} lookup: {status} {v}");
                     looked_up += u64::from(status == 200);
@@ -177,7 +188,7 @@ async fn three_replicas_keep_every_promise_when_one_is_killed() {
         }));
     }
     let mover = {
-        let (replicas, stop, k) = (replicas.clone(), stop.clone(), k.clone());
+        let (replicas, stop, k, receipts) = (replicas.clone(), stop.clone(), k.clone(), receipts.clone());
         let move_alias = move |to: &Remote, v: i64| to.client.put(to.url("/v1/models/wine/aliases/champion")).bearer_auth(&k).json(&json!({"version": v})).send();
         tokio::spawn(async move {
             let mut moves = 0;
@@ -185,6 +196,7 @@ async fn three_replicas_keep_every_promise_when_one_is_killed() {
                 let to = &replicas[moves % 2];
                 if let Ok(r) = move_alias(to, 1 + (moves % 2) as i64).await {
                     assert_eq!(r.status(), 200);
+                    receipts.lock().unwrap().push(receipt(&r, moves % 2));
                 }
                 moves += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -300,7 +312,7 @@ async fn three_replicas_keep_every_promise_when_one_is_killed() {
         assert_eq!(got["results"][1]["values"], json!(want), "replica {i}");
     }
 
-    // The merged audit export verifies and holds the intent of every acknowledged ingest.
+    // The merged audit export verifies and holds the intent of every acknowledged request.
     let auditor: Value = replicas[0].post(&k, "/v1/keys").json(&json!({"name": "audit", "role": "auditor"})).send().await.unwrap().json().await.unwrap();
     let auditor = auditor["secret"].as_str().unwrap().to_string();
     let mut packages = Vec::new();
@@ -326,6 +338,11 @@ async fn three_replicas_keep_every_promise_when_one_is_killed() {
         })
         .collect();
     for a in &acked {
-        assert!(timeline.contains(&(a.replica, a.seq, a.leaf.clone())), "the intent of acknowledged batch {:?} is in the merged trail", a.batch);
+        assert!(timeline.contains(&a.receipt), "the intent of acknowledged batch {:?} is in the merged trail", a.batch);
+    }
+    let receipts = std::mem::take(&mut *receipts.lock().unwrap());
+    assert!(!receipts.is_empty());
+    for r in &receipts {
+        assert!(timeline.contains(r), "the intent of acknowledged request {r:?} is in the merged trail");
     }
 }
