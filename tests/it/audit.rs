@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::support::{Server, error_code};
 
 /// Every record in the server's ledger, decoded.
-fn records(s: &Server) -> Vec<Value> {
+pub(crate) fn records(s: &Server) -> Vec<Value> {
     let l = &s.state.audit.ledger;
     l.read(0, l.size())
         .unwrap()

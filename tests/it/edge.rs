@@ -226,6 +226,39 @@ async fn a_vacuum_retention_too_long_to_compute_is_refused_not_a_crash() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
+/// Limits from the config file (`[quotas.<tenant>]`) are applied at every start and
+/// recorded as the config file's doing, once per change; a file naming a tenant that does
+/// not exist, an unknown limit or a bad value stops the server at start, saying which.
+#[tokio::test]
+async fn tenant_quotas_come_from_the_config_file_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = |text: &str| -> Vec<(String, toml::Table)> { toml::from_str::<toml::Table>(text).unwrap().into_iter().map(|(k, v)| (k, v.as_table().unwrap().clone())).collect() };
+    let mut config = lakeledger::app::config::Config::embedded(dir.path()).unwrap();
+    config.tenant_quotas = limits("[default]\nmax_running_jobs = 3\ningest_bytes_per_day = 1000\n");
+    let s = Server::start_with(config.clone(), None).await;
+    let k = s.admin_key.clone();
+    let q: Value = s.get(&k, "/v1/tenants/default/quotas").send().await.unwrap().json().await.unwrap();
+    assert_eq!((&q["max_running_jobs"], &q["ingest_bytes_per_day"]), (&json!(3), &json!(1000)));
+    let set_by_file = |s: &Server| crate::audit::records(s).into_iter().filter(|r| r["kind"] == "tenant.set_quotas" && r["actor"]["principal"] == "config-file").count();
+    assert_eq!(set_by_file(&s), 1);
+    s.stop().await;
+    // Unchanged at the next start: nothing new recorded.
+    let s = Server::start_with(config.clone(), Some(k.clone())).await;
+    assert_eq!(set_by_file(&s), 1, "an unchanged file records nothing new");
+    s.stop().await;
+
+    for (text, says) in [
+        ("[acme]\nmax_running_jobs = 3\n", "no tenant `acme`"),
+        ("[default]\nmax_jobs = 3\n", "max_jobs"),
+        ("[default]\nburst = 0\n", "burst must be at least 1"),
+    ] {
+        let mut bad = config.clone();
+        bad.tenant_quotas = limits(text);
+        let err = lakeledger::app::server::prepare(bad).await.err().expect("start refused").to_string();
+        assert!(err.contains("[quotas.") && err.contains(says), "{err}");
+    }
+}
+
 /// Limits an operator sets per tenant: request rate, requests in flight, bytes ingested per
 /// day and training jobs at once. Over one: 429 `quota_exceeded` with `Retry-After`, the
 /// error body, recorded as denied; the tenant's admins read their limits, only operators

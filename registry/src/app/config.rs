@@ -118,6 +118,9 @@ pub struct Config {
     /// The `[oidc]` table of the config file (bearer tokens from an identity provider),
     /// read by the identity service at start.
     pub oidc: Option<toml::Table>,
+    /// `[quotas.<tenant>]` tables of the config file: limits applied to those tenants at
+    /// every start (read by the limits service).
+    pub tenant_quotas: Vec<(String, toml::Table)>,
 }
 
 /// A value that must never be printed whole (URLs with passwords, keys).
@@ -210,6 +213,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub drift_checks: Vec<toml::Table>,
     pub oidc: Option<toml::Table>,
+    /// Per-tenant limits, `[quotas.<tenant name>]`.
+    #[serde(default)]
+    pub quotas: std::collections::BTreeMap<String, toml::Table>,
 }
 
 impl FileConfig {
@@ -364,6 +370,7 @@ impl Config {
             idempotency_hold: std::time::Duration::from_secs(file.idempotency_hold_secs.unwrap_or(30).max(3)),
             drift_checks: file.drift_checks,
             oidc: file.oidc,
+            tenant_quotas: file.quotas.into_iter().collect(),
             entity_hash_key_path: file.entity_hash_key_path.unwrap_or_else(|| data_dir.join("keys/entity-hash.key")),
             online_store_max_bytes: file.online_store_max_bytes,
             online_store,

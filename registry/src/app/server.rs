@@ -87,6 +87,10 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
     };
     let state = super::services::build(&config, std::sync::Arc::new(audit), catalog, tables, metrics_handle())?;
     let first_admin_key = state.identity.bootstrap().await?;
+    let set = state.quotas.apply_configured(&config.tenant_quotas, &state.audit).await?;
+    if set > 0 {
+        tracing::info!(tenants = set, "tenant limits set from the config file");
+    }
     let failed = state.jobs.fail_abandoned(true).await?;
     if failed > 0 {
         tracing::warn!(failed, "training jobs nobody runs any more (left by this replica's previous run, or with a lapsed lease) were marked failed");

@@ -69,6 +69,40 @@ impl Limits {
         Ok(())
     }
 
+    /// Applies the limits the config file sets (`[quotas.<tenant>]`), at start: a tenant's
+    /// limits that differ from the file's are replaced and the change recorded in the
+    /// ledger as the config file's doing (a change made through the API lasts until the
+    /// next start). A tenant the file names must exist; a limit it names must be valid.
+    pub async fn apply_configured(&self, configured: &[(String, toml::Table)], audit: &crate::platform::audit::AuditLog) -> Result<usize> {
+        let mut changed = 0;
+        for (tenant, table) in configured {
+            let q: Quotas = toml::Value::Table(table.clone())
+                .try_into()
+                .map_err(|e| Error::BadRequest(format!("config file: [quotas.{tenant}]: {e}")))?;
+            check(&q).map_err(|e| Error::BadRequest(format!("config file: [quotas.{tenant}]: {e}")))?;
+            let t = self
+                .catalog
+                .tenant_by_name(tenant)
+                .await?
+                .ok_or_else(|| Error::BadRequest(format!("config file: [quotas.{tenant}]: there is no tenant `{tenant}`; create it first")))?;
+            if self.catalog.tenant_quotas(&t.id).await?.as_ref() == Some(&q) {
+                continue;
+            }
+            let mut e = lakeledger_audit::Event::new("tenant.set_quotas", lakeledger_audit::Phase::Intent);
+            e.actor.principal = Some("config-file".into());
+            e.actor.principal_type = "operator".into();
+            e.actor.auth_method = "config".into();
+            e.resource.kind = Some("tenant".into());
+            e.resource.name = Some(t.name.clone());
+            e.resource.tenant = Some(t.name.clone());
+            e.details.push(("quotas".into(), serde_json::to_string(&q).unwrap_or_default()));
+            audit.record(&e).await?;
+            self.set(&t.id, &q, "config-file").await?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
     /// Admits one request of the caller's tenant: takes a request token if it has a rate
     /// limit, and returns how many requests it may have in flight here, if an operator set
     /// that (one read of the tenant's limits per request).
