@@ -368,7 +368,9 @@ def test_mlflow_model_directories_with_an_onnx_flavor(server, ll, tmp_path):
     from sklearn.linear_model import LogisticRegression
 
     plain = tmp_path / "plain"
-    mlflow.sklearn.save_model(LogisticRegression().fit(z.features, (z.features[:, 0] > 14).astype(int)), str(plain))
+    # Pickled explicitly: newer MLflow releases default to skops, which is not installed.
+    mlflow.sklearn.save_model(LogisticRegression().fit(z.features, (z.features[:, 0] > 14).astype(int)), str(plain),
+                              serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE)
     shutil.make_archive(str(tmp_path / "plain"), "zip", plain)
     with pytest.raises(LakeledgerError) as e:
         ll.import_model("mlflow_forest", str(tmp_path / "plain.zip"))
