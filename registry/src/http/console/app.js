@@ -85,7 +85,12 @@ function signIn() {
   return form;
 }
 
+// Each render is numbered: a slow page that finishes after the user (or a link) moved on
+// must not replace the newer page.
+let renders = 0;
+
 async function render() {
+  const mine = ++renders;
   const main = document.getElementById("main");
   const [path, qs] = location.hash.replace(/^#/, "").split("?");
   const query = new URLSearchParams(qs || "");
@@ -109,8 +114,10 @@ async function render() {
   main.replaceChildren(h("p", { class: "loading" }, "Loading…"));
   try {
     const node = await page(...params, query);
+    if (mine !== renders) return;
     main.replaceChildren(node);
   } catch (e) {
+    if (mine !== renders) return;
     main.replaceChildren(errorBox(e));
     if (e.status === 401) {
       session.clear();
