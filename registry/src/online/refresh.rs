@@ -213,7 +213,7 @@ impl OnlineStore {
                 if applied {
                     tracing::info!(group = %g.name, from = have, to = latest, rows = rows.num_rows(), "online store caught up with commits made elsewhere");
                 }
-                simple && applied
+                applied
             } else {
                 false
             }
