@@ -582,6 +582,17 @@ impl TableStore {
             .collect())
     }
 
+    /// The object at `relative` as its bytes arrive, never held whole; `None` when there
+    /// is none.
+    pub async fn get_stream(&self, relative: &str) -> Result<Option<futures::stream::BoxStream<'static, Result<Bytes>>>> {
+        let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
+        match store.get(&Path::from(relative)).await {
+            Ok(r) => Ok(Some(r.into_stream().map_err(|e| Error::Storage(e.to_string())).boxed())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::Storage(e.to_string())),
+        }
+    }
+
     /// Reads one object at `relative` under the root; `None` when there is none.
     pub async fn get_object(&self, relative: &str) -> Result<Option<Bytes>> {
         let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);

@@ -63,9 +63,9 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
         threads: config.sql_threads,
     };
     let sql = Sql::new(features.clone(), runtime.clone(), audit.clone(), sql_config);
-    let training_sets = TrainingSets::new(features.clone(), sql.clone(), tables.clone(), audit.clone(), config.sql_threads);
+    let training_sets = TrainingSets::new(features.clone(), sql.clone(), tables.clone(), audit.clone(), config.sql_threads, config.data_dir.join("tmp"));
     features.set_pin_source(Arc::downgrade(&(training_sets.clone() as Arc<dyn PinSource>)));
-    let models = Models::new(catalog.clone(), tables.clone(), signer, locks);
+    let models = Models::new(catalog.clone(), tables.clone(), signer, locks, config.data_dir.join("tmp"));
     let leases = JobLeases { worker: replica.clone(), lease: config.job_lease };
     let jobs = Jobs::new(catalog.clone(), training_sets.clone(), models.clone(), audit.clone(), config.training_workers, leases);
     let inference_log = InferenceLog::new(FeatureWriter::new(features.clone()), audit.clone(), config.inference_log_flush);

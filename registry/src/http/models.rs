@@ -171,18 +171,21 @@ pub struct ArtifactQuery {
     responses((status = 200, description = "the artifact"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn artifact(State(state): State<AppState>, Caller(p): Caller, Path((name, version)): Path<(String, i64)>, Query(q): Query<ArtifactQuery>) -> Result<Response> {
     p.require(READ, "download model artifacts")?;
-    let (v, bytes, content_type) = match q.format {
+    // The stored artifact (an imported ONNX graph may be large) goes out from a checked
+    // local copy; an export is built in memory from a model trained here (small).
+    let (v, len, body, content_type) = match q.format {
         None | Some(ArtifactFormat::Native) => {
-            let (v, bytes) = state.models.artifact(&p, &name, version).await?;
+            let (v, copy) = state.models.artifact_copy(&p, &name, version).await?;
             let content_type = if v.backend == "onnx" { "application/octet-stream" } else { "application/json" };
-            (v, bytes, content_type)
+            (v, copy.len, Body::from_stream(copy.into_stream().await?), content_type)
         }
         Some(ArtifactFormat::Onnx) => {
             let (v, bytes) = state.models.onnx(&p, &name, version).await?;
-            (v, bytes, "application/octet-stream")
+            (v, bytes.len() as u64, Body::from(bytes), "application/octet-stream")
         }
     };
-    let mut response = (StatusCode::OK, bytes).into_response();
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(sha) = HeaderValue::from_str(&v.artifact_sha256) {

@@ -84,9 +84,9 @@ pub async fn data(
         Some(f) => OutputFormat::from_name(f).ok_or_else(|| Error::BadRequest(format!("format `{f}` is not one of json, ndjson, csv, arrow, parquet")))?,
         None => OutputFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())).ok_or(Error::NotAcceptable)?,
     };
-    let (manifest, body) = if format == OutputFormat::Parquet {
-        let (manifest, bytes) = state.training_sets.data(&p, &id).await?;
-        (manifest, Body::from(bytes))
+    let (manifest, len, body) = if format == OutputFormat::Parquet {
+        let (manifest, copy) = state.training_sets.data(&p, &id).await?;
+        (manifest, Some(copy.len), Body::from_stream(copy.into_stream().await?))
     } else {
         let (manifest, stream) = state.training_sets.batches(&p, &id).await?;
         let mut encoder = Encoder::new(format, &stream.schema())?;
@@ -94,9 +94,12 @@ pub async fn data(
             Some(b) => encoder.encode(&b),
             None => encoder.finish(),
         });
-        (manifest, body)
+        (manifest, None, body)
     };
     let mut response = (StatusCode::OK, body).into_response();
+    if let Some(len) = len {
+        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     if let Ok(v) = HeaderValue::from_str(&manifest.sha256) {
         response.headers_mut().insert("x-lakeledger-training-set-sha256", v);

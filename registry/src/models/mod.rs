@@ -15,6 +15,7 @@ pub mod onnx;
 mod signing;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 
 use lakeledger_query::tables::TableStore;
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::platform::catalog::{AliasMove, ModelRecord, ModelVersionRecord, SharedCatalog};
 use crate::platform::locks::KeyedLocks;
+use crate::platform::spool::{Spooled, spool};
 use crate::platform::time::{now_micros, rfc3339};
 
 pub use aliases::{ModelEvents, MoveAlias};
@@ -44,6 +46,8 @@ pub struct Models {
     /// Told about alias moves and deletions, and asked to warm a version before an alias
     /// points at it (serving).
     events: RwLock<Option<Weak<dyn ModelEvents>>>,
+    /// Where artifact downloads are copied (and checked) before they are sent.
+    spool_dir: PathBuf,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -218,8 +222,8 @@ pub struct NewVersion {
 }
 
 impl Models {
-    pub fn new(catalog: SharedCatalog, tables: TableStore, signer: ModelSigner, locks: Arc<KeyedLocks>) -> Arc<Models> {
-        Arc::new(Models { catalog, tables, signer, locks, events: RwLock::new(None) })
+    pub fn new(catalog: SharedCatalog, tables: TableStore, signer: ModelSigner, locks: Arc<KeyedLocks>, spool_dir: PathBuf) -> Arc<Models> {
+        Arc::new(Models { catalog, tables, signer, locks, events: RwLock::new(None), spool_dir })
     }
 
     /// Who is told about alias moves and deletions (serving).
@@ -432,14 +436,37 @@ impl Models {
             .get_object(&v.artifact_location)
             .await?
             .ok_or_else(|| Error::Internal(format!("model {}/{version}: artifact is missing", m.name)))?;
-        if hex::encode(Sha256::digest(&bytes)) != v.artifact_sha256 {
-            return Err(Error::Tampered(format!("model {}/{version}: the artifact does not match its recorded SHA-256", m.name)));
-        }
-        if let Err(why) = self.signer.verify(&v.signature, &v.signing_key_id, &p.tenant, &m.name, &v.artifact_sha256) {
-            return Err(Error::Tampered(format!("model {}/{version}: the artifact is refused: {why}", m.name)));
-        }
+        self.check_artifact(p, &m.name, &v, &hex::encode(Sha256::digest(&bytes)))?;
         let aliases = self.catalog.aliases(&m.id).await?;
         Ok((version_view(&m.name, v, &aliases), bytes.to_vec()))
+    }
+
+    /// The artifact as a local copy, for downloads: checked like [`Self::artifact`] before
+    /// anything is sent, with a few buffers in memory whatever its size.
+    pub async fn artifact_copy(&self, p: &Principal, name: &str, version: i64) -> Result<(ModelVersionView, Spooled)> {
+        let m = self.find(p, name).await?;
+        let v = self.version_record(&m, version).await?;
+        let stream = self
+            .tables
+            .get_stream(&v.artifact_location)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("model {}/{version}: artifact is missing", m.name)))?;
+        let copy = spool(stream, &self.spool_dir).await?;
+        self.check_artifact(p, &m.name, &v, &copy.sha256)?;
+        let aliases = self.catalog.aliases(&m.id).await?;
+        Ok((version_view(&m.name, v, &aliases), copy))
+    }
+
+    /// The stored bytes (by their SHA-256) are what was recorded and signed.
+    fn check_artifact(&self, p: &Principal, model: &str, v: &ModelVersionRecord, sha256: &str) -> Result<()> {
+        let version = v.version;
+        if sha256 != v.artifact_sha256 {
+            return Err(Error::Tampered(format!("model {model}/{version}: the artifact does not match its recorded SHA-256")));
+        }
+        if let Err(why) = self.signer.verify(&v.signature, &v.signing_key_id, &p.tenant, model, &v.artifact_sha256) {
+            return Err(Error::Tampered(format!("model {model}/{version}: the artifact is refused: {why}")));
+        }
+        Ok(())
     }
 
     /// The version as an ONNX graph: an imported one as it was uploaded, a native one

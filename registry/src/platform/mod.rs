@@ -1,5 +1,5 @@
 //! What every domain stands on: the catalog (one trait, SQLite and Postgres), change
-//! notices between replicas, the audit sink, keyed locks, the query runtime, readiness, logs and traces, time and private key files.
+//! notices between replicas, the audit sink, keyed locks, the query runtime, readiness, logs and traces, time, private key files and download spools.
 //!
 //! Imports no domain folder and nothing of the HTTP edge: everything here is a plain
 //! handle a service is given when the application is wired (`app/`).
@@ -11,5 +11,6 @@ pub mod keyfile;
 pub mod locks;
 pub mod readiness;
 pub mod runtime;
+pub mod spool;
 pub mod telemetry;
 pub mod time;

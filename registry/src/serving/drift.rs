@@ -115,8 +115,8 @@ impl Drift {
         // evict a model that is taking traffic.
         let inputs = self.models.load(p, name, version).await?.input_kinds();
 
-        let (_, bytes) = self.sets.data(p, &set_id).await?;
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        let (_, copy) = self.sets.data(p, &set_id).await?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(copy.into_parquet())
             .and_then(|b| b.build())
             .map_err(|e| Error::Internal(format!("training set {set_id}: {e}")))?;
         let mut baseline = Sample::new(SAMPLE_ROWS);

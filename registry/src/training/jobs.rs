@@ -321,9 +321,10 @@ impl Jobs {
     }
 
     async fn train(&self, p: &Principal, job: &mut JobRecord, spec: &JobSpec, manifest: &TrainingSetManifest, cancel: Arc<AtomicBool>) -> Result<i64> {
-        let (_, bytes) = self.sets.data(p, &manifest.id).await?;
+        let (_, copy) = self.sets.data(p, &manifest.id).await?;
+        let file = copy.into_parquet();
         let batch = tokio::task::spawn_blocking(move || -> Result<RecordBatch> {
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                 .and_then(|b| b.build())
                 .map_err(|e| Error::Internal(format!("reading the training set: {e}")))?;
             let schema = reader.schema();

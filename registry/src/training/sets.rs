@@ -5,6 +5,7 @@
 //! rewritten, and every read checks its SHA-256.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::features::{FeatureGroups, PinSource, ReadSpec};
 use crate::identity::Principal;
 use crate::platform::audit::{AuditContext, AuditLog};
+use crate::platform::spool::Spooled;
 use crate::sql::Sql;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -141,6 +143,8 @@ pub struct TrainingSets {
     audit: Arc<AuditLog>,
     /// Threads for the join and the Parquet encoding.
     pub(super) threads: usize,
+    /// Where downloads are copied (and checked) before they are sent.
+    spool_dir: PathBuf,
 }
 
 /// `group:feature` / `group` specs, grouped by group in first-mention order.
@@ -179,8 +183,8 @@ fn join_error(e: lakeledger_query::Error) -> Error {
 }
 
 impl TrainingSets {
-    pub fn new(groups: Arc<FeatureGroups>, sql: Arc<Sql>, tables: TableStore, audit: Arc<AuditLog>, threads: usize) -> Arc<TrainingSets> {
-        Arc::new(TrainingSets { groups, sql, tables, audit, threads: threads.max(1) })
+    pub fn new(groups: Arc<FeatureGroups>, sql: Arc<Sql>, tables: TableStore, audit: Arc<AuditLog>, threads: usize, spool_dir: PathBuf) -> Arc<TrainingSets> {
+        Arc::new(TrainingSets { groups, sql, tables, audit, threads: threads.max(1), spool_dir })
     }
 
     #[tracing::instrument(name = "training_set.build", skip_all, fields(tenant = %p.tenant, name = %req.name))]
@@ -371,11 +375,11 @@ impl TrainingSets {
         TRAINING_SETS.manifest(&self.tables, tenant, id).await
     }
 
-    /// The Parquet bytes, checked against the manifest's SHA-256.
-    pub async fn data(&self, p: &Principal, id: &str) -> Result<(TrainingSetManifest, bytes::Bytes)> {
+    /// A local copy of the Parquet file, checked against the manifest's SHA-256.
+    pub async fn data(&self, p: &Principal, id: &str) -> Result<(TrainingSetManifest, Spooled)> {
         let m = self.manifest(p, id).await?;
-        let bytes = TRAINING_SETS.data(&self.tables, &p.tenant, id, &m.sha256).await?;
-        Ok((m, bytes))
+        let copy = TRAINING_SETS.open(&self.tables, &self.spool_dir, &p.tenant, id, &m.sha256).await?;
+        Ok((m, copy))
     }
 
     /// The rows, checked against the manifest's SHA-256 first, decoded off the async runtime
@@ -385,15 +389,16 @@ impl TrainingSets {
         use futures::StreamExt;
         use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 
-        let (m, bytes) = self.data(p, id).await?;
+        let (m, copy) = self.data(p, id).await?;
+        let file = copy.into_parquet();
         let unreadable = |e: parquet::errors::ParquetError| Error::Internal(format!("training set {id}: {e}"));
-        let meta = ArrowReaderMetadata::load(&bytes, Default::default()).map_err(unreadable)?;
+        let meta = ArrowReaderMetadata::load(&file, Default::default()).map_err(unreadable)?;
         let schema = meta.schema().clone();
         let groups = meta.metadata().num_row_groups();
         let decode = move |group: usize| {
-            let (bytes, meta) = (bytes.clone(), meta.clone());
+            let (file, meta) = (file.clone(), meta.clone());
             tokio::task::spawn_blocking(move || {
-                ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
                     .with_row_groups(vec![group])
                     .with_batch_size(65_536)
                     .build()?

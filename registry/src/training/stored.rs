@@ -1,11 +1,14 @@
 //! Immutable things kept under a tenant's area (training sets, uploaded spines): data
 //! first, a manifest holding its SHA-256 last, and every read checked against it.
 
+use std::path::Path;
+
 use lakeledger_query::tables::TableStore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::platform::spool::{Spooled, spool};
 
 /// Immutable things kept under a tenant's area as `<folder>/<id>/data.parquet` plus a
 /// `manifest.json` holding the data's SHA-256. A thing exists once its manifest does.
@@ -54,7 +57,21 @@ impl Stored {
         serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("{} {id}: manifest unreadable: {e}", self.kind)))
     }
 
-    /// The data, checked against the SHA-256 its manifest records.
+    /// A local copy of the data, checked against the SHA-256 its manifest records before
+    /// anything reads it; memory holds a few buffers whatever the size.
+    pub(super) async fn open(self, tables: &TableStore, spool_dir: &Path, tenant: &str, id: &str, sha256: &str) -> Result<Spooled> {
+        let stream = tables
+            .get_stream(&format!("{}/data.parquet", self.dir(tenant, id)))
+            .await?
+            .ok_or_else(|| Error::Internal(format!("{} {id}: data file is missing", self.kind)))?;
+        let copy = spool(stream, spool_dir).await?;
+        if copy.sha256 != sha256 {
+            return Err(Error::Internal(format!("{} {id}: data does not match its manifest's SHA-256", self.kind)));
+        }
+        Ok(copy)
+    }
+
+    /// The data in memory, checked against the SHA-256 its manifest records.
     pub(super) async fn data(self, tables: &TableStore, tenant: &str, id: &str, sha256: &str) -> Result<bytes::Bytes> {
         let bytes = tables
             .get_object(&format!("{}/data.parquet", self.dir(tenant, id)))
