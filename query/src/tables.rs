@@ -582,6 +582,19 @@ impl TableStore {
             .collect())
     }
 
+    /// The bytes of every object under the folder `relative`, at any depth: what the
+    /// storage holds for it, including table files that time travel still reads and files
+    /// a vacuum has not yet removed.
+    pub async fn stored_bytes(&self, relative: &str) -> Result<u64> {
+        let store = self.builder(&self.root)?.build_storage().map_err(classify)?.object_store(None);
+        let prefix = Path::from(relative);
+        store
+            .list(Some(&prefix))
+            .try_fold(0u64, |sum, o| async move { Ok(sum + o.size) })
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))
+    }
+
     /// The object at `relative` as its bytes arrive, never held whole; `None` when there
     /// is none.
     pub async fn get_stream(&self, relative: &str) -> Result<Option<futures::stream::BoxStream<'static, Result<Bytes>>>> {

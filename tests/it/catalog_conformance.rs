@@ -241,7 +241,7 @@ async fn models(c: &dyn Catalog) {
     assert_eq!((j.state.as_str(), j.error.as_deref(), j.finished_at), ("failed", Some("lapsed"), Some(600)));
     // Quotas and their counters.
     assert!(c.tenant_quotas("ten_1").await.unwrap().is_none());
-    let q = lakeledger::platform::catalog::Quotas { requests_per_second: Some(2.5), burst: Some(5), ingest_bytes_per_day: Some(100), ..Default::default() };
+    let q = lakeledger::platform::catalog::Quotas { requests_per_second: Some(2.5), burst: Some(5), ingest_bytes_per_day: Some(100), max_stored_bytes: Some(1 << 40), ..Default::default() };
     c.set_tenant_quotas("ten_1", &q, 1, "op").await.unwrap();
     assert_eq!(c.tenant_quotas("ten_1").await.unwrap(), Some(q.clone()));
     let lifted = lakeledger::platform::catalog::Quotas::default();

@@ -260,7 +260,7 @@ async fn tenant_quotas_come_from_the_config_file_too() {
 }
 
 /// Limits an operator sets per tenant: request rate, requests in flight, bytes ingested per
-/// day and training jobs at once. Over one: 429 `quota_exceeded` with `Retry-After`, the
+/// day, bytes stored and training jobs at once. Over one: 429 `quota_exceeded` with `Retry-After`, the
 /// error body, recorded as denied; the tenant's admins read their limits, only operators
 /// set them.
 #[tokio::test]
@@ -336,6 +336,20 @@ async fn tenant_quotas_refuse_what_is_over_them_and_say_when_to_retry() {
     let job = json!({"model": "m", "training_set_id": "ts_x", "label": "y", "config": {"task": "classification"}});
     let (code, message) = error_code(s.post(&acme, "/v1/training-jobs").json(&job).send().await.unwrap(), 429).await;
     assert!(code == "quota_exceeded" && message.contains("training jobs"), "{message}");
+
+    // Bytes stored, measured from the storage: the table acme wrote holds more than one
+    // byte, so a limit of one refuses the next write of every kind, whatever it is.
+    assert_eq!(quotas(json!({"max_stored_bytes": 1})).await.unwrap().status(), 200);
+    let r = s.ingest_json(&acme, "events", "append", rows.clone()).await;
+    assert_eq!(r.headers()["retry-after"], "60");
+    let (code, message) = error_code(r, 429).await;
+    assert!(code == "quota_exceeded" && message.contains("stores") && message.contains("limit of 1"), "{message}");
+    let spine = s.post(&acme, "/v1/spines?time=ts").header("content-type", "application/json").body(r#"[{"id": 1, "ts": "2026-01-02T00:00:00Z"}]"#).send().await.unwrap();
+    assert_eq!(error_code(spine, 429).await.0, "quota_exceeded");
+    assert_eq!(s.read_json(&acme, "/v1/feature-groups/events/data").await.len(), 1, "the refused ingest wrote nothing");
+    // (A `PUT` replaces every limit: the day's bytes are no longer limited either.)
+    assert_eq!(quotas(json!({"max_stored_bytes": 1_000_000_000})).await.unwrap().status(), 200);
+    assert_eq!(s.ingest_json(&acme, "events", "append", rows.clone()).await.status(), 201, "under a larger limit");
 
     // Requests in flight: one at a time for acme.
     assert_eq!(quotas(json!({"max_concurrent_requests": 1})).await.unwrap().status(), 200);

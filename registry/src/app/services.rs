@@ -87,7 +87,7 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
     Ok(AppState(Arc::new(Services {
         changes,
         identity,
-        quotas: crate::identity::quotas::Limits::new(catalog.clone()),
+        quotas: crate::identity::quotas::Limits::new(catalog.clone(), tables.clone()),
         features,
         online,
         sql,

@@ -158,6 +158,7 @@ pub async fn ingest(
         return Err(Error::PayloadTooLarge { limit: state.limits.max_body_bytes });
     }
     state.quotas.check_ingest(&p).await?;
+    state.quotas.check_storage(&p).await?;
     // The bytes received count against the tenant's daily limit, whatever the outcome.
     let received = Arc::new(AtomicU64::new(0));
     let counted = received.clone();

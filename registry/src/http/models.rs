@@ -115,6 +115,7 @@ pub struct ImportQuery {
     responses((status = 201, body = ModelVersionView), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn import(State(state): State<AppState>, Caller(p): Caller, Path(name): Path<String>, Query(q): Query<ImportQuery>, headers: axum::http::HeaderMap, body: Body) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<ModelVersionView>)> {
     p.require(WRITE, "register model versions")?;
+    state.quotas.check_storage(&p).await?;
     let limit = state.limits.max_model_bytes;
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(|_| Error::PayloadTooLarge { limit })?;
     if let Some(declared) = headers.get("x-lakeledger-artifact-sha256") {
@@ -293,6 +294,7 @@ pub async fn alias_history(State(state): State<AppState>, Caller(p): Caller, Pat
 pub async fn create_job(State(state): State<AppState>, Caller(p): Caller, ctx: AuditContext, ApiJson(req): ApiJson<CreateJob>) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<JobView>)> {
     p.require(WRITE, "start training jobs")?;
     state.quotas.check_jobs(&p).await?;
+    state.quotas.check_storage(&p).await?;
     let job = state.jobs.create(&p, &ctx, req).await?;
     let facts = AuditFacts { resource_name: Some(job.id.clone()), details: vec![("model".into(), job.model.clone()), ("training_set_id".into(), job.training_set_id.clone())], ..Default::default() };
     Ok((StatusCode::ACCEPTED, Extension(facts), axum::Json(job)))

@@ -35,6 +35,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateTrainingSet>,
 ) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<TrainingSetManifest>)> {
     p.require(WRITE, "create training sets")?;
+    state.quotas.check_storage(&p).await?;
     let (manifest, versions) = state.training_sets.create(&p, &ctx, req).await?;
     let facts = AuditFacts { resource_name: Some(manifest.id.clone()), versions_read: versions, rows: Some(manifest.rows), ..Default::default() };
     Ok((StatusCode::CREATED, Extension(facts), axum::Json(manifest)))
@@ -128,6 +129,7 @@ pub async fn upload_spine(
     body: Body,
 ) -> Result<(StatusCode, Extension<AuditFacts>, axum::Json<SpineManifest>)> {
     p.require(WRITE, "upload spines")?;
+    state.quotas.check_storage(&p).await?;
     let time = q.time.filter(|t| !t.is_empty()).ok_or_else(|| Error::BadRequest("name the spine's time column with ?time=<column>".into()))?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let format = IngestFormat::from_content_type(content_type).ok_or_else(|| Error::UnsupportedMediaType(content_type.to_string()))?;

@@ -1,5 +1,5 @@
 //! Per-tenant limits an operator sets: request rate, requests and SQL queries in flight,
-//! bytes ingested per day, training jobs at once. Over a limit the request is refused
+//! bytes ingested per day, bytes stored, training jobs at once. Over a limit the request is refused
 //! with 429, `Retry-After` and the error body, and recorded as denied.
 //!
 //! Where each limit is counted, and why:
@@ -8,6 +8,9 @@
 //!   second's worth, so a request rarely waits on the database, and the rate holds across
 //!   replicas (over by at most a batch per replica);
 //! - bytes ingested per day and jobs at once, in the catalog: they change rarely;
+//! - bytes stored, measured from the storage itself (a listing of the tenant's area, used
+//!   for a minute at a time): the storage is the one place that knows, whichever replica
+//!   wrote, vacuumed or deleted, so no counter can drift from it;
 //! - requests and queries in flight, in each replica's memory: they are about that
 //!   replica's own workers and memory.
 
@@ -16,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use lakeledger_query::tables::TableStore;
 
 use super::Principal;
 use crate::error::{Error, Result};
@@ -28,9 +33,16 @@ const QUOTAS_TTL: Duration = Duration::from_secs(5);
 
 const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
 
+/// How long a measure of a tenant's stored bytes is used before the storage is listed
+/// again: a tenant may go over its limit by what it writes within that time.
+const STORED_TTL: Duration = Duration::from_secs(60);
+
 /// The limits service.
 pub struct Limits {
     catalog: SharedCatalog,
+    tables: TableStore,
+    /// Bytes each tenant's area held when last measured.
+    stored: Mutex<HashMap<String, (u64, Instant)>>,
     quotas: Mutex<HashMap<String, (Quotas, Instant)>>,
     /// Tokens this replica has claimed and not yet spent, per tenant (each tenant its own
     /// lock, so one tenant's claim from the catalog never holds up another's requests).
@@ -45,8 +57,8 @@ fn over(message: String, retry_after_secs: u64) -> Error {
 }
 
 impl Limits {
-    pub fn new(catalog: SharedCatalog) -> Arc<Limits> {
-        Arc::new(Limits { catalog, quotas: Default::default(), tokens: Default::default(), queries: Default::default() })
+    pub fn new(catalog: SharedCatalog, tables: TableStore) -> Arc<Limits> {
+        Arc::new(Limits { catalog, tables, stored: Default::default(), quotas: Default::default(), tokens: Default::default(), queries: Default::default() })
     }
 
     /// The tenant's limits (cached for a few seconds).
@@ -167,6 +179,28 @@ impl Limits {
             .map_err(|_| over(format!("tenant `{}` has its limit of {limit} SQL queries running", p.tenant), 1))
     }
 
+    /// Refuses a write that adds to the tenant's storage (an ingest, a spine, a training
+    /// set, a model version) once its area holds its limit of bytes.
+    pub async fn check_storage(&self, p: &Principal) -> Result<()> {
+        let Some(limit) = self.of(&p.tenant_id).await?.max_stored_bytes else { return Ok(()) };
+        let cached = self.stored.lock().expect("stored bytes").get(&p.tenant_id).filter(|(_, at)| at.elapsed() < STORED_TTL).map(|(b, _)| *b);
+        let used = match cached {
+            Some(b) => b,
+            None => {
+                let b = self.tables.stored_bytes(&format!("tenants/{}", p.tenant)).await?;
+                self.stored.lock().expect("stored bytes").insert(p.tenant_id.clone(), (b, Instant::now()));
+                b
+            }
+        };
+        if used >= u64::try_from(limit).unwrap_or(0) {
+            return Err(over(
+                format!("tenant `{}` stores {used} bytes, at its limit of {limit}; delete or vacuum to make room", p.tenant),
+                STORED_TTL.as_secs(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses a training job once the tenant has its limit of jobs queued or running.
     pub async fn check_jobs(&self, p: &Principal) -> Result<()> {
         let Some(limit) = self.of(&p.tenant_id).await?.max_running_jobs else { return Ok(()) };
@@ -188,6 +222,7 @@ fn check(q: &Quotas) -> Result<()> {
         ("ingest_bytes_per_day", q.ingest_bytes_per_day, 0),
         ("max_concurrent_queries", q.max_concurrent_queries, 1),
         ("max_running_jobs", q.max_running_jobs, 1),
+        ("max_stored_bytes", q.max_stored_bytes, 0),
     ] {
         if v.is_some_and(|v| v < min) {
             return bad(&format!("{name} must be at least {min}"));

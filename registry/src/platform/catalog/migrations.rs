@@ -19,6 +19,7 @@ pub(super) const SQLITE: &[File] = &[
     (4, "idempotency", include_str!("../../../../migrations/sqlite/0004_idempotency.sql")),
     (5, "job leases", include_str!("../../../../migrations/sqlite/0005_job_leases.sql")),
     (6, "quotas", include_str!("../../../../migrations/sqlite/0006_quotas.sql")),
+    (7, "stored bytes", include_str!("../../../../migrations/sqlite/0007_stored_bytes.sql")),
 ];
 
 pub(super) const POSTGRES: &[File] = &[
@@ -28,6 +29,7 @@ pub(super) const POSTGRES: &[File] = &[
     (4, "idempotency", include_str!("../../../../migrations/postgres/0004_idempotency.sql")),
     (5, "job leases", include_str!("../../../../migrations/postgres/0005_job_leases.sql")),
     (6, "quotas", include_str!("../../../../migrations/postgres/0006_quotas.sql")),
+    (7, "stored bytes", include_str!("../../../../migrations/postgres/0007_stored_bytes.sql")),
 ];
 
 /// The same migrator `sqlx::migrate!` would build from the folder: same versions,

@@ -263,6 +263,10 @@ pub struct Quotas {
     /// Training jobs queued or running at once, across replicas.
     #[schema(minimum = 1)]
     pub max_running_jobs: Option<i64>,
+    /// Bytes the tenant's storage area holds (feature-group tables with the versions time
+    /// travel keeps, training sets, spines, model artifacts), measured across replicas.
+    #[schema(minimum = 0)]
+    pub max_stored_bytes: Option<i64>,
 }
 
 /// What an idempotency key holds.

@@ -489,8 +489,8 @@ macro_rules! sql_catalog {
 
             async fn tenant_quotas(&self, tenant_id: &str) -> Result<Option<Quotas>> {
                 let row = sqlx::query(
-                    "SELECT requests_per_second, burst, max_concurrent_requests, ingest_bytes_per_day, max_concurrent_queries, max_running_jobs \
-                     FROM tenant_quotas WHERE tenant_id = $1",
+                    "SELECT requests_per_second, burst, max_concurrent_requests, ingest_bytes_per_day, max_concurrent_queries, max_running_jobs, \
+                     max_stored_bytes FROM tenant_quotas WHERE tenant_id = $1",
                 )
                 .bind(tenant_id)
                 .fetch_optional(&self.pool)
@@ -503,6 +503,7 @@ macro_rules! sql_catalog {
                         ingest_bytes_per_day: r.try_get("ingest_bytes_per_day")?,
                         max_concurrent_queries: r.try_get("max_concurrent_queries")?,
                         max_running_jobs: r.try_get("max_running_jobs")?,
+                        max_stored_bytes: r.try_get("max_stored_bytes")?,
                     })
                 })
                 .transpose()
@@ -511,9 +512,11 @@ macro_rules! sql_catalog {
             async fn set_tenant_quotas(&self, tenant_id: &str, q: &Quotas, at: i64, by: &str) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO tenant_quotas (tenant_id, requests_per_second, burst, max_concurrent_requests, ingest_bytes_per_day, \
-                     max_concurrent_queries, max_running_jobs, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     max_concurrent_queries, max_running_jobs, max_stored_bytes, updated_at, updated_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT (tenant_id) DO UPDATE SET requests_per_second = $2, burst = $3, max_concurrent_requests = $4, \
-                     ingest_bytes_per_day = $5, max_concurrent_queries = $6, max_running_jobs = $7, updated_at = $8, updated_by = $9",
+                     ingest_bytes_per_day = $5, max_concurrent_queries = $6, max_running_jobs = $7, max_stored_bytes = $8, \
+                     updated_at = $9, updated_by = $10",
                 )
                 .bind(tenant_id)
                 .bind(q.requests_per_second)
@@ -522,6 +525,7 @@ macro_rules! sql_catalog {
                 .bind(q.ingest_bytes_per_day)
                 .bind(q.max_concurrent_queries)
                 .bind(q.max_running_jobs)
+                .bind(q.max_stored_bytes)
                 .bind(at)
                 .bind(by)
                 .execute(&self.pool)
