@@ -20,7 +20,7 @@ use http_body::{Body as _, Frame};
 use lakeledger_audit::{Event, Phase};
 use sha2::{Digest, Sha256};
 
-use super::admission::Admitted;
+use crate::platform::admission::Admitted;
 use super::auth::{AuthFailure, AuthOutcome};
 use super::error::ErrorCode;
 use super::state::AppState;

@@ -5,7 +5,6 @@
 //! Sees every domain; no domain sees it.
 
 mod admin;
-mod admission;
 mod audit;
 mod console;
 pub mod audit_layer;
@@ -22,7 +21,6 @@ pub mod state;
 mod training_sets;
 
 pub use openapi::{ApiDoc, openapi_document};
-pub use admission::Admission;
 pub use state::{AppState, HttpLimits, Services};
 
 use axum::Router;

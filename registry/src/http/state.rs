@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use super::admission::Admission;
+use crate::platform::admission::Admission;
 use crate::features::FeatureGroups;
 use crate::identity::Identity;
 use crate::identity::quotas::Limits;
