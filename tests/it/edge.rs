@@ -165,11 +165,19 @@ async fn requests_over_the_tenant_or_server_bound_are_refused_at_once_and_record
     assert!(refused["error"]["message"].as_str().unwrap().contains("tenant `default`"), "{refused}");
     // Another tenant is not held up by it...
     assert_eq!(s.get(&zeta, "/v1/whoami").send().await.unwrap().status(), 200);
+    // The bounds are the server's, whatever the protocol: a Flight SQL query of the busy
+    // tenant is refused the same way.
+    let flight = crate::flight::client(&s, &k).await.execute("SELECT 1".into(), None).await;
+    let refused = flight.expect_err("over the tenant's bound").to_string();
+    assert!(refused.contains("resource has been exhausted") && refused.contains("too_many_requests"), "{refused}");
     // ... until the server's own bound is reached: 503, and probes still answer.
     let second = OpenUpload::start(&s, &acme, "clicks");
     let (busy, over_server) = until_status(&s, &zeta, 503, "over-server").await;
     assert_eq!(busy["error"]["code"], "overloaded");
     assert_eq!(s.client.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    let flight = crate::flight::client(&s, &zeta).await.execute("SELECT 1".into(), None).await;
+    let refused = flight.expect_err("over the server's bound").to_string();
+    assert!(refused.contains("unavailable") && refused.contains("overloaded"), "{refused}");
 
     // The refusals are recorded: the tenant's as denied.
     let all = wait_for_outcomes(&s, &[over_tenant.clone(), over_server.clone()]).await;

@@ -20,7 +20,7 @@ async fn channel(s: &Server) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{}", s.flight)).unwrap().connect().await.unwrap()
 }
 
-async fn client(s: &Server, key: &str) -> FlightSqlServiceClient<Channel> {
+pub(crate) async fn client(s: &Server, key: &str) -> FlightSqlServiceClient<Channel> {
     let mut c = FlightSqlServiceClient::new(channel(s).await);
     c.set_token(key.to_string());
     c

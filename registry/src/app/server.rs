@@ -189,19 +189,20 @@ pub async fn serve_until(
             let bound = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
             let tls = settings.tls.is_some();
             let transport = crate::rpc::transport(settings.tls.as_ref())?;
-            let flight = crate::flight::FlightSql::new(
-                state.identity.clone(),
-                state.quotas.clone(),
-                state.audit.clone(),
-                state.sql.clone(),
-                state.features.clone(),
-                state.training_sets.clone(),
-            );
+            // Calls are authenticated, limited and recorded as HTTP requests are, in the
+            // same bounds on requests in flight.
+            let recorder = crate::rpc::audit::Recorder {
+                identity: state.identity.clone(),
+                quotas: state.quotas.clone(),
+                admission: state.admission.clone(),
+                audit: state.audit.clone(),
+            };
+            let flight = crate::flight::FlightSql::new(recorder.clone(), state.sql.clone(), state.features.clone(), state.training_sets.clone());
             let mut stopped = flight_stopped;
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            let inference = crate::rpc::inference::Inference::new(state.identity.clone(), state.quotas.clone(), state.audit.clone(), state.serving.clone(), state.readiness.clone());
+            let inference = crate::rpc::inference::Inference::new(recorder, state.serving.clone(), state.readiness.clone());
             let task = tokio::spawn(serve_grpc(transport, listener, flight, inference, stop));
             (Some(task), Some((bound, tls)))
         }

@@ -111,7 +111,7 @@ pub(super) fn build(config: &Config, audit: Arc<AuditLog>, catalog: SharedCatalo
             max_model_bytes: config.max_model_bytes,
             request_timeout: config.request_timeout,
         },
-        admission: Admission::new(config.max_concurrent_requests, config.max_concurrent_requests_per_tenant),
+        admission: Arc::new(Admission::new(config.max_concurrent_requests, config.max_concurrent_requests_per_tenant)),
     })))
 }
 

@@ -48,9 +48,7 @@ use crate::rpc::audit::{Call, CallKind, Facts, Recorder};
 use self::tickets::{Bulk, StatementHandle};
 use crate::error::{Error, Result};
 use crate::features::{FeatureGroups, ReadSpec};
-use crate::identity::quotas::Limits;
-use crate::identity::{Identity, Principal};
-use crate::platform::audit::AuditLog;
+use crate::identity::Principal;
 use crate::platform::catalog::Role;
 use crate::sql::Sql;
 use crate::training::TrainingSets;
@@ -147,15 +145,8 @@ fn undecodable(rpc: &'static str) -> CallKind {
 }
 
 impl FlightSql {
-    pub fn new(
-        identity: Arc<Identity>,
-        quotas: Arc<Limits>,
-        audit: Arc<AuditLog>,
-        sql: Arc<Sql>,
-        features: Arc<FeatureGroups>,
-        training_sets: Arc<TrainingSets>,
-    ) -> FlightSql {
-        FlightSql { recorder: Recorder { identity, quotas, audit }, sql, features, training_sets, info: catalog::sql_info() }
+    pub fn new(recorder: Recorder, sql: Arc<Sql>, features: Arc<FeatureGroups>, training_sets: Arc<TrainingSets>) -> FlightSql {
+        FlightSql { recorder, sql, features, training_sets, info: catalog::sql_info() }
     }
 
     /// Records the call and decodes what it asks for; a request that does not decode is

@@ -45,7 +45,7 @@ pub struct Services {
     /// SHA-256 of the bearer token that may scrape `/metrics`, if one is configured.
     pub metrics_token: Option<[u8; 32]>,
     pub limits: HttpLimits,
-    pub admission: Admission,
+    pub admission: Arc<Admission>,
 }
 
 /// Limits the HTTP edge checks before a service sees the request.

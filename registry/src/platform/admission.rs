@@ -1,6 +1,6 @@
-//! Admission at the edge: a bound on requests in flight, for the whole server and for
-//! each tenant, so neither a flood nor one busy tenant can take every worker and all the
-//! memory. A request over a bound is answered at once (503 for the server's bound, 429
+//! Admission at the edges: a bound on requests in flight, for the whole server and for
+//! each tenant, shared by HTTP, Flight SQL and gRPC calls, so neither a flood nor one busy
+//! tenant can take every worker and all the memory. A request over a bound is answered at once (503 for the server's bound, 429
 //! for a tenant's), never queued: a queue would only move the pile-up into memory.
 //!
 //! A permit is held until the response body ends, so long downloads count too.

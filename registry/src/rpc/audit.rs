@@ -1,7 +1,8 @@
-//! Every gRPC call (Flight SQL, inference) is recorded as an HTTP request is: the caller is
-//! authenticated and an **intent** record made durable before the call may touch data (if
-//! the ledger does not take it, the call is refused with `UNAVAILABLE`); an **outcome**
-//! follows when the call answers or, for a stream, when the stream ends, fails or is
+//! Every gRPC call (Flight SQL, inference) is admitted and recorded as an HTTP request is:
+//! the caller is authenticated, admitted within the same bounds on requests in flight
+//! (the server's and its tenant's), and an **intent** record made durable before the call
+//! may touch data (if the ledger does not take it, the call is refused with
+//! `UNAVAILABLE`); an **outcome** follows when the call answers or, for a stream, when the stream ends, fails or is
 //! dropped by the client — with the bytes sent, a SHA-256 of the Flight data, the rows and
 //! the versions read.
 
@@ -21,6 +22,7 @@ use tonic::{Code, Status};
 use crate::error::Error;
 use crate::identity::{Identity, Principal};
 use crate::identity::quotas::Limits;
+use crate::platform::admission::{Admission, Admitted};
 use crate::platform::audit::{AuditContext, AuditLog};
 
 /// What a call is, for its records: the protocol (`flight`, `grpc`), the RPC, the Flight
@@ -51,12 +53,18 @@ pub struct Call {
     audit: Arc<AuditLog>,
     outcome: Event,
     started: Instant,
+    /// The call's place in the bounds on requests in flight, given up with the call (for
+    /// a stream, when it ends or is dropped).
+    admitted: Option<Admitted>,
 }
 
 /// The handles recording a call needs.
+#[derive(Clone)]
 pub struct Recorder {
     pub identity: Arc<Identity>,
     pub quotas: Arc<Limits>,
+    /// The server's bounds on requests in flight, shared with HTTP.
+    pub admission: Arc<Admission>,
     pub audit: Arc<AuditLog>,
 }
 
@@ -115,7 +123,7 @@ impl Recorder {
             metrics::counter!("lakeledger_grpc_calls_total", "rpc" => kind.rpc).increment(1);
         }
 
-        let call = Call { ctx, audit: self.audit.clone(), outcome, started };
+        let mut call = Call { ctx, audit: self.audit.clone(), outcome, started, admitted: None };
         let principal = match authenticated {
             Ok(p) => p,
             Err(e) => {
@@ -129,8 +137,14 @@ impl Recorder {
                 return Err(call.fail(e));
             }
         };
-        if let Err(e) = self.quotas.admit_request(&principal).await {
-            return Err(call.fail(e));
+        // A tenant over its request rate is refused before it takes a place.
+        let tenant_limit = match self.quotas.admit_request(&principal).await {
+            Ok(limit) => limit,
+            Err(e) => return Err(call.fail(e)),
+        };
+        match self.admission.admit(Some((&principal.tenant_id, &principal.tenant)), tenant_limit) {
+            Ok(a) => call.admitted = Some(a),
+            Err(e) => return Err(call.fail(e)),
         }
         Ok((principal, call))
     }

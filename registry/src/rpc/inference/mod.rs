@@ -18,10 +18,7 @@ pub use self::proto::InferenceServer;
 use self::proto::*;
 use super::audit::{CallKind, Facts, Recorder};
 use crate::error::{Error, Result};
-use crate::identity::Identity;
-use crate::identity::quotas::Limits;
 use crate::models::onnx::Values;
-use crate::platform::audit::AuditLog;
 use crate::platform::catalog::Role;
 use crate::platform::readiness::Readiness;
 use crate::serving::tensors::{NamedTensor, decode_raw, encode_raw, rows_from_tensors};
@@ -37,8 +34,8 @@ pub struct Inference {
 }
 
 impl Inference {
-    pub fn new(identity: Arc<Identity>, quotas: Arc<Limits>, audit: Arc<AuditLog>, serving: Arc<Serving>, readiness: Arc<Readiness>) -> Inference {
-        Inference { recorder: Recorder { identity, quotas, audit }, serving, readiness }
+    pub fn new(recorder: Recorder, serving: Arc<Serving>, readiness: Arc<Readiness>) -> Inference {
+        Inference { recorder, serving, readiness }
     }
 }
 
