@@ -21,6 +21,11 @@ pub enum Error {
     Reserved(String),
     #[error("{kind} `{name}` not found")]
     NotFound { kind: &'static str, name: String },
+    /// An object the caller's tenant does not hold and other tenants do (`owners`, by
+    /// name). The caller is told exactly what [`Error::NotFound`] tells, so nothing says it
+    /// exists elsewhere; the owners' auditors are told of the attempt.
+    #[error("{kind} `{name}` not found")]
+    NotVisible { kind: &'static str, name: String, owners: Vec<String> },
     #[error("{0}")]
     VersionNotFound(String),
     #[error("{kind} `{name}` already exists")]
@@ -116,7 +121,9 @@ impl Error {
             Error::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Error::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             Error::Reserved(_) => (StatusCode::FORBIDDEN, "reserved_name"),
-            Error::NotFound { kind, .. } => return (StatusCode::NOT_FOUND, format!("{}_not_found", kind.replace(' ', "_"))),
+            Error::NotFound { kind, .. } | Error::NotVisible { kind, .. } => {
+                return (StatusCode::NOT_FOUND, format!("{}_not_found", kind.replace(' ', "_")))
+            }
             Error::VersionNotFound(_) => (StatusCode::NOT_FOUND, "version_not_found"),
             Error::AlreadyExists { kind, .. } => {
                 return (StatusCode::CONFLICT, format!("{}_already_exists", kind.replace(' ', "_")))

@@ -49,7 +49,7 @@ pub async fn seed(s: &Server, k: &str) -> Objects {
 
 /// The path with every parameter replaced by a real object of `o`.
 pub fn substitute(template: &str, o: &Objects) -> String {
-    let name = if template.starts_with("/v1/models") {
+    let name = if template.starts_with("/v1/models") || template.starts_with("/v2/models") {
         &o.model
     } else if template.starts_with("/v1/tenants") {
         &o.tenant
@@ -136,6 +136,7 @@ async fn another_tenant_can_neither_read_nor_change_nor_learn_of_any_object() {
 
     let doc: Value = serde_json::from_str(&lakeledger::http::openapi_document()).unwrap();
     let mut sent: Vec<(String, String)> = Vec::new();
+    let mut answered_404: Vec<(String, String)> = Vec::new();
     let mut tried = 0;
     for (template, item) in doc["paths"].as_object().unwrap() {
         // Hash tiles are the log's, shared by every tenant by design; not a tenant's object.
@@ -160,6 +161,9 @@ async fn another_tenant_can_neither_read_nor_change_nor_learn_of_any_object() {
                 // The Open Inference Protocol's routes answer `{"error": "<message>"}`.
                 let message = v["error"]["message"].as_str().or_else(|| v["error"].as_str().filter(|_| template.starts_with("/v2"))).unwrap();
                 assert!(!message.contains("default"), "{method} {path}: {text}");
+                if status == 404 {
+                    answered_404.push((rid.clone(), format!("{method} {path} as {role}")));
+                }
                 sent.push((rid, format!("{method} {path} as {role}")));
             }
             tried += 1;
@@ -199,4 +203,29 @@ async fn another_tenant_can_neither_read_nor_change_nor_learn_of_any_object() {
         assert_ne!(outcome["result"], "success", "{what}");
         assert!(outcome["error_code"].is_string(), "{what}: {outcome}");
     }
+
+    // A 404 tells mallory nothing, in the answer or in its own trail; the owner's trail has
+    // the attempt as denied, naming who tried and what.
+    let cross = |rid: &str| {
+        all.iter().find(|r| r["kind"] == "access.cross_tenant" && r["details"]["request_id"] == rid).cloned()
+    };
+    let mut untold = Vec::new();
+    for (rid, what) in &answered_404 {
+        match cross(rid) {
+            Some(r) => {
+                assert_eq!((r["resource"]["tenant"].as_str(), r["outcome"]["result"].as_str()), (Some("default"), Some("denied")), "{what}: {r}");
+                assert_eq!(r["details"]["attempted_by_tenant"], "mallory", "{what}: {r}");
+                assert!(r["actor"]["tenant"].is_null(), "{what}: {r}");
+            }
+            None => untold.push(what.clone()),
+        }
+    }
+    assert!(untold.is_empty(), "404s the owner's auditors were not told of: {untold:#?}");
+    assert!(answered_404.len() >= 60, "{} attempts answered 404", answered_404.len());
+    let auditor = &attackers[3].1;
+    let theirs = s.get(auditor, "/v1/audit/records?limit=1000").send().await.unwrap().text().await.unwrap();
+    assert!(!theirs.contains("access.cross_tenant"), "mallory's auditor sees what its 404s hid");
+    let owners_auditor = s.create_key("auditor", None).await;
+    let owners = s.get(&owners_auditor, "/v1/audit/records?action=access.cross_tenant&limit=1000").send().await.unwrap().text().await.unwrap();
+    assert!(owners.contains("mallory"), "{owners}");
 }

@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::platform::audit::AuditContext;
-use crate::platform::catalog::{FeatureGroupRecord, GroupMetadata, GroupState, SharedCatalog, VersionRecord};
+use crate::platform::catalog::{FeatureGroupRecord, GroupMetadata, GroupState, Held, SharedCatalog, VersionRecord, not_here};
 use crate::platform::changes::{Change, Changes};
 use crate::platform::locks::KeyedLocks;
 use crate::platform::runtime::QueryRuntime;
@@ -364,7 +364,8 @@ impl FeatureGroups {
     pub async fn find_in(&self, tenant_id: &str, name: &str) -> Result<FeatureGroupRecord> {
         match self.catalog.feature_group(tenant_id, name).await? {
             Some(g) if g.state != GroupState::Creating => Ok(g),
-            _ => Err(Error::NotFound { kind: "feature group", name: name.to_string() }),
+            Some(_) => Err(Error::NotFound { kind: "feature group", name: name.to_string() }),
+            None => Err(not_here(&self.catalog, Held::FeatureGroup, "feature group", name, tenant_id).await?),
         }
     }
 

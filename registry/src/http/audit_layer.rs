@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::platform::admission::Admitted;
 use super::auth::{AuthFailure, AuthOutcome};
-use super::error::ErrorCode;
+use super::error::{CrossTenant, ErrorCode};
 use super::state::AppState;
 use crate::error::Error;
 use crate::identity::Principal;
@@ -332,6 +332,9 @@ async fn record_in_span(state: AppState, mut req: Request<Body>, next: Next) -> 
         rows: response.extensions().get::<AuditFacts>().and_then(|f| f.rows),
         ..Default::default()
     });
+    if let Some(c) = response.extensions().get::<CrossTenant>() {
+        state.audit.record_cross_tenant(&outcome, c.kind, &c.name, &c.owners);
+    }
     let rows_counter = response.extensions().get::<AuditFacts>().and_then(|f| f.rows_counter.clone());
     let held = response.extensions_mut().remove::<HeldUntilSent>();
     let (parts, body) = response.into_parts();

@@ -36,6 +36,10 @@ impl IntoResponse for Error {
             _ => RETRY_AFTER_SECS as u64,
         };
         let crate::error::Public { status, code, message, error_id } = self.public();
+        let cross_tenant = match self {
+            Error::NotVisible { kind, name, owners } => Some(CrossTenant { kind, name, owners }),
+            _ => None,
+        };
         let detail = ErrorDetail { code: code.clone(), message, error_id };
         let protocol = ProtocolError(format!("{} (code {}, error_id {})", detail.message, detail.code, detail.error_id));
         let mut response = (status, Json(ErrorBody { error: detail })).into_response();
@@ -44,8 +48,20 @@ impl IntoResponse for Error {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after.into());
         }
         response.extensions_mut().insert(ErrorCode(code));
+        if let Some(c) = cross_tenant {
+            response.extensions_mut().insert(c);
+        }
         response
     }
+}
+
+/// On a 404 for an object other tenants hold: which, and whose, for the audit layer to
+/// tell their auditors (the body is that of any 404).
+#[derive(Clone, Debug)]
+pub struct CrossTenant {
+    pub kind: &'static str,
+    pub name: String,
+    pub owners: Vec<String>,
 }
 
 /// The error as one line, for protocols whose error body is a string (the Open Inference

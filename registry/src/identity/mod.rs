@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
 use crate::platform::audit::AuditContext;
-use crate::platform::catalog::{ApiKey, Role, SharedCatalog, Tenant};
+use crate::platform::catalog::{ApiKey, Held, Role, SharedCatalog, Tenant, not_here};
 use crate::platform::changes::{Change, ChangeObserver, Changes};
 use crate::platform::time::now_micros;
 
@@ -181,7 +181,7 @@ impl Identity {
             self.changes.announce(Change::Keys);
             Ok(())
         } else {
-            Err(Error::NotFound { kind: "key", name: id.to_string() })
+            Err(not_here(&self.catalog, Held::Key, "key", id, &tenant.id).await?)
         }
     }
 

@@ -27,7 +27,7 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
 use crate::identity::Principal;
-use crate::platform::catalog::{AliasMove, ModelRecord, ModelVersionRecord, SharedCatalog};
+use crate::platform::catalog::{AliasMove, Held, ModelRecord, ModelVersionRecord, SharedCatalog, not_here};
 use crate::platform::locks::KeyedLocks;
 use crate::platform::spool::{Spooled, spool};
 use crate::platform::time::{now_micros, rfc3339};
@@ -280,7 +280,10 @@ impl Models {
     }
 
     pub async fn find(&self, p: &Principal, name: &str) -> Result<ModelRecord> {
-        self.catalog.model(&p.tenant_id, name).await?.ok_or_else(|| Error::NotFound { kind: "model", name: name.to_string() })
+        match self.catalog.model(&p.tenant_id, name).await? {
+            Some(m) => Ok(m),
+            None => Err(not_here(&self.catalog, Held::Model, "model", name, &p.tenant_id).await?),
+        }
     }
 
     async fn view(&self, m: &ModelRecord) -> Result<ModelView> {

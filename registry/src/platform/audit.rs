@@ -74,6 +74,38 @@ impl AuditLog {
         }
     }
 
+    /// Tells the auditors of each tenant in `owners` that a caller of another tenant named
+    /// one of their objects (`kind`, `name`) and was refused: `attempt` is the caller's own
+    /// outcome record. The caller was answered 404, as for a name nobody holds, and its
+    /// own trail says no more than that; this record is the server's, naming who tried in
+    /// its details, so it is in the owners' and the operators' trails but not in the trying
+    /// tenant's, where it would tell that the object exists.
+    pub fn record_cross_tenant(&self, attempt: &Event, kind: &str, name: &str, owners: &[String]) {
+        for owner in owners {
+            let mut e = Event::new("access.cross_tenant", lakeledger_audit::Phase::Outcome);
+            e.intent_seq = attempt.intent_seq;
+            e.actor.principal_type = "system".into();
+            e.actor.auth_method = "local".into();
+            e.resource.kind = Some(kind.to_string());
+            e.resource.name = Some(name.to_string());
+            e.resource.tenant = Some(owner.clone());
+            e.outcome = Some(lakeledger_audit::event::Result {
+                result: "denied".into(),
+                status: 404,
+                error_code: attempt.outcome.as_ref().and_then(|o| o.error_code.clone()),
+                ..Default::default()
+            });
+            // The request's own outcome is the one record with its request id in `source`.
+            e.details.push(("request_id".into(), attempt.source.request_id.clone().unwrap_or_default()));
+            e.details.push(("attempted_action".into(), attempt.kind.clone()));
+            e.details.push(("attempted_by".into(), attempt.actor.principal.clone().unwrap_or_default()));
+            e.details.push(("attempted_by_tenant".into(), attempt.actor.tenant.clone().unwrap_or_default()));
+            e.details.push(("attempted_by_role".into(), attempt.actor.role.clone().unwrap_or_default()));
+            self.record_later(&e);
+        }
+        metrics::counter!("lakeledger_cross_tenant_attempts_total").increment(1);
+    }
+
     /// `Err(why)` when the ledger cannot currently take records.
     pub fn health(&self) -> std::result::Result<(), String> {
         if let Some(f) = self.ledger.failure() {

@@ -158,6 +158,9 @@ impl Call {
         let status = public.status.as_u16();
         self.set_result(status, Some(public.code.clone()));
         let event = self.finish_event(None);
+        if let Error::NotVisible { kind, name, owners } = &e {
+            self.audit.record_cross_tenant(&event, kind, name, owners);
+        }
         self.audit.record_later(&event);
         let mut s = Status::new(grpc_code(status, &public.code), format!("{}: {} (error_id {})", public.code, public.message, public.error_id));
         if let Ok(v) = MetadataValue::try_from(public.code.as_str()) {

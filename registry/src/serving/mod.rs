@@ -299,7 +299,7 @@ impl Serving {
         };
         // A name or version that does not exist makes no series: labels stay bounded by
         // what is registered, whatever callers put in URLs.
-        let unknown = matches!(&outcome, Err(Error::NotFound { kind: "model" | "model version", .. }));
+        let unknown = matches!(&outcome, Err(Error::NotFound { kind: "model" | "model version", .. } | Error::NotVisible { .. }));
         if !unknown {
             metrics::counter!("lakeledger_model_requests_total", "model" => label.clone(), "version" => version.to_string(), "status" => status).increment(1);
             metrics::histogram!("lakeledger_model_request_seconds", "model" => label, "version" => version.to_string()).record(elapsed.as_secs_f64());

@@ -111,7 +111,7 @@ impl Sql {
         for t in &parsed.tables {
             let g = match self.groups.find(p, &t.name).await {
                 Ok(g) => g,
-                Err(Error::NotFound { .. }) => return Err(Error::SqlTableNotVisible(t.name.clone())),
+                Err(Error::NotFound { .. } | Error::NotVisible { .. }) => return Err(Error::SqlTableNotVisible(t.name.clone())),
                 Err(e) => return Err(e),
             };
             let spec = match (&t.version, pins.get(resolved.len())) {

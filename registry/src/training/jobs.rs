@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::models::{Models, NewVersion};
 use crate::platform::audit::{AuditContext, AuditLog};
-use crate::platform::catalog::{JobRecord, SharedCatalog};
+use crate::platform::catalog::{Held, JobRecord, SharedCatalog, not_here};
 use crate::platform::time::{now_micros, rfc3339};
 
 /// The job service: the pool and the jobs of this process that have not finished.
@@ -425,7 +425,10 @@ impl Jobs {
     }
 
     async fn find(&self, p: &Principal, id: &str) -> Result<JobRecord> {
-        self.catalog.job(&p.tenant_id, id).await?.ok_or_else(|| Error::NotFound { kind: "training job", name: id.to_string() })
+        match self.catalog.job(&p.tenant_id, id).await? {
+            Some(j) => Ok(j),
+            None => Err(not_here(&self.catalog, Held::TrainingJob, "training job", id, &p.tenant_id).await?),
+        }
     }
 
     pub async fn list(&self, p: &Principal) -> Result<Vec<JobView>> {

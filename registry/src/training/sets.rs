@@ -367,7 +367,7 @@ impl TrainingSets {
     }
 
     pub async fn manifest(&self, p: &Principal, id: &str) -> Result<TrainingSetManifest> {
-        self.manifest_in(&p.tenant, id).await
+        TRAINING_SETS.manifest_for(&self.tables, &p.tenant, id).await
     }
 
     /// A training set's manifest in a tenant (by name).

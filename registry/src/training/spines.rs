@@ -44,11 +44,11 @@ impl TrainingSets {
     }
 
     pub async fn spine_manifest(&self, p: &Principal, id: &str) -> Result<SpineManifest> {
-        SPINES.manifest(&self.tables, &p.tenant, id).await
+        SPINES.manifest_for(&self.tables, &p.tenant, id).await
     }
 
     pub(super) async fn spine_data(&self, p: &Principal, id: &str) -> Result<(SpineManifest, bytes::Bytes)> {
-        let m: SpineManifest = SPINES.manifest(&self.tables, &p.tenant, id).await?;
+        let m: SpineManifest = SPINES.manifest_for(&self.tables, &p.tenant, id).await?;
         let bytes = SPINES.data(&self.tables, &p.tenant, id, &m.sha256).await?;
         Ok((m, bytes))
     }

@@ -57,6 +57,23 @@ impl Stored {
         serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("{} {id}: manifest unreadable: {e}", self.kind)))
     }
 
+    /// The manifest of the caller's tenant's `id`; when there is none and other tenants
+    /// hold that id, [`Error::NotVisible`] naming them (one listing per tenant, on this
+    /// refusal only).
+    pub(super) async fn manifest_for<T: serde::de::DeserializeOwned>(self, tables: &TableStore, tenant: &str, id: &str) -> Result<T> {
+        let e = match self.manifest(tables, tenant, id).await {
+            Err(e @ Error::NotFound { .. }) if self.valid(id) => e,
+            other => return other,
+        };
+        let mut owners = Vec::new();
+        for t in tables.list_children("tenants").await?.into_iter().filter(|t| t != tenant) {
+            if !tables.list_objects(&self.dir(&t, id), "manifest.json").await?.is_empty() {
+                owners.push(t);
+            }
+        }
+        Err(if owners.is_empty() { e } else { Error::NotVisible { kind: self.kind, name: id.to_string(), owners } })
+    }
+
     /// A local copy of the data, checked against the SHA-256 its manifest records before
     /// anything reads it; memory holds a few buffers whatever the size.
     pub(super) async fn open(self, tables: &TableStore, spool_dir: &Path, tenant: &str, id: &str, sha256: &str) -> Result<Spooled> {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub use sql::{PostgresCatalog, SqliteCatalog};
 
@@ -294,6 +294,23 @@ pub trait GroupCommit: Send {
     async fn finish(self: Box<Self>) -> Result<()>;
 }
 
+/// Kinds of object the catalog keeps per tenant, by name or id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    FeatureGroup,
+    Model,
+    TrainingJob,
+    Key,
+}
+
+/// The refusal for an object of `kind` that `tenant_id` does not hold: [`Error::NotVisible`]
+/// naming the tenants that do, if any, else [`Error::NotFound`].
+pub async fn not_here(catalog: &SharedCatalog, held: Held, kind: &'static str, name: &str, tenant_id: &str) -> Result<Error> {
+    let owners = catalog.holders_elsewhere(held, name, tenant_id).await?;
+    let name = name.to_string();
+    Ok(if owners.is_empty() { Error::NotFound { kind, name } } else { Error::NotVisible { kind, name, owners } })
+}
+
 #[async_trait]
 pub trait Catalog: Send + Sync + 'static {
     /// Which backend this is, for logs and banners.
@@ -304,6 +321,9 @@ pub trait Catalog: Send + Sync + 'static {
     async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>>;
     async fn tenant_by_id(&self, id: &str) -> Result<Option<Tenant>>;
     async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    /// The names of the tenants other than `tenant_id` that hold an object of `kind` with
+    /// this name (or id), at most a few: whom to tell of a refused attempt on it.
+    async fn holders_elsewhere(&self, kind: Held, name: &str, tenant_id: &str) -> Result<Vec<String>>;
 
     async fn create_key(&self, key: &NewApiKey) -> Result<()>;
     /// The live (unrevoked) key with this secret hash, with its tenant.

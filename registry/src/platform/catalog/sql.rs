@@ -260,6 +260,21 @@ macro_rules! sql_catalog {
                 row.as_ref().map(Self::tenant_row).transpose()
             }
 
+            async fn holders_elsewhere(&self, kind: Held, name: &str, tenant_id: &str) -> Result<Vec<String>> {
+                let sql = match kind {
+                    Held::FeatureGroup => "SELECT t.name FROM feature_groups o JOIN tenants t ON t.id = o.tenant_id \
+                                           WHERE o.name = $1 AND o.tenant_id <> $2 AND o.state <> 'creating' ORDER BY t.name LIMIT 8",
+                    Held::Model => "SELECT t.name FROM models o JOIN tenants t ON t.id = o.tenant_id \
+                                    WHERE o.name = $1 AND o.tenant_id <> $2 ORDER BY t.name LIMIT 8",
+                    Held::TrainingJob => "SELECT t.name FROM training_jobs o JOIN tenants t ON t.id = o.tenant_id \
+                                          WHERE o.id = $1 AND o.tenant_id <> $2 ORDER BY t.name LIMIT 8",
+                    Held::Key => "SELECT t.name FROM api_keys o JOIN tenants t ON t.id = o.tenant_id \
+                                  WHERE o.id = $1 AND o.tenant_id <> $2 ORDER BY t.name LIMIT 8",
+                };
+                let rows = sqlx::query(sql).bind(name).bind(tenant_id).fetch_all(&self.pool).await?;
+                Ok(rows.iter().map(|r| r.try_get::<String, _>("name")).collect::<std::result::Result<_, _>>()?)
+            }
+
             async fn tenant_by_id(&self, id: &str) -> Result<Option<Tenant>> {
                 let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = $1")
                     .bind(id)
