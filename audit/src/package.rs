@@ -174,11 +174,18 @@ fn leaf_line(leaf: &StoredLeaf, inclusion: Option<&[Hash]>) -> Result<String> {
         s.push_str(",\"inclusion\":");
         s.push_str(&hashes_json(proof));
     }
-    // The payload is already canonical JSON: splice it in as it is.
+    // The payload is canonical JSON as the ledger writes it: splice it in as it is. A
+    // record whose payload is not JSON (only a damaged or forged log holds one) is shown
+    // as null, so the line still parses and the verifier names that record.
     s.push_str(",\"payload\":");
-    s.push_str(v.payload_str());
+    let payload = v.payload_str();
+    s.push_str(if is_json(payload) { payload } else { "null" });
     s.push('}');
     Ok(s)
+}
+
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok()
 }
 
 fn hashes_json(proof: &[Hash]) -> String {

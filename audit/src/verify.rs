@@ -474,6 +474,9 @@ fn check_line(number: usize, line: &[u8], inclusion: Option<&Inclusion<'_>>) -> 
         serde_json::from_slice::<Value>(view.payload).is_ok_and(|p| p == shown)
     };
     if v.record_type != view.record_type.name() || v.ts_unix_ns != view.ts_unix_ns || !hex_eq(v.prev_leaf, &view.prev_leaf) || !payload_matches {
+        if serde_json::from_slice::<&serde_json::value::RawValue>(view.payload).is_err() {
+            return Err(fail(claimed, "the record's payload is not JSON: it is no event the ledger wrote"));
+        }
         return Err(fail(claimed, "the decoded view does not match the leaf bytes"));
     }
     if let Some(inc) = inclusion {

@@ -212,7 +212,14 @@ pub fn audit_recovery(data: &[u8]) {
     let held = ledger.read(0, size).expect("an opened ledger reads back what it holds");
     assert_eq!(held.len() as u64, size);
     let pkg = Package::export(&ledger, &RecordFilter::default(), None).expect("an opened ledger exports");
-    verify_package(&pkg, &ledger.public_keys(), None).expect("an opened ledger's export verifies");
+    // Chained, hashed and framed records whose payload is not an event's JSON open (the
+    // chain is intact); the export still parses, and its verification names the first.
+    let not_json = held.iter().find(|l| l.view().is_ok_and(|v| serde_json::from_slice::<serde_json::Value>(v.payload).is_err())).map(|l| l.seq);
+    match (verify_package(&pkg, &ledger.public_keys(), None), not_json) {
+        (Ok(_), None) => {}
+        (Err(lakeledger_audit::Error::Verify { seq: Some(seq), .. }), Some(first)) if seq == first => {}
+        (verified, first) => panic!("an opened ledger's export verifies, or fails at its first record that is not JSON ({first:?}): {verified:?}"),
+    }
     ledger.close();
 }
 
