@@ -19,6 +19,51 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::schema::{ColumnType, FeatureSchema};
 
+/// Runs a third-party decoder on a caller's bytes. Arrow's IPC and Parquet readers panic
+/// on some malformed inputs (found by fuzzing: a validity buffer shorter than its array, a
+/// field of type NONE in an embedded schema) instead of returning an error; such a panic
+/// is the caller's malformed body, answered as one, not a server failure. Nothing the
+/// decoder touched outlives a refused body.
+fn guarded<T>(format: &'static str, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let why = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("no reason given");
+        Err(Error::Malformed { format, detail: format!("the {format} decoder could not read it: {}", truncate(why, 200)) })
+    })
+}
+
+/// Checks that a body arriving in chunks is UTF-8 (arrow's CSV decoder assumes it and
+/// does not check every chunking), carrying a character split between chunks.
+#[derive(Default)]
+struct Utf8Stream {
+    carry: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// `Err(offset)`: the body is not UTF-8 at about this byte of the chunk.
+    fn push(&mut self, chunk: &[u8]) -> std::result::Result<(), usize> {
+        let joined;
+        let data = if self.carry.is_empty() {
+            chunk
+        } else {
+            joined = [std::mem::take(&mut self.carry).as_slice(), chunk].concat();
+            &joined
+        };
+        match std::str::from_utf8(data) {
+            Ok(_) => Ok(()),
+            // Cut inside a character: the rest of it comes with the next chunk.
+            Err(e) if e.error_len().is_none() => {
+                self.carry = data[e.valid_up_to()..].to_vec();
+                Ok(())
+            }
+            Err(e) => Err(e.valid_up_to()),
+        }
+    }
+
+    fn finish(&self) -> std::result::Result<(), usize> {
+        if self.carry.is_empty() { Ok(()) } else { Err(0) }
+    }
+}
+
 /// How many rows a decoder gathers before it emits a batch.
 pub const BATCH_ROWS: usize = 8192;
 
@@ -584,11 +629,12 @@ struct CsvDecoder {
     pending: Vec<u8>,
     decoder: Option<arrow::csv::reader::Decoder>,
     rows_emitted: u64,
+    utf8: Utf8Stream,
 }
 
 impl CsvDecoder {
     fn new() -> Self {
-        CsvDecoder { header: None, pending: Vec::new(), decoder: None, rows_emitted: 0 }
+        CsvDecoder { header: None, pending: Vec::new(), decoder: None, rows_emitted: 0, utf8: Utf8Stream::default() }
     }
 
     fn malformed(&self, e: impl std::fmt::Display) -> Error {
@@ -643,6 +689,7 @@ impl CsvDecoder {
 impl BodyDecoder for CsvDecoder {
     fn push(&mut self, chunk: &[u8]) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
+        self.utf8.push(chunk).map_err(|_| self.malformed("the body is not UTF-8"))?;
         if self.header.is_none() {
             self.pending.extend_from_slice(chunk);
             let Some(nl) = self.pending.iter().position(|&b| b == b'\n') else {
@@ -662,6 +709,7 @@ impl BodyDecoder for CsvDecoder {
 
     fn finish(&mut self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
+        self.utf8.finish().map_err(|_| self.malformed("the body ends inside a UTF-8 character"))?;
         if self.header.is_none() {
             if self.pending.iter().all(|b| b.is_ascii_whitespace()) {
                 return Err(self.malformed("the body is empty; a header row is required"));
@@ -694,10 +742,11 @@ impl BodyDecoder for IpcDecoder {
         let mut buffer = Buffer::from(chunk.to_vec());
         let mut out = Vec::new();
         while !buffer.is_empty() {
-            match self.decoder.decode(&mut buffer) {
+            match guarded("Arrow IPC", || self.decoder.decode(&mut buffer).map_err(Error::from)) {
                 Ok(Some(batch)) => out.push(batch),
                 Ok(None) => {}
-                Err(e) => return Err(Error::Malformed { format: "Arrow IPC", detail: e.to_string() }),
+                Err(Error::Arrow(e)) => return Err(Error::Malformed { format: "Arrow IPC", detail: e.to_string() }),
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -714,12 +763,15 @@ impl BodyDecoder for IpcDecoder {
 
 /// Reads a spooled Parquet upload batch by batch.
 pub fn parquet_batches(file: std::fs::File) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::Malformed { format: "Parquet", detail: e.to_string() })?
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| Error::Malformed { format: "Parquet", detail: e.to_string() })?;
-    Ok(reader.map(|r| r.map_err(|e| Error::Malformed { format: "Parquet", detail: e.to_string() })))
+    let malformed = |e: parquet::errors::ParquetError| Error::Malformed { format: "Parquet", detail: e.to_string() };
+    let mut reader = guarded("Parquet", || {
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(malformed)?
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(malformed)
+    })?;
+    Ok(std::iter::from_fn(move || guarded("Parquet", || reader.next().transpose().map_err(|e| Error::Malformed { format: "Parquet", detail: e.to_string() })).transpose()))
 }
 
 /// Encodes entity key values of each row so duplicates within an upsert can be found.
@@ -759,6 +811,10 @@ pub fn find_duplicate_keys(batches: &[RecordBatch], schema: &FeatureSchema) -> R
 /// Arrow IPC and Parquet carry their schema; JSON and CSV column types are inferred from
 /// the values. JSON columns come in name order, since JSON objects have no column order.
 pub fn decode_inferred(format: IngestFormat, body: bytes::Bytes) -> Result<RecordBatch> {
+    guarded(format.name(), || decode_inferred_unguarded(format, body))
+}
+
+fn decode_inferred_unguarded(format: IngestFormat, body: bytes::Bytes) -> Result<RecordBatch> {
     let malformed = |detail: String| Error::Malformed { format: format.name(), detail };
     let (schema, batches): (SchemaRef, Vec<RecordBatch>) = match format {
         IngestFormat::Json => {
@@ -788,6 +844,7 @@ pub fn decode_inferred(format: IngestFormat, body: bytes::Bytes) -> Result<Recor
             (schema, batch.into_iter().collect())
         }
         IngestFormat::Csv => {
+            std::str::from_utf8(&body).map_err(|e| malformed(format!("the body is not UTF-8: {e}")))?;
             let format_spec = arrow::csv::reader::Format::default().with_header(true);
             let (schema, _) = format_spec.infer_schema(std::io::Cursor::new(&body), None).map_err(|e| malformed(e.to_string()))?;
             let schema = Arc::new(schema);
