@@ -34,6 +34,13 @@ use crate::error::{Error, Result};
 
 /// Longest statement accepted, in bytes.
 pub const MAX_SQL_LEN: usize = 100_000;
+
+/// How deeply a statement may nest (subqueries, parenthesized tables and expressions).
+/// Parsing, printing, visiting, planning and dropping a statement all recurse over its
+/// tree on the caller's thread (an async worker, with a few MiB of stack): a short
+/// statement of a few dozen nested parentheses overflowed it and took the whole server down
+/// (found by fuzzing the guard). Refused while parsing, before any of that recursion.
+pub const MAX_SQL_DEPTH: usize = 24;
 const INTERNAL_PREFIX: &str = "__lakeledger_t";
 
 /// Which version of a feature group a reference asks for.
@@ -105,9 +112,15 @@ pub fn parse(sql: &str) -> Result<Parsed> {
         return Err(Error::InvalidSql(format!("the statement is {} bytes; the limit is {MAX_SQL_LEN}", sql.len())));
     }
     let mut statements = Parser::new(&DatabricksDialect {})
+        .with_recursion_limit(MAX_SQL_DEPTH)
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::InvalidSql(e.to_string()))?;
+        .map_err(|e| match e {
+            datafusion::sql::sqlparser::parser::ParserError::RecursionLimitExceeded => {
+                Error::InvalidSql(format!("the statement nests deeper than {MAX_SQL_DEPTH} levels (subqueries, parentheses); flatten it, e.g. with WITH"))
+            }
+            e => Error::InvalidSql(e.to_string()),
+        })?;
     if statements.len() != 1 {
         return Err(refused(format!("send exactly one statement (got {})", statements.len())));
     }
