@@ -55,15 +55,6 @@ impl Spooled {
         Ok(tokio_util::io::ReaderStream::with_capacity(file, CHUNK))
     }
 
-    /// The whole copy in memory, for what needs it whole (decoding a model).
-    pub async fn into_bytes(self) -> Result<Bytes> {
-        let mut file = tokio::fs::File::from_std(self.file);
-        let mut out = Vec::with_capacity(self.len as usize);
-        file.seek(SeekFrom::Start(0)).await.map_err(|e| Error::Internal(format!("spool seek: {e}")))?;
-        tokio::io::AsyncReadExt::read_to_end(&mut file, &mut out).await.map_err(|e| Error::Internal(format!("spool read: {e}")))?;
-        Ok(out.into())
-    }
-
     /// A Parquet reader over the copy that many row-group readers may share at once:
     /// every read says where it starts (`pread`), so none moves another's position, as
     /// clones of one `File` would.

@@ -2,9 +2,9 @@
 //! the caller is authenticated, admitted within the same bounds on requests in flight
 //! (the server's and its tenant's), and an **intent** record made durable before the call
 //! may touch data (if the ledger does not take it, the call is refused with
-//! `UNAVAILABLE`); an **outcome** follows when the call answers or, for a stream, when the stream ends, fails or is
-//! dropped by the client — with the bytes sent, a SHA-256 of the Flight data, the rows and
-//! the versions read.
+//! `UNAVAILABLE`); an **outcome** follows when the call answers or, for a stream, when the
+//! stream ends, fails or is dropped by the client — with the bytes sent, a SHA-256 of the
+//! Flight data, the rows and the versions read.
 
 use std::pin::Pin;
 use std::sync::Arc;
