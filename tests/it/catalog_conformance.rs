@@ -248,11 +248,34 @@ async fn models(c: &dyn Catalog) {
     c.set_tenant_quotas("ten_1", &lifted, 2, "op").await.unwrap();
     assert_eq!(c.tenant_quotas("ten_1").await.unwrap(), Some(lifted));
     // A full bucket of 5, then refilled at 2.5 a second, never above 5.
-    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 4.0, 0).await.unwrap(), 4.0);
-    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 4.0, 0).await.unwrap(), 1.0);
-    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 4.0, 0).await.unwrap(), 0.0);
-    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 4.0, 1_000_000).await.unwrap(), 2.5);
-    assert_eq!(c.claim_rate_tokens("ten_1", 2.5, 5.0, 9.0, 100_000_000).await.unwrap(), 5.0);
+    assert_eq!(c.claim_rate_tokens("tenant:ten_1", 2.5, 5.0, 4.0, 0).await.unwrap(), 4.0);
+    assert_eq!(c.claim_rate_tokens("tenant:ten_1", 2.5, 5.0, 4.0, 0).await.unwrap(), 1.0);
+    assert_eq!(c.claim_rate_tokens("tenant:ten_1", 2.5, 5.0, 4.0, 0).await.unwrap(), 0.0);
+    assert_eq!(c.claim_rate_tokens("tenant:ten_1", 2.5, 5.0, 4.0, 1_000_000).await.unwrap(), 2.5);
+    assert_eq!(c.claim_rate_tokens("tenant:ten_1", 2.5, 5.0, 9.0, 100_000_000).await.unwrap(), 5.0);
+    // Buckets are apart: a key's has its own tokens.
+    assert_eq!(c.claim_rate_tokens("key:key_2", 1.0, 2.0, 9.0, 100_000_000).await.unwrap(), 2.0);
+    // Key limits: only a live key of the tenant takes them.
+    let k2 = NewApiKey {
+        id: "key_2".into(),
+        tenant_id: "ten_1".into(),
+        name: "batch".into(),
+        role: Role::Writer,
+        secret_hash: "h2".into(),
+        created_at: 5,
+        created_by: "test".into(),
+    };
+    c.create_key(&k2).await.unwrap();
+    assert!(c.key_limits("key_2").await.unwrap().is_none());
+    let l = lakeledger::platform::catalog::KeyLimits { requests_per_second: Some(0.5), burst: Some(3), max_concurrent_requests: Some(2) };
+    assert!(c.set_key_limits("ten_1", "key_2", &l, 1, "op").await.unwrap());
+    assert_eq!(c.key_limits("key_2").await.unwrap(), Some(l.clone()));
+    let lifted = lakeledger::platform::catalog::KeyLimits::default();
+    assert!(c.set_key_limits("ten_1", "key_2", &lifted, 2, "op").await.unwrap());
+    assert_eq!(c.key_limits("key_2").await.unwrap(), Some(lifted));
+    assert!(!c.set_key_limits("ten_2", "key_2", &l, 3, "op").await.unwrap(), "another tenant's key");
+    assert!(!c.set_key_limits("ten_1", "key_1", &l, 3, "op").await.unwrap(), "a revoked key");
+    assert!(!c.set_key_limits("ten_1", "key_9", &l, 3, "op").await.unwrap(), "no such key");
     assert_eq!(c.ingest_bytes("ten_1", 20_000).await.unwrap(), 0);
     c.add_ingest_bytes("ten_1", 20_000, 60).await.unwrap();
     c.add_ingest_bytes("ten_1", 20_000, 50).await.unwrap();

@@ -369,3 +369,82 @@ async fn tenant_quotas_refuse_what_is_over_them_and_say_when_to_retry() {
     assert_eq!(quotas(json!({})).await.unwrap().status(), 200);
     until_status(&s, &acme, 200, "acme-free").await;
 }
+
+/// Limits on one API key, within its tenant's: a key shared by a batch job cannot take
+/// its tenant's whole rate or all its places. The tenant's admins set them (an operator any
+/// tenant's); a key over its rate or its requests in flight is answered 429 with
+/// `Retry-After` and recorded as denied, and the tenant's other keys go on.
+#[tokio::test]
+async fn key_limits_hold_one_key_back_without_holding_up_its_tenant() {
+    let s = Server::start().await;
+    let op = s.admin_key.clone();
+    let mint = |name: &str, tenant: Option<&str>| {
+        let mut body = json!({"name": name, "role": "writer"});
+        if let Some(t) = tenant {
+            body["tenant"] = json!(t);
+        }
+        let r = s.post(&op, "/v1/keys").json(&body).send();
+        async move {
+            let v: Value = r.await.unwrap().json().await.unwrap();
+            (v["id"].as_str().unwrap().to_string(), v["secret"].as_str().unwrap().to_string())
+        }
+    };
+    let (batch_id, batch) = mint("batch", None).await;
+    let (_, other) = mint("dashboard", None).await;
+    s.create_clicks(&op).await;
+    let limits = |key: &str, id: &str, l: Value| s.client.put(s.url(&format!("/v1/keys/{id}/limits"))).bearer_auth(key).json(&l).send();
+
+    let none: Value = s.get(&op, &format!("/v1/keys/{batch_id}/limits")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(none, json!({"requests_per_second": null, "burst": null, "max_concurrent_requests": null}));
+    let (code, _) = error_code(limits(&batch, &batch_id, json!({"burst": 10})).await.unwrap(), 403).await;
+    assert_eq!(code, "forbidden", "a writer does not set limits, not even its own key's");
+    assert_eq!(error_code(limits(&op, &batch_id, json!({"burst": 0})).await.unwrap(), 422).await.0, "unprocessable");
+    assert_eq!(error_code(limits(&op, &batch_id, json!({"requests_per_secnd": 1})).await.unwrap(), 422).await.0, "unprocessable");
+    assert_eq!(error_code(limits(&op, "key_nosuch", json!({})).await.unwrap(), 404).await.0, "key_not_found");
+    // Another tenant's admin cannot see or set this tenant's keys' limits.
+    assert_eq!(s.post(&op, "/v1/tenants").json(&json!({"name": "acme"})).send().await.unwrap().status(), 201);
+    let acme = s.create_key("admin", Some("acme")).await;
+    assert_eq!(error_code(limits(&acme, &batch_id, json!({})).await.unwrap(), 404).await.0, "key_not_found");
+    assert_eq!(error_code(s.get(&acme, &format!("/v1/keys/{batch_id}/limits")).send().await.unwrap(), 404).await.0, "key_not_found");
+    // An operator sets another tenant's keys' limits by naming the tenant.
+    let (acme_key_id, _) = mint("acme batch", Some("acme")).await;
+    let r = s.client.put(s.url(&format!("/v1/keys/{acme_key_id}/limits?tenant=acme"))).bearer_auth(&op).json(&json!({"burst": 5})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A rate that barely refills, with a burst of two: two requests, then 429, while the
+    // tenant's other key is not held up.
+    let set = json!({"requests_per_second": 0.0001, "burst": 2});
+    let answered: Value = limits(&op, &batch_id, set).await.unwrap().json().await.unwrap();
+    assert_eq!(answered, json!({"requests_per_second": 0.0001, "burst": 2, "max_concurrent_requests": null}));
+    for _ in 0..2 {
+        assert_eq!(s.get(&batch, "/v1/whoami").send().await.unwrap().status(), 200);
+    }
+    let r = s.get(&batch, "/v1/whoami").header("x-request-id", "key-over-rate").send().await.unwrap();
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    let (code, message) = error_code(r, 429).await;
+    assert!(code == "quota_exceeded" && message.contains(&format!("key `{batch_id}`")) && message.contains("rate"), "{message}");
+    for _ in 0..5 {
+        assert_eq!(s.get(&other, "/v1/whoami").send().await.unwrap().status(), 200, "the tenant's other keys go on");
+    }
+    let all = wait_for_outcomes(&s, &["key-over-rate".into()]).await;
+    let o = &find(&all, "key-over-rate", "outcome").unwrap()["outcome"];
+    assert_eq!((o["status"].as_u64(), o["result"].as_str(), o["error_code"].as_str()), (Some(429), Some("denied"), Some("quota_exceeded")));
+    let set_record = all.iter().find(|r| r["kind"] == "api_key.set_limits" && r["phase"] == "outcome" && r["resource"]["name"] == batch_id.as_str());
+    assert!(set_record.is_some(), "setting a key's limits is in the ledger, naming the key");
+
+    // Requests in flight: one at a time for the batch key; the dashboard key still gets in.
+    assert_eq!(limits(&op, &batch_id, json!({"max_concurrent_requests": 1})).await.unwrap().status(), 200);
+    let held = OpenUpload::start(&s, &batch, "clicks");
+    let (refused, _) = until_status(&s, &batch, 429, "key-busy").await;
+    assert_eq!(refused["error"]["code"], "too_many_requests");
+    assert!(refused["error"]["message"].as_str().unwrap().contains(&format!("key `{batch_id}`")), "{refused}");
+    assert_eq!(s.get(&other, "/v1/whoami").send().await.unwrap().status(), 200);
+    drop(held);
+    // A bound beyond counting is no bound (not a panic in admission).
+    assert_eq!(limits(&op, &batch_id, json!({"max_concurrent_requests": i64::MAX})).await.unwrap().status(), 200);
+    until_status(&s, &batch, 200, "key-huge").await;
+    // Lifted: the key goes through again.
+    assert_eq!(limits(&op, &batch_id, json!({})).await.unwrap().status(), 200);
+    until_status(&s, &batch, 200, "key-free").await;
+}

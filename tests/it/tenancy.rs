@@ -93,6 +93,7 @@ pub fn body_for(method: &str, template: &str, o: &Objects) -> Option<(&'static s
         ("PUT", "/v1/models/{name}/aliases/{alias}") => j(json!({"version": 2})),
         ("PUT", "/v1/models/{name}/aliases/{alias}/canary") => j(json!({"version": 2, "percent": 10})),
         ("PUT", "/v1/tenants/{name}/quotas") => j(json!({"requests_per_second": 0.001})),
+        ("PUT", "/v1/keys/{id}/limits") => j(json!({"requests_per_second": 0.001})),
         _ => None,
     }
 }
@@ -113,6 +114,7 @@ async fn snapshot(s: &Server, k: &str, o: &Objects) -> Vec<(String, String)> {
         format!("/v1/spines/{}", o.spine),
         "/v1/training-jobs".into(),
         "/v1/keys".into(),
+        format!("/v1/keys/{}/limits", o.key_id),
         "/v1/tenants/default/quotas".into(),
     ];
     for p in paths {

@@ -261,6 +261,26 @@ class Client:
     def revoke_key(self, id: str) -> Dict[str, Any]:
         return self._json("DELETE", f"/v1/keys/{_q(id)}")
 
+    def key_limits(self, id: str, *, tenant: Optional[str] = None) -> Dict[str, Any]:
+        """A key's own limits (``None``: nothing beyond its tenant's)."""
+        return self._json("GET", f"/v1/keys/{_q(id)}/limits", query={"tenant": tenant})
+
+    def set_key_limits(
+        self,
+        id: str,
+        *,
+        requests_per_second: Optional[float] = None,
+        burst: Optional[int] = None,
+        max_concurrent_requests: Optional[int] = None,
+        tenant: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """Holds one key to its own request rate (a token bucket across replicas, with
+        ``burst``) and requests in flight (per replica), within its tenant's limits. Every
+        call replaces all of the key's limits; none given lifts them. A call over a limit
+        raises :class:`TooManyRequests`."""
+        body = {"requests_per_second": requests_per_second, "burst": burst, "max_concurrent_requests": max_concurrent_requests}
+        return self._json("PUT", f"/v1/keys/{_q(id)}/limits", query={"tenant": tenant}, json_body={k: v for k, v in body.items() if v is not None})
+
     # ---- feature groups ---------------------------------------------------------------
 
     def create_feature_group(

@@ -178,6 +178,22 @@ def test_training_sets_jobs_models_aliases_and_predictions(ll, wine):
     assert len(by_rows["predictions"]) == 5
 
 
+def test_a_key_over_its_own_limit_is_refused_while_its_tenant_goes_on(ll):
+    batch = ll.create_key("py-batch", "reader")
+    assert ll.key_limits(batch["id"]) == {"requests_per_second": None, "burst": None, "max_concurrent_requests": None}
+    ll.set_key_limits(batch["id"], requests_per_second=0.0001, burst=1)
+    limited = Client(ll.url, batch["secret"])
+    limited.whoami()
+    with pytest.raises(lakeledger.TooManyRequests) as refused:
+        limited.whoami()
+    assert refused.value.code == "quota_exceeded" and batch["id"] in refused.value.message
+    assert refused.value.retry_after and refused.value.retry_after >= 1
+    ll.whoami()  # the tenant's other keys are not held up
+    ll.set_key_limits(batch["id"])  # lifted
+    with pytest.raises(lakeledger.Unprocessable):
+        ll.set_key_limits(batch["id"], burst=0)
+
+
 def test_the_audit_trail_exports_and_verifies_and_a_tampered_package_fails(ll, rides, tmp_path):
     auditor = Client(ll.url, ll.create_key("py-auditor", "auditor")["secret"])
     page = auditor.audit_records(action="data.write", limit=10)

@@ -13,7 +13,7 @@ use super::error::ErrorBody;
 use super::state::AppState;
 use crate::error::Result;
 use crate::identity::{CreateKey, MintedKey, Principal};
-use crate::platform::catalog::{ApiKey, Quotas, Tenant};
+use crate::platform::catalog::{ApiKey, KeyLimits, Quotas, Tenant};
 
 /// The caller's identity as the server sees it.
 #[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Principal), (status = 401, body = ErrorBody)))]
@@ -73,6 +73,39 @@ pub async fn list_keys(State(state): State<AppState>, Caller(p): Caller, Query(q
 pub async fn revoke_key(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>, Query(q): Query<TenantParam>) -> Result<StatusCode> {
     state.identity.revoke_key(&p, &id, q.tenant.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A key's own limits (`null`: none beyond its tenant's). Admins read their tenant's keys'
+/// limits; operators any tenant's, named by `tenant`.
+#[utoipa::path(get, path = "/v1/keys/{id}/limits", params(("id" = String, Path), TenantParam),
+    responses((status = 200, body = KeyLimits), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_key_limits(State(state): State<AppState>, Caller(p): Caller, Path(id): Path<String>, Query(q): Query<TenantParam>) -> Result<(Extension<AuditFacts>, axum::Json<KeyLimits>)> {
+    let t = state.identity.key_tenant(&p, &id, q.tenant.as_deref(), "read key limits").await?;
+    Ok((in_tenant(&t.name, &id), axum::Json(state.quotas.of_key_id(&id).await?)))
+}
+
+/// Sets a key's own limits, within its tenant's (which still apply): request rate and
+/// burst across replicas, requests in flight per replica. A key shared by a batch job or
+/// a dashboard then cannot take its whole tenant's share. Admins set their tenant's keys'
+/// limits; operators any tenant's, named by `tenant`. Over a limit: 429 with `Retry-After`,
+/// recorded as denied. Bearer tokens are held to their tenant's limits only.
+#[utoipa::path(put, path = "/v1/keys/{id}/limits", params(("id" = String, Path), TenantParam), request_body = KeyLimits,
+    responses((status = 200, body = KeyLimits), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_key_limits(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<TenantParam>,
+    ApiJson(l): ApiJson<KeyLimits>,
+) -> Result<(Extension<AuditFacts>, axum::Json<KeyLimits>)> {
+    let t = state.identity.key_tenant(&p, &id, q.tenant.as_deref(), "set key limits").await?;
+    if !state.quotas.set_key(&t.id, &id, &l, &p.actor()).await? {
+        // Revoked in between.
+        return Err(crate::error::Error::NotFound { kind: "key", name: id });
+    }
+    let mut facts = in_tenant(&t.name, &id);
+    facts.0.details.push(("limits".into(), serde_json::to_string(&l).unwrap_or_default()));
+    Ok((facts, axum::Json(l)))
 }
 
 /// A tenant's limits (`null`: the server's default). Operators read any tenant's; a

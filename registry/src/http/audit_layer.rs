@@ -70,6 +70,8 @@ pub fn action(method: &str, route: &str) -> &'static str {
         ("POST", "/v1/keys") => "api_key.create",
         ("GET", "/v1/keys") => "api_key.list",
         ("DELETE", "/v1/keys/{id}") => "api_key.revoke",
+        ("GET", "/v1/keys/{id}/limits") => "api_key.limits",
+        ("PUT", "/v1/keys/{id}/limits") => "api_key.set_limits",
         ("POST", "/v1/feature-groups") => "feature_group.create",
         ("GET", "/v1/feature-groups") => "feature_group.list",
         ("GET", "/v1/feature-groups/{name}") => "feature_group.get",
@@ -364,15 +366,16 @@ async fn admit_and_run(
     admitted: &mut Option<Admitted>,
 ) -> Response {
     if !is_public(route) {
-        // A tenant over its request rate is refused before it takes a place.
-        let tenant_limit = match principal {
+        // A key or tenant over its request rate is refused before it takes a place.
+        let limits = match principal {
             Some(p) => match state.quotas.admit_request(p).await {
-                Ok(limit) => limit,
+                Ok(limits) => Some(limits),
                 Err(e) => return e.into_response(),
             },
             None => None,
         };
-        match state.admission.admit(principal.map(|p| (p.tenant_id.as_str(), p.tenant.as_str())), tenant_limit) {
+        let caller = principal.zip(limits.as_ref()).map(|(p, l)| l.caller(p));
+        match state.admission.admit(caller) {
             Ok(a) => *admitted = Some(a),
             Err(e) => return e.into_response(),
         }

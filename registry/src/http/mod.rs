@@ -111,6 +111,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/tenants/{name}/quotas", get(admin::get_quotas).put(admin::set_quotas))
         .route("/v1/keys", post(admin::create_key).get(admin::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/v1/keys/{id}/limits", get(admin::get_key_limits).put(admin::set_key_limits))
         .route("/v1/feature-groups", post(feature_groups::create).get(feature_groups::list))
         .route("/v1/feature-groups/{name}", get(feature_groups::get).patch(feature_groups::update))
         .route("/v1/feature-groups/{name}/schema", put(feature_groups::evolve))

@@ -10,7 +10,7 @@ use super::{admin, audit, feature_groups, inference, models, ops, serving, sql, 
     info(title = "lakeledger", description = "Audit-grade lakehouse feature store and model registry"),
     paths(
         ops::healthz, ops::readyz, ops::metrics,
-        admin::whoami, admin::create_tenant, admin::list_tenants, admin::get_quotas, admin::set_quotas, admin::create_key, admin::list_keys, admin::revoke_key,
+        admin::whoami, admin::create_tenant, admin::list_tenants, admin::get_quotas, admin::set_quotas, admin::get_key_limits, admin::set_key_limits, admin::create_key, admin::list_keys, admin::revoke_key,
         feature_groups::create, feature_groups::list, feature_groups::get, feature_groups::update,
         feature_groups::evolve, feature_groups::archive, feature_groups::versions,
         feature_groups::ingest, feature_groups::read, feature_groups::vacuum,

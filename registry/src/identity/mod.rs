@@ -172,6 +172,14 @@ impl Identity {
         self.catalog.list_keys(&tenant.id).await
     }
 
+    /// The tenant of a live key the caller may manage: its own tenant's (admins), or the
+    /// named tenant's (operators). A key elsewhere is not found.
+    pub async fn key_tenant(&self, p: &Principal, id: &str, tenant: Option<&str>, action: &str) -> Result<Tenant> {
+        let tenant = self.target_tenant(p, tenant, action).await?;
+        let live = self.catalog.list_keys(&tenant.id).await?.into_iter().any(|k| k.id == id && k.revoked_at.is_none());
+        if live { Ok(tenant) } else { Err(not_here(&self.catalog, Held::Key, "key", id, &tenant.id).await?) }
+    }
+
     /// Revokes a key; it stops working here at once, and on other replicas as soon as
     /// they hear of it.
     pub async fn revoke_key(&self, p: &Principal, id: &str, tenant: Option<&str>) -> Result<()> {

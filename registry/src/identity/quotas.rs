@@ -1,10 +1,11 @@
 //! Per-tenant limits an operator sets: request rate, requests and SQL queries in flight,
-//! bytes ingested per day, bytes stored, training jobs at once. Over a limit the request is refused
-//! with 429, `Retry-After` and the error body, and recorded as denied.
+//! bytes ingested per day, bytes stored, training jobs at once; and per API key, limits its
+//! tenant's admins set within those: request rate and requests in flight. Over a limit the
+//! request is refused with 429, `Retry-After` and the error body, and recorded as denied.
 //!
 //! Where each limit is counted, and why:
-//! - the request rate, in a token bucket per tenant kept in the catalog (Postgres in a
-//!   deployment of replicas); each replica claims tokens in batches of a tenth of a
+//! - request rates, in token buckets per tenant and per key kept in the catalog (Postgres
+//!   in a deployment of replicas); each replica claims tokens in batches of a tenth of a
 //!   second's worth, so a request rarely waits on the database, and the rate holds across
 //!   replicas (over by at most a batch per replica);
 //! - bytes ingested per day and jobs at once, in the catalog: they change rarely;
@@ -24,7 +25,8 @@ use lakeledger_query::tables::TableStore;
 
 use super::Principal;
 use crate::error::{Error, Result};
-use crate::platform::catalog::{Quotas, SharedCatalog};
+use crate::platform::admission::Caller;
+use crate::platform::catalog::{KeyLimits, Quotas, SharedCatalog};
 use crate::platform::time::now_micros;
 
 /// How long a tenant's limits are used before being read from the catalog again (a change
@@ -44,8 +46,10 @@ pub struct Limits {
     /// Bytes each tenant's area held when last measured.
     stored: Mutex<HashMap<String, (u64, Instant)>>,
     quotas: Mutex<HashMap<String, (Quotas, Instant)>>,
-    /// Tokens this replica has claimed and not yet spent, per tenant (each tenant its own
-    /// lock, so one tenant's claim from the catalog never holds up another's requests).
+    key_limits: Mutex<HashMap<String, (KeyLimits, Instant)>>,
+    /// Tokens this replica has claimed and not yet spent, per bucket (`tenant:<id>`,
+    /// `key:<id>`; each its own lock, so one bucket's claim from the catalog never holds up
+    /// another's requests).
     tokens: Mutex<HashMap<String, Arc<tokio::sync::Mutex<f64>>>>,
     /// Query slots per tenant: (limit, semaphore).
     queries: Mutex<HashMap<String, (i64, Arc<Semaphore>)>>,
@@ -58,7 +62,15 @@ fn over(message: String, retry_after_secs: u64) -> Error {
 
 impl Limits {
     pub fn new(catalog: SharedCatalog, tables: TableStore) -> Arc<Limits> {
-        Arc::new(Limits { catalog, tables, stored: Default::default(), quotas: Default::default(), tokens: Default::default(), queries: Default::default() })
+        Arc::new(Limits {
+            catalog,
+            tables,
+            stored: Default::default(),
+            quotas: Default::default(),
+            key_limits: Default::default(),
+            tokens: Default::default(),
+            queries: Default::default(),
+        })
     }
 
     /// The tenant's limits (cached for a few seconds).
@@ -115,26 +127,77 @@ impl Limits {
         Ok(changed)
     }
 
-    /// Admits one request of the caller's tenant: takes a request token if it has a rate
-    /// limit, and returns how many requests it may have in flight here, if an operator set
-    /// that (one read of the tenant's limits per request).
-    pub async fn admit_request(&self, p: &Principal) -> Result<Option<usize>> {
+    /// A key's own limits (cached for a few seconds, like a tenant's). Bearer tokens have
+    /// none: their subjects are held to their tenant's limits.
+    pub async fn of_key(&self, p: &Principal) -> Result<KeyLimits> {
+        if p.auth_method != "api_key" {
+            return Ok(KeyLimits::default());
+        }
+        self.of_key_id(&p.key_id).await
+    }
+
+    /// The limits of the key with this id (cached for a few seconds).
+    pub async fn of_key_id(&self, key_id: &str) -> Result<KeyLimits> {
+        if let Some((l, at)) = self.key_limits.lock().expect("key limit cache").get(key_id)
+            && at.elapsed() < QUOTAS_TTL
+        {
+            return Ok(l.clone());
+        }
+        let l = self.catalog.key_limits(key_id).await?.unwrap_or_default();
+        self.key_limits.lock().expect("key limit cache").insert(key_id.to_string(), (l.clone(), Instant::now()));
+        Ok(l)
+    }
+
+    /// Sets the limits of a live key of `tenant_id` (its admins or an operator; checked
+    /// by the caller); false when the tenant has no such key.
+    pub async fn set_key(&self, tenant_id: &str, key_id: &str, l: &KeyLimits, by: &str) -> Result<bool> {
+        check_rate(l.requests_per_second, l.burst)?;
+        if l.max_concurrent_requests.is_some_and(|n| n < 1) {
+            return Err(Error::Unprocessable("max_concurrent_requests must be at least 1".into()));
+        }
+        if !self.catalog.set_key_limits(tenant_id, key_id, l, now_micros(), by).await? {
+            return Ok(false);
+        }
+        self.key_limits.lock().expect("key limit cache").insert(key_id.to_string(), (l.clone(), Instant::now()));
+        Ok(true)
+    }
+
+    /// Admits one request: takes a request token from the caller's key and then its
+    /// tenant, where they have a rate (a key over its own rate spends none of its tenant's),
+    /// and says how many requests each may have in flight here, where that is set.
+    pub async fn admit_request(&self, p: &Principal) -> Result<InFlightLimits> {
+        let key = self.of_key(p).await?;
+        if let Some(rate) = key.requests_per_second {
+            self.take_token(&format!("key:{}", p.key_id), rate, key.burst, || format!("key `{}` is over its rate of {rate} requests per second", p.key_id))
+                .await?;
+        }
         let q = self.of(&p.tenant_id).await?;
-        let in_flight = q.max_concurrent_requests.map(|n| n.max(1) as usize);
-        let Some(rate) = q.requests_per_second else { return Ok(in_flight) };
-        let burst = q.burst.map(|b| b as f64).unwrap_or(rate.max(1.0));
-        let bucket = self.tokens.lock().expect("token buckets").entry(p.tenant_id.clone()).or_default().clone();
-        let mut held = bucket.lock().await;
+        if let Some(rate) = q.requests_per_second {
+            self.take_token(&format!("tenant:{}", p.tenant_id), rate, q.burst, || {
+                format!("tenant `{}` is over its rate of {rate} requests per second", p.tenant)
+            })
+            .await?;
+        }
+        let bound = |n: Option<i64>| n.map(|n| n.max(1) as usize);
+        Ok(InFlightLimits { tenant: bound(q.max_concurrent_requests), key: bound(key.max_concurrent_requests) })
+    }
+
+    /// Takes one token from `bucket`, claiming a batch from the catalog when this replica
+    /// holds none; refused (429, retry after the time one token takes) when it is empty.
+    async fn take_token(&self, bucket: &str, rate: f64, burst: Option<i64>, refusal: impl FnOnce() -> String) -> Result<()> {
+        let burst = burst.map(|b| b as f64).unwrap_or(rate.max(1.0));
+        let held = self.tokens.lock().expect("token buckets").entry(bucket.to_string()).or_default().clone();
+        let mut held = held.lock().await;
         if *held < 1.0 {
             let batch = (rate / 10.0).max(1.0).min(burst);
-            *held += self.catalog.claim_rate_tokens(&p.tenant_id, rate, burst, batch, now_micros()).await?;
+            *held += self.catalog.claim_rate_tokens(bucket, rate, burst, batch, now_micros()).await?;
         }
         if *held < 1.0 {
             let wait = if rate > 0.0 { (1.0 / rate).ceil() as u64 } else { 60 };
-            return Err(over(format!("tenant `{}` is over its rate of {rate} requests per second", p.tenant), wait.max(1)));
+            return Err(over(refusal(), wait.max(1)));
         }
         *held -= 1.0;
-        Ok(in_flight)
+        Ok(())
     }
 
     /// Refuses an ingest once the tenant has ingested its bytes for the day.
@@ -164,12 +227,14 @@ impl Limits {
     /// sent; `None` when the tenant has no such limit.
     pub async fn admit_query(&self, p: &Principal) -> Result<Option<OwnedSemaphorePermit>> {
         let Some(limit) = self.of(&p.tenant_id).await?.max_concurrent_queries else { return Ok(None) };
+        // A limit beyond what a semaphore can count is no limit (and no panic).
+        let slots = usize::try_from(limit.max(1)).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         let semaphore = {
             let mut queries = self.queries.lock().expect("query slots");
-            let entry = queries.entry(p.tenant_id.clone()).or_insert_with(|| (limit, Arc::new(Semaphore::new(limit.max(1) as usize))));
+            let entry = queries.entry(p.tenant_id.clone()).or_insert_with(|| (limit, Arc::new(Semaphore::new(slots))));
             // A changed limit takes effect for new queries; running ones keep their slots.
             if entry.0 != limit {
-                *entry = (limit, Arc::new(Semaphore::new(limit.max(1) as usize)));
+                *entry = (limit, Arc::new(Semaphore::new(slots)));
             }
             entry.1.clone()
         };
@@ -211,13 +276,35 @@ impl Limits {
     }
 }
 
+/// How many requests a caller may have in flight on this replica, by its tenant's and its
+/// key's limits (`None`: the server's default for tenants, no bound of its own for keys).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlightLimits {
+    pub tenant: Option<usize>,
+    pub key: Option<usize>,
+}
+
+impl InFlightLimits {
+    /// The caller as admission sees it.
+    pub fn caller<'a>(&self, p: &'a Principal) -> Caller<'a> {
+        Caller { tenant_id: &p.tenant_id, tenant: &p.tenant, tenant_limit: self.tenant, key: self.key.map(|n| (p.key_id.as_str(), n)) }
+    }
+}
+
+fn check_rate(rate: Option<f64>, burst: Option<i64>) -> Result<()> {
+    if rate.is_some_and(|r| !(r.is_finite() && r >= 0.0)) {
+        return Err(Error::Unprocessable("requests_per_second must be a number of at least 0".into()));
+    }
+    if burst.is_some_and(|b| b < 1) {
+        return Err(Error::Unprocessable("burst must be at least 1".into()));
+    }
+    Ok(())
+}
+
 fn check(q: &Quotas) -> Result<()> {
     let bad = |what: &str| Err(Error::Unprocessable(what.to_string()));
-    if q.requests_per_second.is_some_and(|r| !(r.is_finite() && r >= 0.0)) {
-        return bad("requests_per_second must be a number of at least 0");
-    }
+    check_rate(q.requests_per_second, q.burst)?;
     for (name, v, min) in [
-        ("burst", q.burst, 1),
         ("max_concurrent_requests", q.max_concurrent_requests, 1),
         ("ingest_bytes_per_day", q.ingest_bytes_per_day, 0),
         ("max_concurrent_queries", q.max_concurrent_queries, 1),

@@ -137,12 +137,12 @@ impl Recorder {
                 return Err(call.fail(e));
             }
         };
-        // A tenant over its request rate is refused before it takes a place.
-        let tenant_limit = match self.quotas.admit_request(&principal).await {
-            Ok(limit) => limit,
+        // A key or tenant over its request rate is refused before it takes a place.
+        let limits = match self.quotas.admit_request(&principal).await {
+            Ok(limits) => limits,
             Err(e) => return Err(call.fail(e)),
         };
-        match self.admission.admit(Some((&principal.tenant_id, &principal.tenant)), tenant_limit) {
+        match self.admission.admit(Some(limits.caller(&principal))) {
             Ok(a) => call.admitted = Some(a),
             Err(e) => return Err(call.fail(e)),
         }

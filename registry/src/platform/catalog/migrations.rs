@@ -20,6 +20,7 @@ pub(super) const SQLITE: &[File] = &[
     (5, "job leases", include_str!("../../../../migrations/sqlite/0005_job_leases.sql")),
     (6, "quotas", include_str!("../../../../migrations/sqlite/0006_quotas.sql")),
     (7, "stored bytes", include_str!("../../../../migrations/sqlite/0007_stored_bytes.sql")),
+    (8, "key limits", include_str!("../../../../migrations/sqlite/0008_key_limits.sql")),
 ];
 
 pub(super) const POSTGRES: &[File] = &[
@@ -30,6 +31,7 @@ pub(super) const POSTGRES: &[File] = &[
     (5, "job leases", include_str!("../../../../migrations/postgres/0005_job_leases.sql")),
     (6, "quotas", include_str!("../../../../migrations/postgres/0006_quotas.sql")),
     (7, "stored bytes", include_str!("../../../../migrations/postgres/0007_stored_bytes.sql")),
+    (8, "key limits", include_str!("../../../../migrations/postgres/0008_key_limits.sql")),
 ];
 
 /// The same migrator `sqlx::migrate!` would build from the folder: same versions,

@@ -269,6 +269,21 @@ pub struct Quotas {
     pub max_stored_bytes: Option<i64>,
 }
 
+/// Limits on one API key, within its tenant's; `None`: no limit of the key's own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimits {
+    /// Requests per second with this key across all replicas (a token bucket)...
+    #[schema(minimum = 0.0)]
+    pub requests_per_second: Option<f64>,
+    /// ... with this many at once above the rate (default: one second's worth).
+    #[schema(minimum = 1)]
+    pub burst: Option<i64>,
+    /// Requests with this key in flight at once (per replica).
+    #[schema(minimum = 1)]
+    pub max_concurrent_requests: Option<i64>,
+}
+
 /// What an idempotency key holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyRecord {
@@ -401,9 +416,13 @@ pub trait Catalog: Send + Sync + 'static {
     /// The tenant's limits, if an operator set any.
     async fn tenant_quotas(&self, tenant_id: &str) -> Result<Option<Quotas>>;
     async fn set_tenant_quotas(&self, tenant_id: &str, q: &Quotas, at: i64, by: &str) -> Result<()>;
-    /// Takes up to `want` request tokens from the tenant's shared bucket (refilled at
-    /// `rate` per second up to `burst`) as of `now` (microseconds); returns how many.
-    async fn claim_rate_tokens(&self, tenant_id: &str, rate: f64, burst: f64, want: f64, now: i64) -> Result<f64>;
+    /// Takes up to `want` request tokens from a shared bucket (`tenant:<id>` or
+    /// `key:<id>`; refilled at `rate` per second up to `burst`) as of `now`
+    /// (microseconds); returns how many.
+    async fn claim_rate_tokens(&self, bucket: &str, rate: f64, burst: f64, want: f64, now: i64) -> Result<f64>;
+    async fn key_limits(&self, key_id: &str) -> Result<Option<KeyLimits>>;
+    /// Sets a key's limits; false when the tenant has no such live key.
+    async fn set_key_limits(&self, tenant_id: &str, key_id: &str, limits: &KeyLimits, at: i64, by: &str) -> Result<bool>;
     /// Bytes the tenant ingested on `day` (days since the epoch, UTC).
     async fn ingest_bytes(&self, tenant_id: &str, day: i64) -> Result<i64>;
     async fn add_ingest_bytes(&self, tenant_id: &str, day: i64, bytes: i64) -> Result<()>;

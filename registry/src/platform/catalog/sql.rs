@@ -548,29 +548,65 @@ macro_rules! sql_catalog {
                 Ok(())
             }
 
-            async fn claim_rate_tokens(&self, tenant_id: &str, rate: f64, burst: f64, want: f64, now: i64) -> Result<f64> {
+            async fn claim_rate_tokens(&self, bucket: &str, rate: f64, burst: f64, want: f64, now: i64) -> Result<f64> {
                 let mut tx = self.begin_write().await?;
                 sqlx::query(
-                    "INSERT INTO tenant_rate_buckets (tenant_id, tokens, updated_at) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING",
+                    "INSERT INTO rate_buckets (bucket, tokens, updated_at) VALUES ($1, $2, $3) ON CONFLICT (bucket) DO NOTHING",
                 )
-                .bind(tenant_id)
+                .bind(bucket)
                 .bind(burst)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                let row = sqlx::query($lock_bucket).bind(tenant_id).fetch_one(&mut *tx).await?;
+                let row = sqlx::query($lock_bucket).bind(bucket).fetch_one(&mut *tx).await?;
                 let (tokens, updated): (f64, i64) = (row.try_get("tokens")?, row.try_get("updated_at")?);
                 let elapsed = (now - updated).max(0) as f64 / 1e6;
                 let available = (tokens + elapsed * rate).min(burst);
                 let granted = available.min(want).max(0.0);
-                sqlx::query("UPDATE tenant_rate_buckets SET tokens = $2, updated_at = $3 WHERE tenant_id = $1")
-                    .bind(tenant_id)
+                sqlx::query("UPDATE rate_buckets SET tokens = $2, updated_at = $3 WHERE bucket = $1")
+                    .bind(bucket)
                     .bind(available - granted)
                     .bind(now.max(updated))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
                 Ok(granted)
+            }
+
+            async fn key_limits(&self, key_id: &str) -> Result<Option<KeyLimits>> {
+                let row = sqlx::query("SELECT requests_per_second, burst, max_concurrent_requests FROM key_limits WHERE key_id = $1")
+                    .bind(key_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| -> Result<KeyLimits> {
+                    Ok(KeyLimits {
+                        requests_per_second: r.try_get("requests_per_second")?,
+                        burst: r.try_get("burst")?,
+                        max_concurrent_requests: r.try_get("max_concurrent_requests")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn set_key_limits(&self, tenant_id: &str, key_id: &str, l: &KeyLimits, at: i64, by: &str) -> Result<bool> {
+                // Only a live key of the tenant takes limits: the insert selects it.
+                let n = sqlx::query(
+                    "INSERT INTO key_limits (key_id, requests_per_second, burst, max_concurrent_requests, updated_at, updated_by) \
+                     SELECT id, $3, $4, $5, $6, $7 FROM api_keys WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL \
+                     ON CONFLICT (key_id) DO UPDATE SET requests_per_second = $3, burst = $4, max_concurrent_requests = $5, \
+                     updated_at = $6, updated_by = $7",
+                )
+                .bind(key_id)
+                .bind(tenant_id)
+                .bind(l.requests_per_second)
+                .bind(l.burst)
+                .bind(l.max_concurrent_requests)
+                .bind(at)
+                .bind(by)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
             }
 
             async fn ingest_bytes(&self, tenant_id: &str, day: i64) -> Result<i64> {
@@ -1041,7 +1077,7 @@ sql_catalog!(
     "sqlite",
     "BEGIN IMMEDIATE",
     "SELECT id FROM feature_groups WHERE id = $1",
-    "SELECT tokens, updated_at FROM tenant_rate_buckets WHERE tenant_id = $1",
+    "SELECT tokens, updated_at FROM rate_buckets WHERE bucket = $1",
     ""
 );
 sql_catalog!(
@@ -1050,7 +1086,7 @@ sql_catalog!(
     "postgres",
     "BEGIN",
     "SELECT id FROM feature_groups WHERE id = $1 FOR UPDATE",
-    "SELECT tokens, updated_at FROM tenant_rate_buckets WHERE tenant_id = $1 FOR UPDATE",
+    "SELECT tokens, updated_at FROM rate_buckets WHERE bucket = $1 FOR UPDATE",
     " FOR UPDATE SKIP LOCKED"
 );
 
