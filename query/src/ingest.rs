@@ -786,19 +786,40 @@ pub(crate) fn key_rows(batch: &RecordBatch, key_columns: &[String]) -> Result<ar
     Ok(converter.convert_columns(&columns)?)
 }
 
+/// Finds rows sharing entity keys and event time across the batches of one upsert, as
+/// they come; holds the encoded keys of every row seen (not the rows).
+pub struct DuplicateFinder {
+    key_columns: Vec<String>,
+    seen: HashMap<Vec<u8>, u64>,
+    rows: u64,
+}
+
+impl DuplicateFinder {
+    pub fn new(schema: &FeatureSchema) -> DuplicateFinder {
+        let mut key_columns: Vec<String> = schema.entity_keys.iter().map(|k| k.name.clone()).collect();
+        key_columns.push(schema.event_time.clone());
+        DuplicateFinder { key_columns, seen: HashMap::new(), rows: 0 }
+    }
+
+    /// The first pair of rows (numbered from 1 across all batches) sharing keys, if
+    /// `batch` holds the second of one.
+    pub fn check(&mut self, batch: &RecordBatch) -> Result<Option<(u64, u64)>> {
+        for r in key_rows(batch, &self.key_columns)?.iter() {
+            self.rows += 1;
+            if let Some(first) = self.seen.insert(r.as_ref().to_vec(), self.rows) {
+                return Ok(Some((first, self.rows)));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Finds the first pair of rows sharing entity keys and event time across `batches`.
 pub fn find_duplicate_keys(batches: &[RecordBatch], schema: &FeatureSchema) -> Result<Option<(u64, u64)>> {
-    let mut cols: Vec<String> = schema.entity_keys.iter().map(|k| k.name.clone()).collect();
-    cols.push(schema.event_time.clone());
-    let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
-    let mut row_no = 0u64;
+    let mut finder = DuplicateFinder::new(schema);
     for batch in batches {
-        let rows = key_rows(batch, &cols)?;
-        for r in rows.iter() {
-            row_no += 1;
-            if let Some(first) = seen.insert(r.as_ref().to_vec(), row_no) {
-                return Ok(Some((first, row_no)));
-            }
+        if let Some(pair) = finder.check(batch)? {
+            return Ok(Some(pair));
         }
     }
     Ok(None)

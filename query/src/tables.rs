@@ -60,6 +60,9 @@ impl WriteMode {
 pub struct TableStore {
     root: Url,
     storage_options: HashMap<String, String>,
+    /// Where upserts spool their rows until the merge (the system's temporary directory
+    /// unless set).
+    spool_dir: Option<std::path::PathBuf>,
 }
 
 /// Registers the object-store schemes compiled into this build. Idempotent.
@@ -97,7 +100,7 @@ impl TableStore {
                 )))
             }
         }
-        Ok(TableStore { root, storage_options })
+        Ok(TableStore { root, storage_options, spool_dir: None })
     }
 
     pub fn root(&self) -> &Url {
@@ -165,14 +168,33 @@ impl TableStore {
         }
     }
 
-    /// Starts a write. Rows are encoded to Parquet files as they arrive; nothing is
-    /// visible until [`StagedWrite::commit`] succeeds.
+    /// Upserts spool their rows under `dir` (a local directory of this process's own)
+    /// until the merge. Spool files an earlier process left there (it was killed during an
+    /// upsert) are removed now.
+    pub fn with_spool_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        let dir = dir.into();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(SPOOL_PREFIX) && name.ends_with(".parquet") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        self.spool_dir = Some(dir);
+        self
+    }
+
+    /// Starts a write. Rows are encoded to Parquet files as they arrive (an upsert's to a
+    /// local spool file its merge reads); nothing is visible until [`StagedWrite::commit`]
+    /// succeeds.
     pub fn begin_write(&self, table: &DeltaTable, schema: &FeatureSchema, mode: WriteMode) -> Result<StagedWrite> {
-        let writer = match mode {
-            WriteMode::Upsert => None,
-            _ => Some(RecordBatchWriter::for_table(table)?),
+        let (writer, spool) = match mode {
+            WriteMode::Upsert => (None, Some(UpsertSpool::new(self.spool_dir.as_deref(), schema)?)),
+            _ => (Some(RecordBatchWriter::for_table(table)?), None),
         };
-        Ok(StagedWrite { writer, mode, schema: schema.clone(), rows: 0, held: Vec::new() })
+        Ok(StagedWrite { writer, mode, schema: schema.clone(), rows: 0, spool })
     }
 
     /// Adds nullable feature columns, producing a new version.
@@ -316,8 +338,65 @@ pub struct StagedWrite {
     mode: WriteMode,
     schema: FeatureSchema,
     rows: u64,
-    /// Upserts hold their rows: the merge joins them against the table in one pass.
-    held: Vec<RecordBatch>,
+    /// An upsert's rows, on local disk: the merge joins them against the table in one pass.
+    spool: Option<UpsertSpool>,
+}
+
+const SPOOL_PREFIX: &str = "upsert-";
+
+/// The rows of an upsert, written to a local Parquet file as they arrive (so a large
+/// upsert is not held in memory until its merge), with the entity keys and event time of
+/// every row seen so far: two rows sharing them are refused as soon as the second arrives.
+struct UpsertSpool {
+    /// Removed when the write ends, committed or not.
+    path: tempfile::TempPath,
+    file: Option<std::fs::File>,
+    writer: Option<parquet::arrow::ArrowWriter<std::fs::File>>,
+    duplicates: crate::ingest::DuplicateFinder,
+}
+
+impl UpsertSpool {
+    fn new(dir: Option<&std::path::Path>, schema: &FeatureSchema) -> Result<UpsertSpool> {
+        let spool_err = |e: std::io::Error| Error::Storage(format!("could not create the upsert's spool file: {e}"));
+        let named = match dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(spool_err)?;
+                tempfile::Builder::new().prefix(SPOOL_PREFIX).suffix(".parquet").tempfile_in(d)
+            }
+            None => tempfile::Builder::new().prefix(SPOOL_PREFIX).suffix(".parquet").tempfile(),
+        }
+        .map_err(spool_err)?;
+        let (file, path) = named.into_parts();
+        Ok(UpsertSpool { path, file: Some(file), writer: None, duplicates: crate::ingest::DuplicateFinder::new(schema) })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if let Some((first, second)) = self.duplicates.check(batch)? {
+            return Err(Error::DuplicateKey { first, second });
+        }
+        if self.writer.is_none() {
+            // Uncompressed: the file lives only until the merge has read it once.
+            let props = parquet::file::properties::WriterProperties::builder().set_compression(parquet::basic::Compression::UNCOMPRESSED).build();
+            let file = self.file.take().expect("the spool file is opened once");
+            self.writer = Some(parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(spool_failed)?);
+        }
+        self.writer.as_mut().expect("opened above").write(batch).map_err(spool_failed)
+    }
+
+    /// Finishes the file; `None` when no row came.
+    fn finish(&mut self) -> Result<Option<&std::path::Path>> {
+        match self.writer.take() {
+            None => Ok(None),
+            Some(w) => {
+                w.close().map_err(spool_failed)?;
+                Ok(Some(&self.path))
+            }
+        }
+    }
+}
+
+fn spool_failed(e: parquet::errors::ParquetError) -> Error {
+    Error::Storage(format!("writing the upsert's spool file failed: {e}"))
 }
 
 impl StagedWrite {
@@ -327,12 +406,11 @@ impl StagedWrite {
 
     pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
-        match self.writer.as_mut() {
-            Some(w) => w.write(batch).await.map_err(classify),
-            None => {
-                self.held.push(batch);
-                Ok(())
-            }
+        match (self.writer.as_mut(), self.spool.as_mut()) {
+            (Some(w), _) => w.write(batch).await.map_err(classify),
+            // Encoded and written to a local file in place, as the writer above encodes.
+            (None, Some(spool)) => spool.write(&batch),
+            (None, None) => unreachable!("every write has a writer or a spool"),
         }
     }
 
@@ -351,7 +429,10 @@ impl StagedWrite {
         let rows = self.rows;
         match self.mode {
             WriteMode::Upsert => {
-                let version = upsert(table, &self.schema, std::mem::take(&mut self.held), meta).await?;
+                let mut spool = self.spool.take().expect("an upsert spools its rows");
+                let source = spool.finish()?.map(|p| p.to_path_buf());
+                let version = upsert(table, &self.schema, source.as_deref(), meta).await?;
+                drop(spool);
                 Ok(CommitOutcome { version, rows })
             }
             WriteMode::Append | WriteMode::Overwrite => {
@@ -400,13 +481,18 @@ async fn delete_files(table: &DeltaTable, adds: &[Add]) {
     }
 }
 
-/// MERGE on entity keys + event time: matching rows are replaced, others inserted.
-async fn upsert(table: DeltaTable, schema: &FeatureSchema, batches: Vec<RecordBatch>, meta: CommitMeta) -> Result<i64> {
-    if let Some((first, second)) = crate::ingest::find_duplicate_keys(&batches, schema)? {
-        return Err(Error::DuplicateKey { first, second });
-    }
+/// MERGE on entity keys + event time: matching rows are replaced, others inserted. The
+/// rows come from the spool file at `source` (already checked to be unique on those keys);
+/// `None`: there are none.
+async fn upsert(table: DeltaTable, schema: &FeatureSchema, source: Option<&std::path::Path>, meta: CommitMeta) -> Result<i64> {
     let ctx = SessionContext::new();
-    let source = ctx.read_batches(batches)?;
+    let source = match source {
+        Some(path) => {
+            let path = path.to_str().ok_or_else(|| Error::Storage(format!("the spool path {} is not UTF-8", path.display())))?;
+            ctx.read_parquet(path, datafusion::prelude::ParquetReadOptions::default()).await?
+        }
+        None => ctx.read_batches(Vec::<RecordBatch>::new())?,
+    };
     let mut key_cols: Vec<String> = schema.entity_keys.iter().map(|k| k.name.clone()).collect();
     key_cols.push(schema.event_time.clone());
     let predicate = key_cols

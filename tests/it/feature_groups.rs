@@ -135,6 +135,47 @@ async fn bad_rows_are_refused_with_column_type_and_row_and_nothing_is_written() 
         e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")
     });
     assert_eq!(parquet_files.count(), 0);
+    assert!(no_spool_files(&s), "the refused upsert's spool file is gone");
+}
+
+/// Upserts spool their rows under `<data-dir>/tmp` until the merge; none outlives its request.
+fn no_spool_files(s: &Server) -> bool {
+    std::fs::read_dir(s.data_dir.join("tmp"))
+        .map(|d| d.flatten().all(|e| !e.file_name().to_string_lossy().starts_with("upsert-")))
+        .unwrap_or(true)
+}
+
+/// An upsert larger than one decoded batch: its rows go to a spool file on disk as they
+/// arrive, duplicates are found across batches (named by row), and the merge replaces and
+/// inserts exactly as for a small one.
+#[tokio::test]
+async fn a_large_upsert_spools_to_disk_and_merges_every_batch() {
+    let s = Server::start().await;
+    let k = s.admin_key.clone();
+    s.create_clicks(&k).await;
+    let n = 50_000;
+    let rows = |from: usize, to: usize, clicks: usize| -> String {
+        (from..to).map(|i| format!("{{\"user_id\":{i},\"ts\":\"2026-01-01T00:00:00Z\",\"clicks\":{clicks}}}\n")).collect()
+    };
+    let ndjson = |body: String| s.post(&k, "/v1/feature-groups/clicks/data?mode=upsert").header("content-type", "application/x-ndjson").body(body).send();
+    assert_eq!(ndjson(rows(0, n, 1)).await.unwrap().status(), 201);
+    // Half replaced, half new.
+    let r = ndjson(rows(n / 2, n + n / 2, 2)).await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["rows"], n);
+    let all = s.read_json(&k, "/v1/feature-groups/clicks/data?limit=1000000").await;
+    assert_eq!(all.len(), n + n / 2);
+    let twos = all.iter().filter(|r| r["clicks"] == 2).count();
+    assert_eq!(twos, n, "every row of the second upsert, replaced or inserted");
+    // A duplicate far apart (in different batches) is refused naming both rows.
+    let mut dup = rows(0, n, 3);
+    dup.push_str(&rows(7, 8, 3));
+    let (code, message) = error_code(ndjson(dup).await.unwrap(), 422).await;
+    assert_eq!(code, "invalid_rows");
+    assert!(message.contains("rows 8 and 50001"), "{message}");
+    let versions: Vec<Value> = s.get(&k, "/v1/feature-groups/clicks/versions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(versions.len(), 3, "the refused upsert made no version");
+    assert!(no_spool_files(&s));
 }
 
 #[tokio::test]

@@ -79,7 +79,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         .await
         .map_err(|e| Error::Internal(format!("opening the audit ledger: {e}")))??;
     let catalog = catalog::connect(config.catalog_url.expose()).await?;
-    let tables = TableStore::new(config.data_root.clone(), config.storage_options.clone())?;
+    let tables = TableStore::new(config.data_root.clone(), config.storage_options.clone())?.with_spool_dir(config.data_dir.join("tmp"));
     let drift_checks = super::services::drift_checks(&config)?;
     let checkpoint_mirror = match &config.audit_checkpoint_mirror {
         Some(url) => Some(TableStore::new(url.clone(), config.storage_options.clone())?),
