@@ -31,20 +31,13 @@ J = {"Content-Type": "application/json"}
 ARROW = {"Content-Type": "application/vnd.apache.arrow.stream"}
 
 
-def peak_mb(pid):
+def status_mb(pid, field):
+    """A memory figure of /proc/<pid>/status (VmHWM: peak resident, VmRSS: resident now)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def reset_peak(pid):
@@ -67,12 +60,12 @@ def run(binary, rows):
             second = ipc_bytes(pa_concat(table, make_table(rows // 2, 2)))
             out["upsert_body_mb"] = len(second) / 2**20
             time.sleep(1)
-            out["idle_mb"] = rss_mb(pid)
+            out["idle_mb"] = status_mb(pid, "VmRSS")
             reset_peak(pid)
             t = time.perf_counter()
             s.request("POST", "/v1/feature-groups/events/data?mode=upsert", second, ARROW)
             out["upsert_s"] = time.perf_counter() - t
-            out["upsert_peak_mb"] = peak_mb(pid)
+            out["upsert_peak_mb"] = status_mb(pid, "VmHWM")
             del second
 
             sql = json.dumps({"sql": "SELECT count(DISTINCT user_id) AS n FROM events", "format": "json"})
@@ -93,7 +86,7 @@ def run(binary, rows):
             for th in threads:
                 th.join()
             out["queries_s"] = time.perf_counter() - t
-            out["queries_peak_mb"] = peak_mb(pid)
+            out["queries_peak_mb"] = status_mb(pid, "VmHWM")
             out["query_errors"] = errors
         finally:
             s.stop()
