@@ -395,6 +395,16 @@ impl UpsertSpool {
     }
 }
 
+/// Runs blocking file work (the spool's writes: a row group at a time, tens of MB) where
+/// it does not stall the async workers: on a multi-threaded runtime the worker hands its
+/// other tasks on first; on a single-threaded one (tests) there is no one to hand them to.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn spool_failed(e: parquet::errors::ParquetError) -> Error {
     Error::Storage(format!("writing the upsert's spool file failed: {e}"))
 }
@@ -408,8 +418,7 @@ impl StagedWrite {
         self.rows += batch.num_rows() as u64;
         match (self.writer.as_mut(), self.spool.as_mut()) {
             (Some(w), _) => w.write(batch).await.map_err(classify),
-            // Encoded and written to a local file in place, as the writer above encodes.
-            (None, Some(spool)) => spool.write(&batch),
+            (None, Some(spool)) => off_the_workers(|| spool.write(&batch)),
             (None, None) => unreachable!("every write has a writer or a spool"),
         }
     }
@@ -430,7 +439,7 @@ impl StagedWrite {
         match self.mode {
             WriteMode::Upsert => {
                 let mut spool = self.spool.take().expect("an upsert spools its rows");
-                let source = spool.finish()?.map(|p| p.to_path_buf());
+                let source = off_the_workers(|| spool.finish())?.map(|p| p.to_path_buf());
                 let version = upsert(table, &self.schema, source.as_deref(), meta).await?;
                 drop(spool);
                 Ok(CommitOutcome { version, rows })
