@@ -1,7 +1,8 @@
 //! Admission at the edges: a bound on requests in flight, for the whole server, for each
-//! tenant and for each API key given one, shared by HTTP, Flight SQL and gRPC calls, so neither a flood nor one busy
-//! tenant can take every worker and all the memory. A request over a bound is answered at once (503 for the server's bound, 429
-//! for a tenant's), never queued: a queue would only move the pile-up into memory.
+//! tenant and for each API key given one, shared by HTTP, Flight SQL and gRPC calls, so
+//! neither a flood nor one busy tenant or key can take every worker and all the memory. A
+//! request over a bound is answered at once (503 for the server's bound, 429 for a tenant's
+//! or a key's), never queued: a queue would only move the pile-up into memory.
 //!
 //! A permit is held until the response body ends, so long downloads count too.
 
